@@ -1,0 +1,28 @@
+# Two commands run the course (see README.md):
+#   make lab    set up .venv and open the course in JupyterLab
+#   make test   set up .venv and run every test, notebooks included
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup lab test clean
+
+setup: $(STAMP)
+
+# Re-install whenever the dependency list changes.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llama-from-scratch needs Python 3.11 or newer; this is " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/00_overview.ipynb
+
+# Headless: plots go to the Agg backend and progress bars stay quiet.
+test: setup
+	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+"""Causal self-attention with grouped-query attention (GQA) and a KV cache.
+
+Each token builds a *query* ("what am I looking for?"), a *key* ("what do I
+contain?") and a *value* ("what do I pass on?"). A token's output is the
+average of the values of the tokens it may see, weighted by
+``softmax(q . k / sqrt(head_dim))`` (Vaswani et al., 2017). *Causal* means a
+token sees itself and earlier tokens only, so the model can be trained to
+predict every next token at once. *Multi-head* means this runs ``n_heads``
+times in parallel on ``head_dim``-sized slices, each head free to attend to
+something different.
+
+Grouped-query attention (Ainslie et al., 2023) lets several query heads share
+one key/value head: ``n_kv_heads`` key/value heads serve ``n_heads`` query
+heads in groups of ``n_rep = n_heads // n_kv_heads``. With ``n_kv_heads ==
+n_heads`` it is ordinary multi-head attention; with ``n_kv_heads == 1`` it is
+multi-query attention (Shazeer, 2019). Fewer key/value heads mean a smaller KV
+cache, which is what limits long-context decoding.
+
+Shapes below: ``batch``, ``seq`` (new tokens), ``kv_seq`` (all tokens attended
+to, cached ones included), ``head_dim``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LlamaConfig
+from .kv_cache import KVCache
+from .rope import apply_rope
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Repeat each key/value head ``n_rep`` times so there is one per query head.
+
+    ``(batch, n_kv_heads, kv_seq, head_dim) -> (batch, n_kv_heads * n_rep, kv_seq, head_dim)``;
+    query head ``h`` then reads key/value head ``h // n_rep``.
+    """
+    if n_rep == 1:
+        return x
+    batch, n_kv_heads, kv_seq, head_dim = x.shape
+    return x[:, :, None].expand(batch, n_kv_heads, n_rep, kv_seq, head_dim).reshape(
+        batch, n_kv_heads * n_rep, kv_seq, head_dim
+    )
+
+
+def causal_mask(seq: int, kv_seq: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Which keys each query may see: a ``(seq, kv_seq)`` boolean tensor, True where allowed.
+
+    The ``seq`` queries are the *last* ``seq`` of the ``kv_seq`` positions
+    (earlier ones come from the cache), so query ``i`` sits at position
+    ``kv_seq - seq + i`` and may see keys ``0 ..`` that position.
+    """
+    query_pos = torch.arange(kv_seq - seq, kv_seq, device=device)[:, None]
+    key_pos = torch.arange(kv_seq, device=device)[None, :]
+    return key_pos <= query_pos
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim))`` with masked positions set to zero weight.
+
+    ``q`` is ``(batch, n_heads, seq, head_dim)``, ``k`` is ``(batch, n_heads,
+    kv_seq, head_dim)``, ``mask`` is ``(seq, kv_seq)`` boolean. Returns
+    ``(batch, n_heads, seq, kv_seq)``, each row summing to 1. The softmax runs
+    in float32 for stability.
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).type_as(q)
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with RoPE, GQA and an optional KV cache.
+
+    Weights follow Meta's names: ``wq`` ``(n_heads * head_dim, dim)``, ``wk``
+    and ``wv`` ``(n_kv_heads * head_dim, dim)``, ``wo`` ``(dim, n_heads * head_dim)``.
+    """
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.n_rep = config.n_rep
+        self.head_dim = config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from ``x`` ``(batch, seq, dim)`` at positions ``start_pos ... start_pos + seq - 1``.
+
+        ``cos``/``sin`` are the RoPE tables for those positions, ``(seq, head_dim // 2)``.
+        With a ``cache``, the new keys/values are stored in it and the queries
+        attend to every cached position as well.
+
+        Returns ``(output, weights)``: ``output`` is ``(batch, seq, dim)``;
+        ``weights`` is ``(batch, n_heads, seq, kv_seq)`` when
+        ``return_weights`` is set (computed step by step, for pictures), else
+        ``None`` (computed by PyTorch's fused ``scaled_dot_product_attention``).
+        """
+        batch, seq, _ = x.shape
+        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        # Heads become a batch dimension: (batch, heads, seq, head_dim).
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(start_pos, k, v)
+        kv_seq = k.shape[2]
+
+        weights = None
+        if return_weights:
+            k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
+            weights = attention_weights(q, k, causal_mask(seq, kv_seq, x.device))
+            out = weights @ v
+        elif seq == kv_seq:
+            # No cached past: the plain lower-triangular mask, which the fused kernel builds itself.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_rep > 1)
+        else:
+            # Cached past: the new queries sit at the end, so the mask is offset (see
+            # causal_mask). A single new token may see everything: no mask at all.
+            mask = causal_mask(seq, kv_seq, x.device) if seq > 1 else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
+
+        out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
+        return self.wo(out), weights

@@ -1,0 +1,105 @@
+"""Load pretrained weights into a :class:`~llama_from_scratch.model.Llama`.
+
+``load_checkpoint(path)`` looks at what ``path`` holds and picks the reader:
+
+* a Hugging Face directory (``config.json`` + safetensors): :mod:`.hf_format`.
+
+Every reader yields ``(file, name, tensor)`` in this package's names and
+layout; :func:`assemble` then checks that exactly the expected tensors, with
+the expected shapes, arrived, before anything is handed back. A checkpoint
+that is incomplete, has extra tensors, or has the wrong shapes raises a
+``ValueError`` naming the file and the tensor; nothing half-loaded is returned.
+
+The model is built on PyTorch's ``meta`` device (shapes only, no memory) and
+the loaded tensors are assigned into it, so loading a model costs its
+weights once, not twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import LlamaConfig
+from .device import default_device, default_dtype
+from .hf_format import read_hf_config, read_hf_tensors
+from .model import Llama
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor a checkpoint of this config must provide."""
+    with torch.device("meta"):
+        model = Llama(config)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # a tied matrix appears once
+    return shapes
+
+
+def assemble(
+    config: LlamaConfig,
+    tensors: Iterable[tuple[str, str, torch.Tensor]],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    total: int | None = None,
+    description: str = "loading",
+) -> Llama:
+    """Build a :class:`Llama` from ``(file, name, tensor)`` triples, checking names and shapes.
+
+    Tensors are converted to ``dtype`` and moved to ``device`` one at a time,
+    so at most one extra copy of a single tensor exists at once.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    expected = expected_shapes(config)
+    state: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    for file, name, tensor in tqdm(tensors, total=total, desc=description, unit="tensor"):
+        if config.tie_embeddings and name == "output.weight":
+            continue  # some tied checkpoints store the shared matrix twice
+        if name not in expected:
+            raise ValueError(f"{file}: unexpected tensor {name!r} for this config")
+        if name in state:
+            raise ValueError(f"{file}: tensor {name!r} appears twice (also in {source[name]})")
+        if tuple(tensor.shape) != expected[name]:
+            raise ValueError(
+                f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected[name]} for this config"
+            )
+        state[name] = tensor.to(device=device, dtype=dtype)
+        source[name] = file
+    missing = [name for name in expected if name not in state]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
+
+    with torch.device("meta"):
+        model = Llama(config)
+    if config.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model.load_state_dict(state, assign=True, strict=True)
+    if config.tie_embeddings:
+        model.tie_weights()  # assign=True replaced both parameters; make them one again
+    return model.eval()
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Llama:
+    """Load a pretrained model from ``path``.
+
+    Supported: a Hugging Face model directory (``config.json`` with
+    ``model.safetensors`` or a sharded ``model.safetensors.index.json``).
+    ``device`` defaults to the best available (CUDA, MPS, CPU) and ``dtype`` to
+    float32 on the CPU, bfloat16 on CUDA.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / "config.json").exists():
+        config = read_hf_config(path)
+        return assemble(config, read_hf_tensors(path, config), device, dtype, description=f"loading {path.name}")
+    raise ValueError(
+        f"{path}: not a checkpoint this package can read; expected a Hugging Face model directory "
+        "(config.json + model.safetensors or model.safetensors.index.json)"
+    )

@@ -1,0 +1,142 @@
+"""LlamaConfig: every number that fixes the shape of a LLaMA model.
+
+The field names are the ones in Meta's ``params.json`` (``dim``, ``n_layers``,
+``n_heads``, ``n_kv_heads``, ``multiple_of``, ``ffn_dim_multiplier``,
+``norm_eps``, ``rope_theta``), so a Meta checkpoint's parameters load as they
+are. Hugging Face calls the same numbers ``hidden_size``,
+``num_hidden_layers``, ``num_attention_heads`` and so on; see
+``checkpoints.py`` for that translation.
+
+Named presets reproduce the published models: LLaMA 7B-65B (Touvron et al.,
+2023a), Llama 2 7B-70B (Touvron et al., 2023b), SmolLM2-135M, and two tiny
+teaching models that run in seconds on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    """Meta's rule for the SwiGLU hidden size.
+
+    A plain feed-forward layer uses ``4 * dim`` hidden units. SwiGLU has three
+    weight matrices instead of two, so LLaMA shrinks the hidden size to 2/3 of
+    that to keep the parameter count equal, optionally scales it by
+    ``ffn_dim_multiplier`` (Llama 2 70B uses 1.3), and rounds up to a multiple
+    of ``multiple_of`` so the matrices tile well on hardware.
+
+    >>> ffn_hidden_dim(4096, 256, None)   # LLaMA 7B
+    11008
+    """
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class LlamaConfig:
+    """The hyper-parameters of a LLaMA-family decoder.
+
+    ``n_kv_heads`` below ``n_heads`` gives grouped-query attention (GQA);
+    ``n_kv_heads == 1`` is multi-query attention (MQA). ``hidden_dim`` may be
+    given directly (Hugging Face configs store it as ``intermediate_size``);
+    when left as ``None`` it follows Meta's rule from ``multiple_of`` and
+    ``ffn_dim_multiplier``. ``head_dim`` likewise defaults to
+    ``dim // n_heads``.
+    """
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    vocab_size: int = 32000
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    hidden_dim: int | None = None
+    head_dim: int | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            _require_positive_int(name, getattr(self, name))
+        if self.head_dim is None:
+            if self.dim % self.n_heads != 0:
+                raise ValueError(
+                    f"LlamaConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads}) "
+                    "so that every head gets dim // n_heads features"
+                )
+            self.head_dim = self.dim // self.n_heads
+        _require_positive_int("head_dim", self.head_dim)
+        if self.head_dim % 2 != 0:
+            raise ValueError(
+                f"LlamaConfig.head_dim ({self.head_dim}) must be even: RoPE rotates features in pairs"
+            )
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"LlamaConfig.n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}) "
+                "so that each key-value head serves the same number of query heads"
+            )
+        if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
+            raise ValueError(f"LlamaConfig.ffn_dim_multiplier must be positive, got {self.ffn_dim_multiplier}")
+        if self.hidden_dim is None:
+            self.hidden_dim = ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+        _require_positive_int("hidden_dim", self.hidden_dim)
+        if not self.norm_eps > 0:
+            raise ValueError(f"LlamaConfig.norm_eps must be positive, got {self.norm_eps}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"LlamaConfig.rope_theta must be positive, got {self.rope_theta}")
+
+    @property
+    def n_rep(self) -> int:
+        """How many query heads share one key-value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def replace(self, **changes) -> LlamaConfig:
+        """A copy with some fields changed (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_preset(cls, name: str, **changes) -> LlamaConfig:
+        """The config of a named model, e.g. ``LlamaConfig.from_preset("llama2-7b")``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **changes)
+
+
+def _require_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"LlamaConfig.{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"LlamaConfig.{name} must be positive, got {value}")
+
+
+# LLaMA 1 (Touvron et al., 2023a, table 2): 2,048-token context, norm eps 1e-6.
+# Llama 2 (Touvron et al., 2023b): 4,096-token context, norm eps 1e-5, GQA for 70B.
+PRESETS: dict[str, LlamaConfig] = {
+    "llama-7b": LlamaConfig(dim=4096, n_layers=32, n_heads=32, norm_eps=1e-6, max_seq_len=2048),
+    "llama-13b": LlamaConfig(dim=5120, n_layers=40, n_heads=40, norm_eps=1e-6, max_seq_len=2048),
+    "llama-33b": LlamaConfig(dim=6656, n_layers=60, n_heads=52, norm_eps=1e-6, max_seq_len=2048),
+    "llama-65b": LlamaConfig(dim=8192, n_layers=80, n_heads=64, norm_eps=1e-6, max_seq_len=2048),
+    "llama2-7b": LlamaConfig(dim=4096, n_layers=32, n_heads=32, max_seq_len=4096),
+    "llama2-13b": LlamaConfig(dim=5120, n_layers=40, n_heads=40, max_seq_len=4096),
+    "llama2-70b": LlamaConfig(
+        dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3, max_seq_len=4096
+    ),
+    # SmolLM2-135M: a small Llama-architecture model with GQA and tied embeddings.
+    "smollm2-135m": LlamaConfig(
+        dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, hidden_dim=1536,
+        rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True,
+    ),
+    # Teaching models: "tiny" runs a forward pass in milliseconds; "small" is
+    # the size the training chapter trains on Shakespeare (about 5.5M parameters).
+    "tiny": LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32, max_seq_len=128),
+    "small": LlamaConfig(dim=256, n_layers=4, n_heads=4, vocab_size=4096, multiple_of=64, max_seq_len=256),
+}

@@ -1,0 +1,169 @@
+"""Text generation: turn next-token logits into a sequence, one token at a time.
+
+At every step the model gives a score (logit) for each token of the
+vocabulary. *Decoding* picks one:
+
+* **greedy** (``temperature=0``): always the highest-scoring token;
+  deterministic, and prone to repetition;
+* **temperature** ``T``: sample from ``softmax(logits / T)``; ``T < 1``
+  sharpens the distribution towards greedy, ``T > 1`` flattens it;
+* **top-k**: sample only among the ``k`` best tokens;
+* **top-p** (nucleus sampling, Holtzman et al., 2019): sample only among the
+  smallest set of best tokens whose probabilities add up to at least ``p``.
+
+The prompt goes through the model once (*prefill*), filling the KV cache; each
+new token then costs one single-token forward pass (*decode*).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from .model import Llama
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Pick the next token id from ``(vocab_size,)`` logits."""
+    if temperature == 0.0:
+        return int(torch.argmax(logits))
+    probs = next_token_probabilities(logits, temperature, top_k, top_p)
+    return int(torch.multinomial(probs, num_samples=1, generator=generator))
+
+
+def next_token_probabilities(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """The distribution that sampling draws from: ``(vocab_size,)`` logits -> ``(vocab_size,)`` probabilities.
+
+    Temperature rescales the logits; top-k and then top-p set the
+    probability of every token outside the kept set to exactly zero, and the
+    rest is renormalised.
+    """
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Drop a token when the better tokens before it already reach top_p.
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        probs = probs / probs.sum()
+    return probs
+
+
+def _check_arguments(
+    model: Llama,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    if len(prompt) == 0:
+        raise ValueError("prompt_tokens is empty: generation needs at least one token to start from")
+    vocab = model.config.vocab_size
+    bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"prompt_tokens must be ints in [0, {vocab}), got {bad[:5]}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if len(prompt) + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
+            f"max_seq_len={model.config.max_seq_len} tokens"
+        )
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+
+
+def generate_stream(
+    model: Llama,
+    prompt_tokens: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Iterable[int] = (),
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids one by one as the model produces them.
+
+    Generation ends after ``max_new_tokens`` tokens or at the first token in
+    ``stop_tokens`` (which is not yielded, as in Meta's reference code).
+    ``seed`` makes sampling reproducible. ``use_cache=False`` recomputes the
+    whole sequence at every step: slower, for comparison only. Arguments are
+    checked here, before the first token, so a mistake raises at the call.
+    """
+    prompt = prompt_tokens.tolist() if isinstance(prompt_tokens, torch.Tensor) else list(prompt_tokens)
+    _check_arguments(model, prompt, max_new_tokens, temperature, top_k, top_p)
+    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
+    return _decode(model, prompt, max_new_tokens, temperature, top_k, top_p, set(stop_tokens), generator, use_cache)
+
+
+@torch.inference_mode()
+def _decode(
+    model: Llama,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    stop: set[int],
+    generator: torch.Generator | None,
+    use_cache: bool,
+) -> Iterator[int]:
+    """The decoding loop behind :func:`generate_stream` (arguments already checked)."""
+    device = model.device
+    tokens = torch.tensor([prompt], dtype=torch.long, device=device)
+    caches = model.new_kv_caches(1, len(prompt) + max_new_tokens) if use_cache else None
+    new_input, start_pos = tokens, 0
+    for _ in range(max_new_tokens):
+        if use_cache:
+            # Only the tokens the cache has not seen yet: the whole prompt first, then one at a time.
+            logits = model(new_input, start_pos, caches)[0, -1]
+            start_pos += new_input.shape[1]
+        else:
+            logits = model(tokens)[0, -1]
+        token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        if token in stop:
+            return
+        yield token
+        new_input = torch.tensor([[token]], dtype=torch.long, device=device)
+        tokens = torch.cat([tokens, new_input], dim=1)
+
+
+def generate(
+    model: Llama,
+    prompt_tokens: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Iterable[int] = (),
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> list[int]:
+    """The new token ids after ``prompt_tokens`` (the prompt itself is not included).
+
+    Greedy when ``temperature`` is 0; see :func:`generate_stream` for the rest.
+    """
+    return list(
+        generate_stream(model, prompt_tokens, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed, use_cache)
+    )

@@ -1,0 +1,125 @@
+"""load_checkpoint on Hugging Face directories written by transformers itself."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import random_llama, to_transformers
+from llama_from_scratch import LlamaConfig, load_checkpoint
+from llama_from_scratch.hf_format import config_from_hf
+
+CONFIG = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=120, hidden_dim=160, rope_theta=50000.0)
+TOKENS = torch.randint(0, 120, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def save_hf(model, directory, **kwargs):
+    hf = to_transformers(model)
+    hf.save_pretrained(directory, **kwargs)
+    return hf
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_loaded_checkpoint_gives_transformers_logits(tmp_path, tie):
+    config = CONFIG.replace(tie_embeddings=tie)
+    hf = save_hf(random_llama(config), tmp_path)
+    model = load_checkpoint(tmp_path, device="cpu")
+    assert model.config == config.replace(max_seq_len=model.config.max_seq_len)
+    assert (model.output.weight is model.tok_embeddings.weight) == tie
+    with torch.no_grad():
+        assert (model(TOKENS) - hf(TOKENS).logits).abs().max() <= 1e-5
+
+
+def test_sharded_checkpoint(tmp_path):
+    hf = save_hf(random_llama(CONFIG), tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
+    model = load_checkpoint(tmp_path, device="cpu")
+    with torch.no_grad():
+        assert (model(TOKENS) - hf(TOKENS).logits).abs().max() <= 1e-5
+
+
+def test_bf16_checkpoint_loads_as_fp32_on_cpu(tmp_path):
+    hf = to_transformers(random_llama(CONFIG)).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    model = load_checkpoint(tmp_path, device="cpu")
+    assert model.tok_embeddings.weight.dtype == torch.float32
+    assert model.layers[0].attention.wq.weight.dtype == torch.float32
+
+
+def test_missing_tensor_names_it_and_returns_nothing(tmp_path):
+    save_hf(random_llama(CONFIG), tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing 1 tensor.*layers\.1\.feed_forward\.w3\.weight"):
+        load_checkpoint(tmp_path, device="cpu")
+
+
+def test_wrong_shape_names_file_tensor_and_shapes(tmp_path):
+    save_hf(random_llama(CONFIG), tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.norm.weight"] = torch.ones(63)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'norm\.weight' has shape \(63,\), expected \(64,\)"):
+        load_checkpoint(tmp_path, device="cpu")
+
+
+def test_unknown_tensor_is_an_error(tmp_path):
+    save_hf(random_llama(CONFIG), tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="q_proj.bias"):
+        load_checkpoint(tmp_path, device="cpu")
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    save_hf(random_llama(CONFIG), tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="model.safetensors: not a readable safetensors file"):
+        load_checkpoint(tmp_path, device="cpu")
+
+
+def test_missing_shard_is_named(tmp_path):
+    save_hf(random_llama(CONFIG), tmp_path, max_shard_size="40KB")
+    victim = sorted(tmp_path.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        load_checkpoint(tmp_path, device="cpu")
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_checkpoint(tmp_path / "nothing-here")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_type": "gpt2"}, "model_type"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3"),
+        ({"attention_bias": True}, "attention_bias"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"num_key_value_heads": 3}, "n_kv_heads"),
+    ],
+)
+def test_unsupported_or_invalid_config_names_file_and_field(tmp_path, changes, message):
+    hf = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "intermediate_size": 100, "vocab_size": 50, **changes}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(tmp_path)
+    assert "config.json" in str(error.value)
+
+
+def test_config_from_transformers_v4_and_v5_rope_fields():
+    base = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 100, "vocab_size": 50}
+    assert config_from_hf({**base, "rope_theta": 500000.0}).rope_theta == 500000.0
+    assert config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}).rope_theta == 1e6

@@ -1,0 +1,27 @@
+import subprocess
+import sys
+
+from conftest import random_llama, to_transformers
+from llama_from_scratch import LlamaConfig
+from llama_from_scratch.__main__ import main
+
+
+def test_presets_table_lists_the_family(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "llama2-70b" in out and "68.98B" in out and "134.5M" in out
+
+
+def test_info_describes_a_checkpoint(tmp_path, capsys):
+    config = LlamaConfig(dim=32, n_layers=1, n_heads=2, vocab_size=40, hidden_dim=64)
+    to_transformers(random_llama(config)).save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path)]) == 0
+    assert "dim=32" in capsys.readouterr().out
+
+
+def test_bad_checkpoint_is_an_error_message_not_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "llama_from_scratch", "info", str(tmp_path / "missing")], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr

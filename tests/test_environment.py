@@ -1,0 +1,63 @@
+"""The set-up files agree with each other: one dependency list, one torch pin, one test command."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def requirement_name(requirement: str) -> str:
+    """'torch==2.13.0' -> 'torch', 'llama-from-scratch[course]' -> 'llama-from-scratch'."""
+    return re.split(r"[\s\[<>=!~;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def pyproject_dependencies() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    return {requirement_name(r): r for r in requirements if requirement_name(r) != project["name"]}
+
+
+def conda_dependencies() -> tuple[list[str], list[str]]:
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = [], []
+    for entry in environment["dependencies"]:
+        if isinstance(entry, dict):
+            pip += entry["pip"]
+        else:
+            conda.append(entry)
+    return conda, pip
+
+
+def test_environment_yml_names_the_same_dependencies_as_pyproject():
+    conda, pip = conda_dependencies()
+    conda_names = {re.split(r"[<>=]", c)[0] for c in conda}
+    assert {"python", "pip", "ipykernel"} <= conda_names
+    named = (conda_names - {"python", "pip"}) | {requirement_name(p) for p in pip if not p.startswith("-e")}
+    assert named == set(pyproject_dependencies())
+
+
+def test_environment_yml_installs_the_package_editable_with_everything():
+    _, pip = conda_dependencies()
+    assert "-e .[dev]" in pip
+
+
+def test_torch_is_pinned_in_pyproject_only():
+    assert pyproject_dependencies()["torch"] == "torch==2.13.0"
+    _, pip = conda_dependencies()
+    assert "torch" in pip  # named, unpinned: the version comes from pyproject.toml
+    for path in ("environment.yml", "Makefile", ".ci/run", "README.md"):
+        assert "2.13" not in (ROOT / path).read_text(), f"{path} repeats the torch version"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^make \w+", readme, re.M)
+    assert commands[:2] == ["make lab", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: setup\n\t.*-m pytest", makefile, re.M)

@@ -1,0 +1,130 @@
+"""KV cache and decoding: the cached path gives the full-forward logits and the same tokens."""
+
+import pytest
+import torch
+
+from conftest import random_llama
+from llama_from_scratch import (
+    KVCache,
+    Llama,
+    LlamaConfig,
+    generate,
+    generate_stream,
+    next_token_probabilities,
+    sample_next_token,
+)
+
+CONFIG = LlamaConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=101, hidden_dim=144, max_seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def model() -> Llama:
+    return random_llama(CONFIG)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_prefill_then_decode_equals_full_forward(n_kv_heads):
+    model = random_llama(CONFIG.replace(n_kv_heads=n_kv_heads))
+    tokens = torch.randint(0, 101, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(tokens)
+        caches = model.new_kv_caches(batch_size=2, max_seq_len=40)
+        steps = [model(tokens[:, :17], 0, caches)]  # prefill the prompt
+        steps.append(model(tokens[:, 17:20], 17, caches))  # a chunk of three
+        steps += [model(tokens[:, i : i + 1], i, caches) for i in range(20, 40)]  # then one token at a time
+    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+
+
+def test_cache_holds_key_value_heads_only(model):
+    caches = model.new_kv_caches(batch_size=3, max_seq_len=20)
+    assert len(caches) == CONFIG.n_layers
+    assert caches[0].k.shape == (3, CONFIG.n_kv_heads, 20, CONFIG.head_dim)  # 2 kv heads, not 4 query heads
+    assert caches[0].v.shape == caches[0].k.shape
+
+
+def test_cache_overflow_is_a_clear_error():
+    cache = KVCache(batch_size=1, max_seq_len=4, n_kv_heads=1, head_dim=2)
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        cache.update(3, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
+def test_greedy_generation_is_identical_with_and_without_cache(model):
+    prompt = [5, 17, 3, 99, 42]
+    with_cache = generate(model, prompt, max_new_tokens=30)
+    without = generate(model, prompt, max_new_tokens=30, use_cache=False)
+    assert len(with_cache) == 30
+    assert with_cache == without
+
+
+def test_generation_continues_the_models_own_argmax(model):
+    prompt = [1, 2, 3]
+    tokens = generate(model, prompt, max_new_tokens=5)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens[:-1]]))[0]
+    assert logits[len(prompt) - 1 :].argmax(-1).tolist() == tokens
+
+
+def test_streaming_yields_the_same_tokens(model):
+    stream = generate_stream(model, [7, 8, 9], max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
+    assert list(stream) == generate(model, [7, 8, 9], max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ(model):
+    runs = [generate(model, [4, 5], 20, temperature=1.0, top_p=0.95, seed=s) for s in (0, 0, 1)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_stop_token_ends_generation_and_is_not_returned(model):
+    free = generate(model, [10, 11], max_new_tokens=20)
+    stop = free[5]
+    stopped = generate(model, [10, 11], max_new_tokens=20, stop_tokens=[stop])
+    assert stopped == free[: free.index(stop)]
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]))
+    top2 = next_token_probabilities(logits, top_k=2)
+    torch.testing.assert_close(top2, torch.tensor([5 / 7, 2 / 7, 0, 0, 0]))
+    # top-p 0.8: 0.5 + 0.2 = 0.7 < 0.8, so 0.15 is needed too; 0.1 is not.
+    nucleus = next_token_probabilities(logits, top_p=0.8)
+    torch.testing.assert_close(nucleus, torch.tensor([0.5, 0.2, 0.15, 0, 0]) / 0.85)
+    hot = next_token_probabilities(logits, temperature=2.0)
+    assert hot[0] < 0.5 and hot[-1] > 0.05  # a higher temperature flattens the distribution
+    assert sample_next_token(logits) == 0  # temperature 0 is greedy
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt_tokens": []}, "empty"),
+        ({"prompt_tokens": [1, 500]}, r"\[0, 101\)"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"max_new_tokens": 100}, "max_seq_len=64"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_invalid_generation_arguments_raise_at_the_call(model, kwargs, message):
+    arguments = {"prompt_tokens": [1, 2], "max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate_stream(model, **arguments)  # raises before the first token is asked for
+
+
+@pytest.mark.parametrize(
+    ("tokens", "start_pos", "message"),
+    [
+        (torch.zeros(1, 65, dtype=torch.long), 0, "max_seq_len=64"),
+        (torch.zeros(1, 2, dtype=torch.long), 63, "max_seq_len=64"),
+        (torch.zeros(5, dtype=torch.long), 0, r"\(batch, seq\)"),
+        (torch.zeros(1, 3), 0, "int64"),
+        (torch.full((1, 3), 101), 0, "token ids"),
+        (torch.zeros(1, 0, dtype=torch.long), 0, "empty"),
+    ],
+)
+def test_bad_model_input_is_a_clear_error(model, tokens, start_pos, message):
+    with pytest.raises(ValueError, match=message):
+        model(tokens, start_pos)
