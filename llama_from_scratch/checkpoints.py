@@ -2,7 +2,9 @@
 
 ``load_checkpoint(path)`` looks at what ``path`` holds and picks the reader:
 
-* a Hugging Face directory (``config.json`` + safetensors): :mod:`.hf_format`.
+* a Hugging Face directory (``config.json`` + safetensors): :mod:`.hf_format`;
+* a Meta directory (``params.json`` + ``consolidated.NN.pth``): :mod:`.meta_format`;
+* a llama.cpp ``.gguf`` file (quantized or not): :mod:`.gguf_format`.
 
 Every reader yields ``(file, name, tensor)`` in this package's names and
 layout; :func:`assemble` then checks that exactly the expected tensors, with
@@ -25,7 +27,9 @@ from tqdm.auto import tqdm
 
 from .config import LlamaConfig
 from .device import default_device, default_dtype
+from .gguf_format import config_from_gguf, open_gguf, read_gguf_tensors
 from .hf_format import read_hf_config, read_hf_tensors
+from .meta_format import read_meta_checkpoint
 from .model import Llama
 
 
@@ -88,10 +92,11 @@ def load_checkpoint(
 ) -> Llama:
     """Load a pretrained model from ``path``.
 
-    Supported: a Hugging Face model directory (``config.json`` with
-    ``model.safetensors`` or a sharded ``model.safetensors.index.json``).
-    ``device`` defaults to the best available (CUDA, MPS, CPU) and ``dtype`` to
-    float32 on the CPU, bfloat16 on CUDA.
+    ``path`` may be a Hugging Face model directory (``config.json`` with
+    ``model.safetensors`` or a sharded ``model.safetensors.index.json``), a
+    Meta directory (``params.json`` with ``consolidated.00.pth``, ...), or a
+    ``.gguf`` file. ``device`` defaults to the best available (CUDA, MPS, CPU)
+    and ``dtype`` to float32 on the CPU, bfloat16 on CUDA.
     """
     path = Path(path)
     if not path.exists():
@@ -99,7 +104,15 @@ def load_checkpoint(
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
         return assemble(config, read_hf_tensors(path, config), device, dtype, description=f"loading {path.name}")
+    if path.is_dir() and (path / "params.json").exists():
+        config, tensors = read_meta_checkpoint(path)
+        return assemble(config, tensors, device, dtype, description=f"loading {path.name}")
+    if path.is_file() and path.suffix == ".gguf":
+        reader = open_gguf(path)
+        config = config_from_gguf(reader, str(path))
+        tensors = read_gguf_tensors(path, reader)
+        return assemble(config, tensors, device, dtype, total=len(reader.tensors), description=f"loading {path.name}")
     raise ValueError(
         f"{path}: not a checkpoint this package can read; expected a Hugging Face model directory "
-        "(config.json + model.safetensors or model.safetensors.index.json)"
+        "(config.json + model.safetensors), a Meta directory (params.json + consolidated.00.pth) or a .gguf file"
     )

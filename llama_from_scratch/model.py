@@ -82,6 +82,8 @@ class Llama(nn.Module):
         ``std / sqrt(2 * n_layers)`` so the stream's variance does not grow
         with depth (as in GPT-2).
         """
+        if self.tok_embeddings.weight.is_meta:
+            return  # shapes only (counting, or about to load weights): nothing to initialise
         residual_std = std / math.sqrt(2 * self.config.n_layers)
         for name, p in self.named_parameters():
             if p.ndim == 1:

