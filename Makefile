@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml requirements-data.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-data.txt
 	@touch $(STAMP)
 
+# LAB_ARGS passes options to JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8899"
 lab: setup
-	$(BIN)/jupyter lab notebooks/00_overview.ipynb
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_overview.ipynb $(LAB_ARGS)
 
 # Headless: plots go to the Agg backend and progress bars stay quiet.
 test: setup
