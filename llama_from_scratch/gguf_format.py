@@ -83,6 +83,11 @@ def metadata(reader) -> dict[str, object]:
     return {key: field.contents() for key, field in reader.fields.items()}
 
 
+def _float32_decimal(value: float) -> float:
+    """The shortest decimal that a float32 metadata value stands for: 9.99999974e-06 -> 1e-05."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+
+
 def config_from_gguf(reader, source: str) -> LlamaConfig:
     """Translate a GGUF file's ``llama.*`` metadata into a :class:`LlamaConfig`."""
     fields = reader.fields
@@ -112,8 +117,8 @@ def config_from_gguf(reader, source: str) -> LlamaConfig:
             vocab_size=vocab_size,
             hidden_dim=get("llama.feed_forward_length"),
             head_dim=get("llama.attention.key_length", get("llama.rope.dimension_count", dim // n_heads)),
-            norm_eps=float(get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(get("llama.rope.freq_base", 10000.0)),
+            norm_eps=_float32_decimal(get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=_float32_decimal(get("llama.rope.freq_base", 10000.0)),
             max_seq_len=get("llama.context_length", 2048),
             tie_embeddings="output.weight" not in names,  # no output matrix: the embedding is reused
         )

@@ -1,0 +1,67 @@
+"""save_checkpoint round trips: our model -> each format -> transformers / load_checkpoint, same logits."""
+
+import pytest
+import torch
+
+from conftest import random_llama, transformers
+from llama_from_scratch import LlamaConfig, load_checkpoint
+from llama_from_scratch.export import save_checkpoint
+
+CONFIG = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, hidden_dim=160, rope_theta=20000.0)
+TOKENS = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(TOKENS)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_hf_export_loads_in_transformers_with_identical_logits(tmp_path, tie):
+    model = random_llama(CONFIG.replace(tie_embeddings=tie))
+    save_checkpoint(model, tmp_path / "hf", format="hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (theirs(TOKENS).logits - logits(model)).abs().max() <= 1e-5
+    assert (logits(load_checkpoint(tmp_path / "hf", device="cpu")) - logits(model)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize(("n_shards", "tie"), [(1, False), (2, False), (2, True)])
+def test_meta_export_round_trip(tmp_path, n_shards, tie):
+    model = random_llama(CONFIG.replace(tie_embeddings=tie))
+    save_checkpoint(model, tmp_path / "meta", format="meta", n_shards=n_shards)
+    assert len(list((tmp_path / "meta").glob("consolidated.*.pth"))) == n_shards
+    loaded = load_checkpoint(tmp_path / "meta", device="cpu")
+    assert loaded.config == model.config
+    assert (logits(loaded) - logits(model)).abs().max() <= 1e-6
+
+
+def test_meta_export_follows_metas_rule_when_it_can():
+    from llama_from_scratch.export import meta_params
+
+    rule = LlamaConfig(dim=64, n_layers=1, n_heads=4, vocab_size=8, multiple_of=32, ffn_dim_multiplier=1.3)
+    assert "hidden_dim" not in meta_params(random_llama(rule))
+    assert meta_params(random_llama(CONFIG))["hidden_dim"] == 160
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.float16, 5e-2)])
+def test_gguf_export_round_trip(tmp_path, dtype, tolerance):
+    model = random_llama(CONFIG.replace(tie_embeddings=True))
+    save_checkpoint(model, tmp_path / "model.gguf", format="gguf", dtype=dtype)
+    loaded = load_checkpoint(tmp_path / "model.gguf", device="cpu")
+    assert loaded.config == model.config
+    assert (logits(loaded) - logits(model)).abs().max() <= tolerance
+
+
+def test_export_refuses_to_overwrite_and_bad_arguments(tmp_path):
+    model = random_llama(CONFIG)
+    save_checkpoint(model, tmp_path / "hf")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_checkpoint(model, tmp_path / "hf")
+    save_checkpoint(model, tmp_path / "hf", overwrite=True)
+    with pytest.raises(ValueError, match="unknown format"):
+        save_checkpoint(model, tmp_path / "x", format="onnx")
+    with pytest.raises(ValueError, match="n_kv_heads=2 is not divisible"):
+        save_checkpoint(model, tmp_path / "meta", format="meta", n_shards=4)
+    assert not (tmp_path / "meta").exists()  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # and no staging folder left behind
