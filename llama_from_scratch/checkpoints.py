@@ -87,6 +87,20 @@ def assemble(
     return model.eval()
 
 
+LATEST = "latest"  # in a training run's folder: the name of its newest complete checkpoint
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a training run's folder, or None if it has none yet."""
+    pointer = Path(run_dir) / LATEST
+    if not pointer.exists():
+        return None
+    checkpoint = Path(run_dir) / pointer.read_text().strip()
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"{pointer} names {checkpoint.name}, which does not exist")
+    return checkpoint
+
+
 def load_checkpoint(
     path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> Llama:
@@ -94,13 +108,16 @@ def load_checkpoint(
 
     ``path`` may be a Hugging Face model directory (``config.json`` with
     ``model.safetensors`` or a sharded ``model.safetensors.index.json``), a
-    Meta directory (``params.json`` with ``consolidated.00.pth``, ...), or a
-    ``.gguf`` file. ``device`` defaults to the best available (CUDA, MPS, CPU)
+    Meta directory (``params.json`` with ``consolidated.00.pth``, ...), a
+    ``.gguf`` file, or the output folder of :func:`~llama_from_scratch.train.train`
+    (its newest checkpoint is loaded). ``device`` defaults to the best available (CUDA, MPS, CPU)
     and ``dtype`` to float32 on the CPU, bfloat16 on CUDA.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / LATEST).exists():
+        path = latest_checkpoint(path)  # a training run's folder: its newest checkpoint
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
         return assemble(config, read_hf_tensors(path, config), device, dtype, description=f"loading {path.name}")

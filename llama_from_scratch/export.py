@@ -37,7 +37,8 @@ def _weights(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu", dtype).contiguous() for name, p in model.named_parameters()}
 
 
-def _write_hf(model: Llama, directory: Path, dtype: torch.dtype) -> None:
+def write_hf(model: Llama, directory: Path, dtype: torch.dtype = torch.float32) -> None:
+    """Write ``config.json`` and ``model.safetensors`` of ``model`` into an existing ``directory``."""
     hf_config = {**config_to_hf(model.config), "torch_dtype": str(dtype).removeprefix("torch.")}
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     save_file(meta_to_hf_state_dict(_weights(model, dtype), model.config), directory / "model.safetensors",
@@ -129,7 +130,7 @@ def save_checkpoint(
             (staging / path.name).replace(path)
         else:
             if format == "hf":
-                _write_hf(model, staging, dtype)
+                write_hf(model, staging, dtype)
             else:
                 _write_meta(model, staging, dtype, n_shards)
             if path.exists():

@@ -1,0 +1,43 @@
+"""Several processes, one model: data parallelism with ``torch.distributed``.
+
+Launched as ``torchrun --nproc_per_node=N python -m llama_from_scratch train ...``,
+the same script runs N times. Each process (its *rank*, 0 ... N-1) holds a
+full copy of the model and trains on its own slice of every global batch.
+``DistributedDataParallel`` averages the gradients across processes during
+``backward()``, so after each step every copy holds the same weights, exactly
+as if one process had trained on the whole global batch. The processes talk
+through NCCL between CUDA GPUs or gloo between CPU processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .device import default_device
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join the process group that ``torchrun`` describes in the environment; return ``(rank, world_size, device)``.
+
+    Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) this is a
+    single process: rank 0 of 1 on the default device.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, default_device()
+    if torch.cuda.is_available():
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), world_size, torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world_size, torch.device("cpu")
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """The gradient-averaging wrapper around a model already on ``device``."""
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,0 +1,227 @@
+"""Training: LLaMA's recipe at laptop scale.
+
+The LLaMA papers train with AdamW (beta2 = 0.95, weight decay 0.1), a
+learning rate that warms up linearly and then follows a cosine down to a
+tenth of its peak, and gradients clipped to norm 1.0. This module is that
+recipe, small enough to read in one sitting:
+
+* :func:`learning_rate`: warm-up then cosine decay to a floor;
+* :func:`configure_optimizer`: AdamW, weight decay on weight matrices only;
+* :func:`train_step`: one optimizer step, with gradient accumulation and clipping;
+* :func:`evaluate`: validation loss and bits per byte;
+* :func:`train`: the loop, with progress bar, periodic evaluation, checkpoints
+  and exact resumption, on one process or several (``torchrun``, see
+  :mod:`.distributed`).
+
+On a CUDA GPU the forward pass runs under bfloat16 autocast; on the CPU
+everything stays float32 (bfloat16 is far slower on CPUs without native support).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .dataset import EVAL, TokenData, get_batch
+from .model import Llama
+from .checkpoints import latest_checkpoint
+from .train_checkpoint import load_training_state, save_training_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run. ``batch_size`` is per process and per micro-step."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    grad_accum: int = 1
+    seq_len: int = 256
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 16
+    checkpoint_every: int = 500
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"TrainConfig needs 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``steps``.
+
+    Warm-up matters because Adam's second-moment estimates start at zero: the
+    first updates are large and noisy, and a small learning rate lets the
+    estimates settle before the model takes big steps.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def configure_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices of attention and feed-forward only.
+
+    Decay pulls weights towards zero. That regularises the big matrices, but
+    on a norm's gain it would fight the value 1 the gain should sit near, and
+    on the embedding it would shrink rare tokens' vectors just for being rare.
+    """
+    decay, no_decay = [], []
+    embedding = model.tok_embeddings.weight
+    for p in model.parameters():  # a tied output matrix is the embedding, listed once
+        (decay if p.ndim == 2 and p is not embedding else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=True)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA; nothing on other devices (float32 throughout)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def language_model_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next-token predictions, in nats per token."""
+    logits = model(inputs)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    lr: float,
+    grad_clip: float,
+) -> tuple[float, float]:
+    """One optimizer step over ``micro_batches``; returns ``(mean loss, gradient norm before clipping)``.
+
+    Gradient accumulation: each micro-batch's loss is divided by their number,
+    so the summed gradients equal those of one big batch that would not fit in
+    memory.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    device = next(model.parameters()).device
+    for inputs, targets in micro_batches:
+        with autocast(device):
+            loss = language_model_loss(model, inputs.to(device), targets.to(device)) / len(micro_batches)
+        loss.backward()
+        total += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return total, float(grad_norm)
+
+
+@torch.no_grad()
+def evaluate(model: Llama, data: TokenData, config: TrainConfig) -> dict[str, float]:
+    """Loss (nats per token) and bits per byte on ``eval_batches`` fixed batches of ``data``.
+
+    bits per byte = loss / ln 2 * tokens / bytes: the average number of bits
+    the model needs to encode one byte of text, comparable across tokenizers.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    losses = []
+    for i in range(config.eval_batches):
+        inputs, targets = get_batch(data, i, config.batch_size, config.seq_len, config.seed, stream=EVAL)
+        with autocast(device):
+            losses.append(language_model_loss(model, inputs.to(device), targets.to(device)).item())
+    model.train()
+    loss = sum(losses) / len(losses)
+    return {"loss": loss, "bits_per_byte": loss / math.log(2) / data.bytes_per_token}
+
+
+def train(
+    model: Llama,
+    train_data: TokenData,
+    val_data: TokenData | None,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    extra_files: dict[str, Path] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    ddp_model: torch.nn.Module | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``config.steps`` steps; return the history of logged values.
+
+    Every ``eval_every`` steps (and at the end) the validation loss is
+    measured and ``on_eval(step, metrics)`` is called (to print a sample, say).
+    Every ``checkpoint_every`` steps (and at the end) a checkpoint is written
+    to ``out_dir``; ``resume=True`` continues from the latest one, and the
+    resumed run computes exactly what the uninterrupted run would have.
+
+    For several processes, pass ``rank``, ``world_size`` and the
+    ``DistributedDataParallel`` wrapper as ``ddp_model``: each process trains on
+    its slice of every global batch; only rank 0 evaluates and writes.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else None
+    optimizer = configure_optimizer(model, config)
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume:
+        if out_dir is None or latest_checkpoint(out_dir) is None:
+            raise FileNotFoundError(f"resume=True but {out_dir} holds no checkpoint to resume from")
+        start, history = load_training_state(latest_checkpoint(out_dir), model, optimizer, config)
+    forward = ddp_model if ddp_model is not None else model
+    is_main = rank == 0
+    model.train()
+
+    tokens_per_step = config.batch_size * config.grad_accum * config.seq_len * world_size
+    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=not is_main)
+    clock = time.perf_counter()
+    for step in progress:
+        micro_batches = [
+            get_batch(train_data, step * config.grad_accum + m, config.batch_size, config.seq_len, config.seed, rank, world_size)
+            for m in range(config.grad_accum)
+        ]
+        loss, grad_norm = train_step(forward, optimizer, micro_batches, learning_rate(step, config), config.grad_clip)
+        now = time.perf_counter()
+        record = {"step": step, "loss": loss, "lr": learning_rate(step, config), "grad_norm": grad_norm,
+                  "tokens_per_s": tokens_per_step / (now - clock)}
+        clock = now
+        progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+        last = step == config.steps - 1
+        if is_main and val_data is not None and ((step + 1) % config.eval_every == 0 or last):
+            metrics = evaluate(model, val_data, config)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            if on_eval is not None:
+                on_eval(step + 1, metrics)
+            clock = time.perf_counter()  # evaluation time is not training throughput
+        history.append(record)
+        if is_main and out_dir is not None and ((step + 1) % config.checkpoint_every == 0 or last):
+            save_training_checkpoint(out_dir, model, optimizer, step + 1, config, history, extra_files)
+            clock = time.perf_counter()
+    return history
+
+
+def train_config_from_dict(values: dict) -> TrainConfig:
+    """A :class:`TrainConfig` from saved values, rejecting unknown fields by name."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+    return TrainConfig(**values)

@@ -1,0 +1,165 @@
+"""Training: the schedule, the optimizer's groups, exact resumption, crash safety and data parallelism."""
+
+import json
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from llama_from_scratch import Llama, LlamaConfig, load_checkpoint
+from llama_from_scratch import train_checkpoint
+from llama_from_scratch.dataset import TokenData, get_batch, read_tokens, write_tokens
+from llama_from_scratch.train import TrainConfig, configure_optimizer, learning_rate, train
+
+MODEL = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=32)
+
+
+def synthetic_data(n: int = 5000, seed: int = 0) -> TokenData:
+    """A learnable stream: each token is the previous one plus 1 or 2 (mod 64)."""
+    rng = np.random.default_rng(seed)
+    tokens = np.cumsum(rng.integers(1, 3, size=n)) % 64
+    return TokenData(tokens.astype(np.uint16), n_bytes=2 * n)
+
+
+def new_model(seed: int = 0) -> Llama:
+    torch.manual_seed(seed)
+    return Llama(MODEL)
+
+
+def quick_config(**changes) -> TrainConfig:
+    values = dict(steps=8, batch_size=4, seq_len=16, lr=1e-2, min_lr=1e-3, warmup_steps=2, eval_every=2,
+                  eval_batches=2, checkpoint_every=2)
+    return TrainConfig(**{**values, **changes})
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
+    lrs = [learning_rate(s, config) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))  # then only falls
+    assert learning_rate(550, config) == pytest.approx(5.5e-4)  # halfway down the cosine
+    assert learning_rate(1000, config) == pytest.approx(1e-4)
+
+
+def test_weight_decay_only_on_matrices_of_attention_and_feed_forward():
+    model = Llama(MODEL.replace(tie_embeddings=True))
+    decay, no_decay = configure_optimizer(model, quick_config()).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (".attention.w" in name or ".feed_forward.w" in name), name
+
+
+def test_loss_falls_on_a_learnable_stream():
+    history = train(new_model(), synthetic_data(), synthetic_data(seed=1), quick_config(steps=60, lr=3e-2))
+    assert history[0]["loss"] > math.log(64) - 0.5  # an untrained model guesses among 64 tokens
+    assert history[-1]["val_loss"] < 1.5  # on the way to ln 2: each next token is one of two
+
+
+def test_resumed_run_repeats_the_uninterrupted_run_exactly(tmp_path):
+    data, val = synthetic_data(), synthetic_data(seed=1)
+    full_model = new_model()
+    full = train(full_model, data, val, quick_config(), tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_6(step, metrics):
+        if step == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(new_model(), data, val, quick_config(), tmp_path / "cut", on_eval=crash_at_step_6)
+    assert (tmp_path / "cut" / "latest").read_text().strip() == "step-0000004"
+    resumed_model = new_model(seed=99)  # different initial weights: everything must come from the checkpoint
+    resumed = train(resumed_model, data, val, quick_config(), tmp_path / "cut", resume=True)
+
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    for name, p in full_model.named_parameters():
+        assert torch.equal(p, resumed_model.get_parameter(name)), name
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    model, data = new_model(), synthetic_data()
+    train(model, data, None, quick_config(steps=2), tmp_path)
+    before = load_checkpoint(tmp_path, device="cpu")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while writing the optimizer state
+
+    monkeypatch.setattr(train_checkpoint.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data, None, quick_config(steps=4), tmp_path, resume=True)
+    assert (tmp_path / "latest").read_text().strip() == "step-0000002"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-0000002"]  # no half-written folder
+    after = load_checkpoint(tmp_path, device="cpu")
+    for name, p in before.named_parameters():
+        assert torch.equal(p, after.get_parameter(name))
+
+
+def test_resuming_needs_a_matching_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(new_model(), synthetic_data(), None, quick_config(), tmp_path / "empty", resume=True)
+    train(new_model(), synthetic_data(), None, quick_config(steps=2), tmp_path / "run")
+    other = Llama(MODEL.replace(n_layers=3))
+    with pytest.raises(ValueError, match="different model"):
+        train(other, synthetic_data(), None, quick_config(), tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match="seq_len: 16 -> 8"):
+        train(new_model(), synthetic_data(), None, quick_config(seq_len=8), tmp_path / "run", resume=True)
+
+
+def test_token_files_and_bad_data(tmp_path):
+    path = write_tokens(tmp_path / "train.bin", [1, 2, 3, 4, 5], n_bytes=20)
+    data = read_tokens(path)
+    assert list(data.tokens) == [1, 2, 3, 4, 5] and data.bytes_per_token == 4.0
+    with pytest.raises(ValueError, match="no tokens"):
+        write_tokens(tmp_path / "empty.bin", [], n_bytes=0)
+    with pytest.raises(ValueError, match="does not fit in data of 5 tokens"):
+        get_batch(data, step=0, batch_size=2, seq_len=8)
+    with pytest.raises(ValueError, match="uint16"):
+        write_tokens(tmp_path / "big.bin", [70000], n_bytes=1)
+    path.write_bytes(path.read_bytes()[:4])
+    with pytest.raises(ValueError, match="truncated"):
+        read_tokens(path)
+
+
+def test_batches_are_a_function_of_the_step_and_split_across_ranks():
+    data = synthetic_data()
+    x, y = get_batch(data, step=3, batch_size=4, seq_len=8, seed=5)
+    assert torch.equal(x, get_batch(data, step=3, batch_size=4, seq_len=8, seed=5)[0])
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+    halves = [get_batch(data, 3, 2, 8, seed=5, rank=r, world_size=2)[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), x)
+
+
+def _ddp_worker(rank, world_size, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = new_model()
+    history = train(model, synthetic_data(), None, quick_config(batch_size=2), rank=rank, world_size=world_size,
+                    ddp_model=DistributedDataParallel(model))
+    losses = torch.tensor([r["loss"] for r in history])
+    dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged
+    if rank == 0:
+        out.write_text(json.dumps((losses / world_size).tolist()))
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, tmp_path / "ddp.json"), nprocs=2)
+    torch.set_num_threads(1)
+    single = train(new_model(), synthetic_data(), None, quick_config(batch_size=4))
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    assert np.abs(np.array(ddp) - np.array([r["loss"] for r in single])).max() <= 1e-5
