@@ -216,3 +216,26 @@ def read_hf_tensors(directory: Path, config: LlamaConfig) -> Iterator[tuple[str,
                     yield file.name, meta_name, tensor
         except SafetensorError as error:
             raise ValueError(f"{file}: not a readable safetensors file ({error})") from None
+
+
+def transformers_config(config: LlamaConfig):
+    """The same shape as a ``transformers.LlamaConfig`` (needs ``transformers``)."""
+    import transformers
+
+    fields = {k: v for k, v in config_to_hf(config).items() if k not in ("architectures", "model_type")}
+    return transformers.LlamaConfig(**fields)
+
+
+def to_transformers(model):
+    """A ``transformers.LlamaForCausalLM`` holding exactly ``model``'s weights (float32, eval mode).
+
+    For comparing with the reference implementation; needs ``transformers``.
+    """
+    import transformers
+
+    hf = transformers.LlamaForCausalLM(transformers_config(model.config)).eval()
+    state = meta_to_hf_state_dict(dict(model.named_parameters()), model.config)
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    hf.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()}, strict=True)
+    return hf

