@@ -102,7 +102,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None, reader=None
 ) -> Llama:
     """Load a pretrained model from ``path``.
 
@@ -111,7 +111,8 @@ def load_checkpoint(
     Meta directory (``params.json`` with ``consolidated.00.pth``, ...), a
     ``.gguf`` file, or the output folder of :func:`~llama_from_scratch.train.train`
     (its newest checkpoint is loaded). ``device`` defaults to the best available (CUDA, MPS, CPU)
-    and ``dtype`` to float32 on the CPU, bfloat16 on CUDA.
+    and ``dtype`` to float32 on the CPU, bfloat16 on CUDA. ``reader``: a GGUF file already
+    opened with ``gguf_format.open_gguf``, so that it is parsed only once.
     """
     path = Path(path)
     if not path.exists():
@@ -125,7 +126,7 @@ def load_checkpoint(
         config, tensors = read_meta_checkpoint(path)
         return assemble(config, tensors, device, dtype, description=f"loading {path.name}")
     if path.is_file() and path.suffix == ".gguf":
-        reader = open_gguf(path)
+        reader = reader or open_gguf(path)
         config = config_from_gguf(reader, str(path))
         tensors = read_gguf_tensors(path, reader)
         return assemble(config, tensors, device, dtype, total=len(reader.tensors), description=f"loading {path.name}")

@@ -142,18 +142,19 @@ def read_tokenizer_json(path: str | Path) -> ByteLevelBPE:
 # -- GGUF ------------------------------------------------------------------------------------------------------
 
 
-def read_gguf_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
+def read_gguf_tokenizer(path: str | Path, reader=None) -> SentencePieceTokenizer | ByteLevelBPE:
     """The tokenizer stored in a GGUF file's ``tokenizer.ggml.*`` metadata (read with ``gguf.GGUFReader``).
 
     ``tokenizer.ggml.model`` says which kind: ``"gpt2"`` is byte-level BPE (``tokens`` and ``merges``, and
     ``pre`` names the pre-tokenizer), ``"llama"`` is SentencePiece (``tokens``, ``scores``, ``token_type``).
     Token types use SentencePiece's numbering: 3 (control) and 4 (user-defined) are special tokens.
+    Pass an open ``reader`` to avoid parsing the file twice when the weights are read from it too.
     """
     from gguf import GGUFReader
 
     path = Path(path)
     try:
-        fields = GGUFReader(path).fields
+        fields = (reader or GGUFReader(path)).fields
     except Exception as error:  # the reader raises assorted errors on damaged files
         raise ModelFormatError(f"{path} is not a readable GGUF file: {error}") from None
 

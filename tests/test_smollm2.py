@@ -64,3 +64,26 @@ def test_greedy_64_tokens_equal_transformers(models):
         reference = theirs.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)
     assert len(mine) == 64  # this prompt's answer is long: all 64 tokens are compared
     assert mine == reference[0, len(prompt):].tolist()
+
+
+def test_chat_template_and_tokenizer_from_the_file_match_transformers(models):
+    from llama_from_scratch.chat import load_pretrained, render_chat
+
+    pretrained = load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
+    tokenizer = models[2]
+    messages = [{"role": "user", "content": "What is a llama?"}, {"role": "assistant", "content": "An animal."},
+                {"role": "user", "content": "Where does it live?"}]
+    ours = render_chat(pretrained.chat_template, messages)
+    assert ours == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert pretrained.tokenizer.encode(ours) == tokenizer(ours)["input_ids"]
+    assert pretrained.tokenizer.eos_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_chat_command_streams_an_answer():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "llama_from_scratch", "chat", "--max-new-tokens", "12"],
+                            input="What is the capital of France?\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout

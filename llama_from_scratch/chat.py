@@ -1,0 +1,130 @@
+"""Chatting with a model: chat templates, streaming text, and the conversation loop.
+
+A chat model was fine-tuned on conversations written in a fixed format, its
+*chat template*. SmolLM2 uses ChatML::
+
+    <|im_start|>system
+    You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>
+    <|im_start|>user
+    What is a llama?<|im_end|>
+    <|im_start|>assistant
+
+and the model answers until it produces ``<|im_end|>``. The template ships
+with the checkpoint (GGUF's ``tokenizer.chat_template``, Hugging Face's
+``tokenizer_config.json``) as a small Jinja program; rendering it with the
+conversation so far gives the prompt.
+
+Streaming text is subtler than streaming tokens: one character may span
+several tokens (an emoji is four bytes, often four byte tokens), so
+:func:`decode_stream` decodes everything generated so far and emits only the
+new, complete text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoints import latest_checkpoint, load_checkpoint
+from .generate import generate_stream
+from .gguf_format import open_gguf
+from .model import Llama
+from .tokenizer import Tokenizer, load_tokenizer, read_gguf_tokenizer
+
+
+@dataclass
+class Pretrained:
+    """A model with the tokenizer and chat template it was trained with."""
+
+    model: Llama
+    tokenizer: Tokenizer
+    chat_template: str | None = None
+
+
+def load_pretrained(path: str | Path, device=None, dtype=None) -> Pretrained:
+    """Load weights, tokenizer and chat template from one checkpoint (any format ``load_checkpoint`` reads).
+
+    The tokenizer is looked for next to the weights: in a GGUF file's
+    metadata, or as ``tokenizer.json`` / ``tokenizer.model`` in a checkpoint
+    directory (a training run's folder included).
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        reader = open_gguf(path)  # parsed once for the weights, the tokenizer and the template
+        model = load_checkpoint(path, device, dtype, reader=reader)
+        template = reader.fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in reader.fields else None
+        return Pretrained(model, read_gguf_tokenizer(path, reader), template)
+    model = load_checkpoint(path, device, dtype)
+    directory = path.parent if path.is_file() else (latest_checkpoint(path) or path)
+    template = None
+    config_file = directory / "tokenizer_config.json"
+    if config_file.exists():
+        template = json.loads(config_file.read_text()).get("chat_template")
+    return Pretrained(model, load_tokenizer(directory), template)
+
+
+def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True, **variables) -> str:
+    """Fill a Jinja chat template with ``messages`` (``[{"role": "user", "content": "..."}, ...]``).
+
+    Rendered as Hugging Face does: a sandboxed environment (a template cannot
+    touch files or Python objects), ``trim_blocks`` and ``lstrip_blocks``.
+    """
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, **variables
+    )
+
+
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """Turn a stream of token ids into a stream of text pieces, never splitting a character."""
+    ids: list[int] = []
+    shown = ""
+    for token in tokens:
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if text.endswith("\ufffd"):
+            continue  # an incomplete UTF-8 character: wait for its remaining bytes
+        yield text[len(shown):]
+        shown = text
+
+
+def chat(
+    pretrained: Pretrained,
+    read: Callable[[], str | None],
+    write: Callable[[str], None],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> list[dict[str, str]]:
+    """A conversation: read a user turn, stream the answer, repeat until ``read`` returns None or "".
+
+    The whole conversation is re-rendered through the template at every turn,
+    so the model sees every earlier question and answer. Returns the messages.
+    """
+    if pretrained.chat_template is None:
+        raise ValueError("this checkpoint has no chat template: use `generate` for plain text continuation")
+    model, tokenizer = pretrained.model, pretrained.tokenizer
+    messages: list[dict[str, str]] = []
+    while True:
+        question = read()
+        if not question:
+            return messages
+        messages.append({"role": "user", "content": question})
+        prompt = tokenizer.encode(render_chat(pretrained.chat_template, messages))
+        room = model.config.max_seq_len - len(prompt)
+        if room <= 0:
+            raise ValueError(f"the conversation ({len(prompt)} tokens) has filled the context of "
+                             f"{model.config.max_seq_len} tokens")
+        stream = generate_stream(model, prompt, min(max_new_tokens, room), temperature=temperature, top_p=top_p,
+                                 stop_tokens=[tokenizer.eos_id], seed=seed)
+        answer = ""
+        for piece in decode_stream(tokenizer, stream):
+            answer += piece
+            write(piece)
+        write("\n")
+        messages.append({"role": "assistant", "content": answer})
