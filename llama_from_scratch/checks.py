@@ -211,3 +211,102 @@ def check_bpe_encode(fn: Callable[[str, dict[tuple[int, int], int]], list[int]])
         if list(got) != ids:
             raise CheckFailed(f"encode({text!r}): expected {ids}, got {got}")
     _passed("bpe encode", len(cases))
+
+
+def check_lr_schedule(fn: Callable[[int, int, int, float, float], float]) -> None:
+    """``fn(step, warmup_steps, total_steps, lr, min_lr)``: linear warm-up, then cosine decay to ``min_lr``."""
+    from .train import TrainConfig, learning_rate
+
+    cases = [(100, 1000, 1e-3, 1e-4), (10, 50, 3e-3, 0.0), (1, 20, 1.0, 0.5)]
+    for warmup, total, lr, min_lr in cases:
+        config = TrainConfig(steps=total, warmup_steps=warmup, lr=lr, min_lr=min_lr)
+        for step in sorted({0, warmup - 1, warmup, (warmup + total) // 2, total - 1, total}):
+            got = _call("lr schedule", fn, step, warmup, total, lr, min_lr)
+            expected = learning_rate(step, config)
+            if not isinstance(got, (int, float)) or abs(got - expected) > 1e-9 + 1e-6 * abs(expected):
+                raise CheckFailed(f"lr at step {step} (warmup={warmup}, total={total}, lr={lr}, min_lr={min_lr}): "
+                                  f"expected {expected:.6g}, got {got!r}")
+    _passed("lr schedule", len(cases))
+
+
+def check_clip_gradients(fn: Callable[[list[torch.Tensor], float], float]) -> None:
+    """``fn(parameters, max_norm)``: scale all gradients so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm *before* clipping and changes the ``.grad`` tensors in place.
+    """
+    torch.manual_seed(0)
+    cases = [(0.5, 3.0), (10.0, 1.0), (1.0, 1e-3)]  # (max_norm, gradient scale): clipped, untouched, tiny
+    for max_norm, scale in cases:
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((4, 3), (5,), (2, 2, 2))]
+        for p in params:
+            p.grad = torch.randn_like(p) * scale
+        reference = [p.grad.clone() for p in params]
+        expected_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in reference])))
+        factor = min(1.0, max_norm / (expected_norm + 1e-6))  # the small constant avoids dividing by zero
+        got = _call("clip gradients", fn, params, max_norm)
+        if not isinstance(got, (int, float, torch.Tensor)) or abs(float(got) - expected_norm) > 1e-4 * expected_norm:
+            raise CheckFailed(f"clip gradients (max_norm={max_norm}): should return the norm before clipping, "
+                              f"{expected_norm:.6g}, got {got!r}")
+        for i, (p, g) in enumerate(zip(params, reference)):
+            compare_tensors(f"gradient {i} after clipping to max_norm={max_norm}", p.grad, g * factor, atol=1e-6)
+    _passed("clip gradients", len(cases))
+
+
+def check_train_step(fn: Callable[..., float]) -> None:
+    """``fn(model, optimizer, inputs, targets, lr, max_norm)``: one training step; returns the loss.
+
+    Set the learning rate, clear old gradients, compute the next-token
+    cross-entropy, backpropagate, clip the gradients to ``max_norm``, update.
+    """
+    from .config import LlamaConfig
+    from .model import Llama
+    from .train import TrainConfig, configure_optimizer, train_step
+
+    config = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=64, max_seq_len=16)
+    torch.manual_seed(0)
+    data = torch.randint(0, 50, (2, 4, 13))
+    models = [Llama(config), Llama(config)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [configure_optimizer(m, TrainConfig()) for m in models]
+    for step, (lr, max_norm) in enumerate([(1e-2, 1.0), (5e-3, 0.1)]):
+        inputs, targets = data[step, :, :-1], data[step, :, 1:]
+        got = _call("train step", fn, models[0], optimizers[0], inputs, targets, lr, max_norm)
+        expected, _ = train_step(models[1], optimizers[1], [(inputs, targets)], lr, max_norm)
+        if not isinstance(got, (int, float, torch.Tensor)) or abs(float(got) - expected) > 1e-5:
+            raise CheckFailed(f"train step {step}: loss should be {expected:.6f}, got {got!r}")
+        for name, p in models[1].named_parameters():
+            compare_tensors(f"weight {name} after step {step}", models[0].get_parameter(name), p, atol=1e-5)
+    _passed("train step", 2)
+
+
+def check_hf_to_meta_name(fn: Callable[[str], str]) -> None:
+    """``fn(hf_name)``: a Hugging Face weight name -> this package's (Meta's) name."""
+    from .config import LlamaConfig
+    from .hf_format import hf_to_meta_name, meta_to_hf_name
+    from .model import Llama
+
+    with torch.device("meta"):
+        names = [name for name, _ in Llama(LlamaConfig(dim=8, n_layers=12, n_heads=2, vocab_size=4)).named_parameters()]
+    for meta_name in names:
+        hf_name = meta_to_hf_name(meta_name)
+        got = _call("name mapping", fn, hf_name)
+        if got != hf_to_meta_name(hf_name):
+            raise CheckFailed(f"name mapping: {hf_name!r} should become {hf_to_meta_name(hf_name)!r}, got {got!r}")
+    _passed("name mapping", len(names))
+
+
+def check_merge_shards(fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
+    """``fn(name, shards)``: glue one tensor's model-parallel slices back together (Meta's layout)."""
+    from .meta_format import shard_dim
+
+    torch.manual_seed(0)
+    shapes = {"tok_embeddings.weight": (32, 16), "layers.3.attention.wq.weight": (16, 16),
+              "layers.3.attention.wo.weight": (16, 16), "layers.3.feed_forward.w2.weight": (16, 48),
+              "layers.3.feed_forward.w3.weight": (48, 16), "layers.3.ffn_norm.weight": (16,), "output.weight": (32, 16)}
+    for n_shards in (2, 4):
+        for name, shape in shapes.items():
+            full = torch.randn(shape)
+            dim = shard_dim(name)
+            shards = list(full.chunk(n_shards, dim)) if dim is not None else [full] * n_shards
+            compare_tensors(f"merge of {name} from {n_shards} shards", _call("merge shards", fn, name, shards), full)
+    _passed("merge shards", 2 * len(shapes))
