@@ -39,8 +39,13 @@ def main() -> None:
     ours = load_checkpoint(folder / file, device="cpu", dtype=torch.float32)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    messages = [{"role": "user", "content": "Explain in a few sentences how a llama differs from an alpaca, "
-                 "and where both animals come from."}]
+    messages = [
+        {
+            "role": "user",
+            "content": "Explain in a few sentences how a llama differs from an alpaca, "
+            "and where both animals come from.",
+        }
+    ]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
 
@@ -52,9 +57,10 @@ def main() -> None:
     def run_theirs() -> tuple[float, list[int]]:
         start = time.perf_counter()
         with torch.no_grad():
-            out = theirs.generate(torch.tensor([prompt]), max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                                  do_sample=False)
-        return time.perf_counter() - start, out[0, len(prompt):].tolist()
+            out = theirs.generate(
+                torch.tensor([prompt]), max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False
+            )
+        return time.perf_counter() - start, out[0, len(prompt) :].tolist()
 
     run_ours(), run_theirs()  # warm-up
     ours_s, theirs_s = [], []
@@ -65,9 +71,15 @@ def main() -> None:
         theirs_s.append(t)
     ours_tps = args.tokens / statistics.median(ours_s)
     theirs_tps = args.tokens / statistics.median(theirs_s)
-    result = {"threads": args.threads, "prompt_tokens": len(prompt), "new_tokens": args.tokens,
-              "ours_tok_s": round(ours_tps, 2), "transformers_tok_s": round(theirs_tps, 2),
-              "ratio": round(ours_tps / theirs_tps, 3), "same_tokens": mine == reference}
+    result = {
+        "threads": args.threads,
+        "prompt_tokens": len(prompt),
+        "new_tokens": args.tokens,
+        "ours_tok_s": round(ours_tps, 2),
+        "transformers_tok_s": round(theirs_tps, 2),
+        "ratio": round(ours_tps / theirs_tps, 3),
+        "same_tokens": mine == reference,
+    }
 
     if importlib.util.find_spec("llama_cpp") is not None:
         from llama_cpp import Llama as LlamaCpp

@@ -59,8 +59,9 @@ def main() -> None:
     theirs = to_transformers(ours).train()
     optimizers = {
         "ours": torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True),
-        "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                          foreach=True),
+        "transformers": torch.optim.AdamW(
+            theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True
+        ),
     }
     forward = {"ours": lambda x: ours(x), "transformers": lambda x: theirs(input_ids=x).logits}
     data = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1))
@@ -86,16 +87,24 @@ def main() -> None:
     tokens = args.batch_size * args.seq_len
     peak = matmul_peak_flops()
     per_token = flops_per_token(config, args.seq_len)
-    result = {"preset": args.preset, "threads": args.threads, "batch": args.batch_size, "seq_len": args.seq_len,
-              "parameters": ours.num_parameters(), "peak_gflops": round(peak / 1e9, 1)}
+    result = {
+        "preset": args.preset,
+        "threads": args.threads,
+        "batch": args.batch_size,
+        "seq_len": args.seq_len,
+        "parameters": ours.num_parameters(),
+        "peak_gflops": round(peak / 1e9, 1),
+    }
     for name, times in seconds.items():
         tps = tokens / statistics.median(times)
         result[f"{name}_tok_s"] = round(tps, 1)
         result[f"{name}_mfu"] = round(tps * per_token / peak, 3)
     result["ratio"] = round(result["ours_tok_s"] / result["transformers_tok_s"], 3)
 
-    print(f"{args.preset}: {ours.num_parameters():,} parameters, batch {args.batch_size} x {args.seq_len} tokens, "
-          f"{args.threads} threads, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"{args.preset}: {ours.num_parameters():,} parameters, batch {args.batch_size} x {args.seq_len} tokens, "
+        f"{args.threads} threads, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
     for name in forward:
         print(f"{name:<14} {result[f'{name}_tok_s']:9,.0f} tok/s   MFU {result[f'{name}_mfu']:.1%}")
     print(f"ratio          {result['ratio']:9.2f}x")

@@ -57,8 +57,16 @@ def command_train(args: argparse.Namespace) -> None:
     from .train import train
 
     recipe = RECIPES[args.recipe]
-    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                 ("grad_accum", args.grad_accum)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("steps", args.steps),
+            ("batch_size", args.batch_size),
+            ("lr", args.lr),
+            ("grad_accum", args.grad_accum),
+        )
+        if v is not None
+    }
     if "lr" in changes:
         changes["min_lr"] = changes["lr"] / 10
     config = dataclasses.replace(recipe.train, **changes)
@@ -82,15 +90,30 @@ def command_train(args: argparse.Namespace) -> None:
         tokens = generate(model, prompt, 80, temperature=0.8, top_k=50, seed=step)
         model.train()
         text = tokenizer.decode(prompt[1:] + tokens)
-        print(f"\nstep {step}: val loss {metrics['loss']:.3f}, {metrics['bits_per_byte']:.3f} bits/byte\n{text}\n",
-              flush=True)
+        print(
+            f"\nstep {step}: val loss {metrics['loss']:.3f}, {metrics['bits_per_byte']:.3f} bits/byte\n{text}\n",
+            flush=True,
+        )
 
     if rank == 0:
-        print(f"{args.recipe}: {model.num_parameters():,} parameters on {device}, {world_size} process(es), "
-              f"{len(train_data.tokens):,} training tokens", flush=True)
-    train(model, train_data, val_data, config, args.out, resume=args.resume, on_eval=show_sample,
-          extra_files={"tokenizer.model": Path(data_dir) / "tokenizer.model"}, rank=rank, world_size=world_size,
-          ddp_model=ddp_model)
+        print(
+            f"{args.recipe}: {model.num_parameters():,} parameters on {device}, {world_size} process(es), "
+            f"{len(train_data.tokens):,} training tokens",
+            flush=True,
+        )
+    train(
+        model,
+        train_data,
+        val_data,
+        config,
+        args.out,
+        resume=args.resume,
+        on_eval=show_sample,
+        extra_files={"tokenizer.model": Path(data_dir) / "tokenizer.model"},
+        rank=rank,
+        world_size=world_size,
+        ddp_model=ddp_model,
+    )
     if world_size > 1:
         torch.distributed.destroy_process_group()
 
@@ -103,8 +126,16 @@ def command_generate(args: argparse.Namespace) -> None:
     tokenizer = pretrained.tokenizer
     prompt = tokenizer.encode(args.prompt, bos=tokenizer.bos_id is not None)
     print(args.prompt, end="", flush=True)
-    stream = generate_stream(pretrained.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                             stop_tokens=[t for t in (tokenizer.eos_id,) if t is not None], seed=args.seed)
+    stream = generate_stream(
+        pretrained.model,
+        prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        stop_tokens=[t for t in (tokenizer.eos_id,) if t is not None],
+        seed=args.seed,
+    )
     for piece in decode_stream(tokenizer, stream):
         print(piece, end="", flush=True)
     print()
@@ -134,9 +165,12 @@ def command_chat(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="python -m llama_from_scratch", description=__doc__.splitlines()[0],
-                                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                                          epilog="\n".join(__doc__.splitlines()[2:]))
+    main_parser = argparse.ArgumentParser(
+        prog="python -m llama_from_scratch",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     commands = main_parser.add_subparsers(dest="command", required=True)
     commands.add_parser("presets", help="the LLaMA family table")
     info = commands.add_parser("info", help="load a checkpoint and describe it")
@@ -154,8 +188,12 @@ def parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("generate", "continue a prompt"), ("chat", "talk to a chat model")):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--checkpoint", type=Path, required=name == "generate",
-                         help="a .gguf file, a Hugging Face or Meta directory, or a training run's folder")
+        sub.add_argument(
+            "--checkpoint",
+            type=Path,
+            required=name == "generate",
+            help="a .gguf file, a Hugging Face or Meta directory, or a training run's folder",
+        )
         sub.add_argument("--max-new-tokens", type=int, default=200 if name == "generate" else 256)
         sub.add_argument("--temperature", type=float, default=0.8 if name == "generate" else 0.0)
         sub.add_argument("--top-p", type=float)

@@ -42,8 +42,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     if n_rep == 1:
         return x
     batch, n_kv_heads, kv_seq, head_dim = x.shape
-    return x[:, :, None].expand(batch, n_kv_heads, n_rep, kv_seq, head_dim).reshape(
-        batch, n_kv_heads * n_rep, kv_seq, head_dim
+    return (
+        x[:, :, None]
+        .expand(batch, n_kv_heads, n_rep, kv_seq, head_dim)
+        .reshape(batch, n_kv_heads * n_rep, kv_seq, head_dim)
     )
 
 

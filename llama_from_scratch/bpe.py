@@ -114,8 +114,9 @@ def train_bpe(
     n_fixed = len(SPECIAL_PIECES) + (256 if byte_fallback else 0) + len(chars)
     n_merges = vocab_size - n_fixed
     if n_merges < 0:
-        raise ValueError(f"vocab_size={vocab_size} is too small: the special, byte and character pieces alone "
-                         f"need {n_fixed}")
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the special, byte and character pieces alone need {n_fixed}"
+        )
     known = set(chars)
 
     def mergeable(a: str, b: str) -> bool:
@@ -169,17 +170,23 @@ def train_bpe(
         if verbose and len(merges) % 500 == 0:
             print(f"merge {len(merges)}/{n_merges}: {new!r} ({-negative_count} times)")
     if len(merges) < n_merges:
-        raise ValueError(f"the text allows only {len(merges)} merges, too few for vocab_size={vocab_size}; "
-                         f"give more text or a smaller vocab_size")
+        raise ValueError(
+            f"the text allows only {len(merges)} merges, too few for vocab_size={vocab_size}; "
+            f"give more text or a smaller vocab_size"
+        )
 
     pieces = [Piece(piece, 0.0, kind) for piece, kind in SPECIAL_PIECES]
     if byte_fallback:
         pieces += [Piece(f"<0x{b:02X}>", 0.0, PieceType.BYTE) for b in range(256)]
     pieces += [Piece(piece, -float(i)) for i, piece in enumerate(merges + chars)]
     model = SentencePieceModel(
-        pieces, model_type="bpe", byte_fallback=byte_fallback, split_digits=split_digits,
-        normalizer_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
-        trainer_options={"character_coverage": float(character_coverage),
-                         "max_sentencepiece_length": max_piece_length},
+        pieces,
+        model_type="bpe",
+        byte_fallback=byte_fallback,
+        split_digits=split_digits,
+        normalizer_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        trainer_options={"character_coverage": float(character_coverage), "max_sentencepiece_length": max_piece_length},
     )
     return SentencePieceTokenizer(model)

@@ -37,8 +37,10 @@ except ModuleNotFoundError:  # pragma: no cover - regex comes with transformers;
 # other symbols (each with an optional leading space), then whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Llama 3's pattern: case-insensitive contractions, numbers of at most three digits, line breaks kept apart.
-LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                  r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 # The pre-tokenizers named by GGUF's ``tokenizer.ggml.pre``: patterns applied one after the other.
 PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "gpt2": (GPT2_PATTERN,),
@@ -85,7 +87,7 @@ def pre_tokenize(text: str, patterns: Sequence[str]) -> list[str]:
             end = 0
             for match in compiled.finditer(chunk):
                 if match.start() > end:
-                    split.append(chunk[end:match.start()])  # a gap no alternative matched: kept as it is
+                    split.append(chunk[end : match.start()])  # a gap no alternative matched: kept as it is
                 if match.end() > match.start():
                     split.append(match.group())
                 end = match.end()
@@ -184,7 +186,7 @@ class ByteLevelBPE:
         parts, end = [], 0
         for match in self._special_pattern.finditer(text):
             if match.start() > end:
-                parts.append((text[end:match.start()], False))
+                parts.append((text[end : match.start()], False))
             parts.append((match.group(), True))
             end = match.end()
         if end < len(text):
@@ -227,5 +229,7 @@ class ByteLevelBPE:
         return "".join(out)
 
     def __repr__(self) -> str:
-        return (f"ByteLevelBPE(vocab_size={self.vocab_size}, merges={len(self.ranks)}, "
-                f"special_tokens={len(self.special_tokens)}, bos_id={self.bos_id}, eos_id={self.eos_id})")
+        return (
+            f"ByteLevelBPE(vocab_size={self.vocab_size}, merges={len(self.ranks)}, "
+            f"special_tokens={len(self.special_tokens)}, bos_id={self.bos_id}, eos_id={self.eos_id})"
+        )

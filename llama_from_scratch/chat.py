@@ -54,7 +54,9 @@ def load_pretrained(path: str | Path, device=None, dtype=None) -> Pretrained:
     if path.is_file() and path.suffix == ".gguf":
         reader = open_gguf(path)  # parsed once for the weights, the tokenizer and the template
         model = load_checkpoint(path, device, dtype, reader=reader)
-        template = reader.fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in reader.fields else None
+        template = (
+            reader.fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in reader.fields else None
+        )
         return Pretrained(model, read_gguf_tokenizer(path, reader), template)
     model = load_checkpoint(path, device, dtype)
     directory = path.parent if path.is_file() else (latest_checkpoint(path) or path)
@@ -88,7 +90,7 @@ def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
         text = tokenizer.decode(ids)
         if text.endswith("\ufffd"):
             continue  # an incomplete UTF-8 character: wait for its remaining bytes
-        yield text[len(shown):]
+        yield text[len(shown) :]
         shown = text
 
 
@@ -118,10 +120,18 @@ def chat(
         prompt = tokenizer.encode(render_chat(pretrained.chat_template, messages))
         room = model.config.max_seq_len - len(prompt)
         if room <= 0:
-            raise ValueError(f"the conversation ({len(prompt)} tokens) has filled the context of "
-                             f"{model.config.max_seq_len} tokens")
-        stream = generate_stream(model, prompt, min(max_new_tokens, room), temperature=temperature, top_p=top_p,
-                                 stop_tokens=[tokenizer.eos_id], seed=seed)
+            raise ValueError(
+                f"the conversation ({len(prompt)} tokens) has filled the context of {model.config.max_seq_len} tokens"
+            )
+        stream = generate_stream(
+            model,
+            prompt,
+            min(max_new_tokens, room),
+            temperature=temperature,
+            top_p=top_p,
+            stop_tokens=[tokenizer.eos_id],
+            seed=seed,
+        )
         answer = ""
         for piece in decode_stream(tokenizer, stream):
             answer += piece

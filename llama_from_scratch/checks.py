@@ -130,8 +130,12 @@ def check_kv_cache_update(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) 
         if not (isinstance(result, tuple) and len(result) == 2):
             raise CheckFailed(f"kv cache update: expected a (keys, values) tuple, got {type(result).__name__}")
         end = start_pos + seq
-        compare_tensors(f"keys returned after writing positions {start_pos}..{end - 1}", result[0], expected_k[:, :, :end])
-        compare_tensors(f"values returned after writing positions {start_pos}..{end - 1}", result[1], expected_v[:, :, :end])
+        compare_tensors(
+            f"keys returned after writing positions {start_pos}..{end - 1}", result[0], expected_k[:, :, :end]
+        )
+        compare_tensors(
+            f"values returned after writing positions {start_pos}..{end - 1}", result[1], expected_v[:, :, :end]
+        )
         compare_tensors(f"cache_k after writing positions {start_pos}..{end - 1}", cache_k, expected_k)
         compare_tensors(f"cache_v after writing positions {start_pos}..{end - 1}", cache_v, expected_v)
     _passed("kv cache update", len(steps))
@@ -144,7 +148,9 @@ def check_top_p(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     cases += [(torch.softmax(torch.randn(50) * 2, -1), p) for p in (0.3, 0.9, 1.0)]
     for probs, p in cases:
         expected = next_token_probabilities(probs.log(), top_p=p)
-        compare_tensors(f"top_p(p={p}, vocab={probs.numel()})", _call("top_p", fn, probs.clone(), p), expected, atol=1e-6)
+        compare_tensors(
+            f"top_p(p={p}, vocab={probs.numel()})", _call("top_p", fn, probs.clone(), p), expected, atol=1e-6
+        )
     _passed("top-p", len(cases))
 
 
@@ -224,8 +230,10 @@ def check_lr_schedule(fn: Callable[[int, int, int, float, float], float]) -> Non
             got = _call("lr schedule", fn, step, warmup, total, lr, min_lr)
             expected = learning_rate(step, config)
             if not isinstance(got, (int, float)) or abs(got - expected) > 1e-9 + 1e-6 * abs(expected):
-                raise CheckFailed(f"lr at step {step} (warmup={warmup}, total={total}, lr={lr}, min_lr={min_lr}): "
-                                  f"expected {expected:.6g}, got {got!r}")
+                raise CheckFailed(
+                    f"lr at step {step} (warmup={warmup}, total={total}, lr={lr}, min_lr={min_lr}): "
+                    f"expected {expected:.6g}, got {got!r}"
+                )
     _passed("lr schedule", len(cases))
 
 
@@ -245,8 +253,10 @@ def check_clip_gradients(fn: Callable[[list[torch.Tensor], float], float]) -> No
         factor = min(1.0, max_norm / (expected_norm + 1e-6))  # the small constant avoids dividing by zero
         got = _call("clip gradients", fn, params, max_norm)
         if not isinstance(got, (int, float, torch.Tensor)) or abs(float(got) - expected_norm) > 1e-4 * expected_norm:
-            raise CheckFailed(f"clip gradients (max_norm={max_norm}): should return the norm before clipping, "
-                              f"{expected_norm:.6g}, got {got!r}")
+            raise CheckFailed(
+                f"clip gradients (max_norm={max_norm}): should return the norm before clipping, "
+                f"{expected_norm:.6g}, got {got!r}"
+            )
         for i, (p, g) in enumerate(zip(params, reference)):
             compare_tensors(f"gradient {i} after clipping to max_norm={max_norm}", p.grad, g * factor, atol=1e-6)
     _passed("clip gradients", len(cases))
@@ -300,9 +310,15 @@ def check_merge_shards(fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) ->
     from .meta_format import shard_dim
 
     torch.manual_seed(0)
-    shapes = {"tok_embeddings.weight": (32, 16), "layers.3.attention.wq.weight": (16, 16),
-              "layers.3.attention.wo.weight": (16, 16), "layers.3.feed_forward.w2.weight": (16, 48),
-              "layers.3.feed_forward.w3.weight": (48, 16), "layers.3.ffn_norm.weight": (16,), "output.weight": (32, 16)}
+    shapes = {
+        "tok_embeddings.weight": (32, 16),
+        "layers.3.attention.wq.weight": (16, 16),
+        "layers.3.attention.wo.weight": (16, 16),
+        "layers.3.feed_forward.w2.weight": (16, 48),
+        "layers.3.feed_forward.w3.weight": (48, 16),
+        "layers.3.ffn_norm.weight": (16,),
+        "output.weight": (32, 16),
+    }
     for n_shards in (2, 4):
         for name, shape in shapes.items():
             full = torch.randn(shape)

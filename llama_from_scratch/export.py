@@ -41,16 +41,28 @@ def write_hf(model: Llama, directory: Path, dtype: torch.dtype = torch.float32) 
     """Write ``config.json`` and ``model.safetensors`` of ``model`` into an existing ``directory``."""
     hf_config = {**config_to_hf(model.config), "torch_dtype": str(dtype).removeprefix("torch.")}
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    save_file(meta_to_hf_state_dict(_weights(model, dtype), model.config), directory / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        meta_to_hf_state_dict(_weights(model, dtype), model.config),
+        directory / "model.safetensors",
+        metadata={"format": "pt"},
+    )
 
 
 def meta_params(model: Llama) -> dict:
     """The ``params.json`` of a model. The FFN size is written out only when Meta's rule does not give it."""
     c = model.config
-    params = {"dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
-              "vocab_size": c.vocab_size, "multiple_of": c.multiple_of, "ffn_dim_multiplier": c.ffn_dim_multiplier,
-              "norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "max_seq_len": c.max_seq_len}
+    params = {
+        "dim": c.dim,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "vocab_size": c.vocab_size,
+        "multiple_of": c.multiple_of,
+        "ffn_dim_multiplier": c.ffn_dim_multiplier,
+        "norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "max_seq_len": c.max_seq_len,
+    }
     if ffn_hidden_dim(c.dim, c.multiple_of, c.ffn_dim_multiplier) != c.hidden_dim:
         params["hidden_dim"] = c.hidden_dim
     if c.head_dim != c.dim // c.n_heads:
@@ -111,7 +123,11 @@ def _write_gguf(model: Llama, file: Path, dtype: torch.dtype) -> None:
 
 
 def save_checkpoint(
-    model: Llama, path: str | Path, format: str = "hf", dtype: torch.dtype = torch.float32, n_shards: int = 1,
+    model: Llama,
+    path: str | Path,
+    format: str = "hf",
+    dtype: torch.dtype = torch.float32,
+    n_shards: int = 1,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` to ``path`` (a directory for "hf" and "meta", a ``.gguf`` file for "gguf")."""

@@ -20,7 +20,6 @@ permutation (Hugging Face's rotate-half layout is the odd one out).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from .config import LlamaConfig
+from .naming import NameMap
 
 # GGUF name pattern -> Meta name pattern; {i} is the layer index.
 _NAMES = {
@@ -44,28 +44,17 @@ _NAMES = {
     "blk.{i}.ffn_down.weight": "layers.{i}.feed_forward.w2.weight",
     "blk.{i}.ffn_up.weight": "layers.{i}.feed_forward.w3.weight",
 }
-_GGUF_TO_META = [
-    (re.compile(re.escape(g).replace(re.escape("{i}"), r"(\d+)") + "$"), m) for g, m in _NAMES.items()
-]
+_GGUF_NAMES = NameMap(_NAMES)
 
 
 def gguf_to_meta_name(name: str) -> str | None:
     """``blk.3.ffn_gate.weight -> layers.3.feed_forward.w1.weight``; None if not a Llama weight."""
-    for pattern, template in _GGUF_TO_META:
-        match = pattern.match(name)
-        if match:
-            return template.format(i=match.group(1)) if match.groups() else template
-    return None
+    return _GGUF_NAMES.to_meta(name)
 
 
 def meta_to_gguf_name(name: str) -> str | None:
     """The inverse of :func:`gguf_to_meta_name`."""
-    for gguf_name, meta_name in _NAMES.items():
-        pattern = re.escape(meta_name).replace(re.escape("{i}"), r"(\d+)") + "$"
-        match = re.match(pattern, name)
-        if match:
-            return gguf_name.format(i=match.group(1)) if match.groups() else gguf_name
-    return None
+    return _GGUF_NAMES.from_meta(name)
 
 
 def open_gguf(path: Path):
@@ -100,7 +89,12 @@ def config_from_gguf(reader, source: str) -> LlamaConfig:
         raise ValueError(f"{source}: general.architecture is {arch!r}; this package loads 'llama' models")
     if get("llama.rope.scaling.type", "none") not in ("none", None):
         raise ValueError(f"{source}: RoPE scaling {get('llama.rope.scaling.type')!r} is not supported")
-    required = ["llama.embedding_length", "llama.block_count", "llama.attention.head_count", "llama.feed_forward_length"]
+    required = [
+        "llama.embedding_length",
+        "llama.block_count",
+        "llama.attention.head_count",
+        "llama.feed_forward_length",
+    ]
     missing = [key for key in required if key not in fields]
     if missing:
         raise ValueError(f"{source}: missing metadata {', '.join(missing)}")

@@ -23,7 +23,6 @@ and ``safe_open`` maps the file into memory instead of copying it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import LlamaConfig
+from .naming import NameMap
 from .rope import half_to_interleaved, interleaved_to_half
 
 # Hugging Face name pattern -> Meta name pattern; {i} is the layer index.
@@ -50,30 +50,17 @@ _NAMES = {
 }
 
 
-def _pattern(template: str) -> re.Pattern[str]:
-    return re.compile(re.escape(template).replace(re.escape("{i}"), r"(\d+)") + "$")
-
-
-_HF_TO_META = [(_pattern(hf), meta) for hf, meta in _NAMES.items()]
-_META_TO_HF = [(_pattern(meta), hf) for hf, meta in _NAMES.items()]
-
-
-def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
-    for pattern, template in table:
-        match = pattern.match(name)
-        if match:
-            return template.format(i=match.group(1)) if match.groups() else template
-    return None
+_HF_NAMES = NameMap(_NAMES)
 
 
 def hf_to_meta_name(name: str) -> str | None:
     """``model.layers.3.mlp.gate_proj.weight -> layers.3.feed_forward.w1.weight``; None if not a Llama weight."""
-    return _rename(name, _HF_TO_META)
+    return _HF_NAMES.to_meta(name)
 
 
 def meta_to_hf_name(name: str) -> str | None:
     """The inverse of :func:`hf_to_meta_name`."""
-    return _rename(name, _META_TO_HF)
+    return _HF_NAMES.from_meta(name)
 
 
 def hf_to_meta_tensor(meta_name: str, tensor: torch.Tensor, config: LlamaConfig) -> torch.Tensor:
@@ -120,7 +107,11 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"{source}: RoPE scaling {rope_type!r} is not supported; only the default RoPE is")
-    missing = [f for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size") if f not in hf]
+    missing = [
+        f
+        for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+        if f not in hf
+    ]
     if missing:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
     try:
@@ -186,7 +177,9 @@ def safetensors_files(directory: Path) -> list[Path]:
     elif single.exists():
         files = [single]
     else:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json next to config.json")
+        raise FileNotFoundError(
+            f"{directory}: no model.safetensors or model.safetensors.index.json next to config.json"
+        )
     for file in files:
         if not file.exists():
             raise FileNotFoundError(f"{file}: listed in {index.name} but missing")

@@ -31,8 +31,14 @@ import torch
 
 from .config import LlamaConfig
 
-COLUMN_PARALLEL = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
-                   "feed_forward.w1.weight", "feed_forward.w3.weight", "output.weight")
+COLUMN_PARALLEL = (
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w3.weight",
+    "output.weight",
+)
 ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight", "tok_embeddings.weight")
 
 
@@ -52,8 +58,10 @@ def meta_shards(directory: Path) -> list[Path]:
         raise FileNotFoundError(f"{directory}: params.json but no consolidated.*.pth files")
     expected = [directory / f"consolidated.{i:02d}.pth" for i in range(len(shards))]
     if shards != expected:
-        raise ValueError(f"{directory}: shards must be consolidated.00.pth ... consolidated.{len(shards) - 1:02d}.pth, "
-                         f"found {', '.join(p.name for p in shards)}")
+        raise ValueError(
+            f"{directory}: shards must be consolidated.00.pth ... consolidated.{len(shards) - 1:02d}.pth, "
+            f"found {', '.join(p.name for p in shards)}"
+        )
     return shards
 
 

@@ -133,7 +133,11 @@ class Llama(nn.Module):
 
     def _check_tokens(self, tokens: torch.Tensor, start_pos: int) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            got = f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            got = (
+                f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}"
+                if isinstance(tokens, torch.Tensor)
+                else type(tokens).__name__
+            )
             raise ValueError(f"tokens must be a (batch, seq) tensor of int64 token ids, got {got}")
         seq = tokens.shape[1]
         if seq == 0:

@@ -38,9 +38,7 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, device: torch.device
     return 1.0 / (theta**exponents)
 
 
-def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines and sines of the rotation angles ``position * frequency``.
 
     ``positions`` is a ``(seq,)`` integer tensor. Returns ``cos, sin``, each

@@ -45,19 +45,27 @@ class SentencePieceTokenizer:
         if model.precompiled_charsmap:
             raise NotImplementedError(
                 f"normalization rule {model.normalizer_name!r} (a compiled character map) is not supported; "
-                f"only 'identity', Llama's setting, is")
+                f"only 'identity', Llama's setting, is"
+            )
         self.model = model
         self.pieces = [p.piece for p in model.pieces]
         self.vocab_size = len(model.pieces)
         types = [p.type for p in model.pieces]
         # Text can only be spelled with normal and user-defined pieces (and unused ones, split up again).
-        self._spellable = {p.piece: i for i, p in enumerate(model.pieces)
-                           if p.type in (PieceType.NORMAL, PieceType.USER_DEFINED, PieceType.UNUSED)}
+        self._spellable = {
+            p.piece: i
+            for i, p in enumerate(model.pieces)
+            if p.type in (PieceType.NORMAL, PieceType.USER_DEFINED, PieceType.UNUSED)
+        }
         self._scores = [p.score for p in model.pieces]
-        self._user_defined = sorted((p.piece for p in model.pieces if p.type == PieceType.USER_DEFINED),
-                                    key=len, reverse=True)
-        self._bytes = {int(p.piece[3:5], 16): i for i, p in enumerate(model.pieces)
-                       if p.type == PieceType.BYTE and re.fullmatch(r"<0x[0-9A-F]{2}>", p.piece)}
+        self._user_defined = sorted(
+            (p.piece for p in model.pieces if p.type == PieceType.USER_DEFINED), key=len, reverse=True
+        )
+        self._bytes = {
+            int(p.piece[3:5], 16): i
+            for i, p in enumerate(model.pieces)
+            if p.type == PieceType.BYTE and re.fullmatch(r"<0x[0-9A-F]{2}>", p.piece)
+        }
         if model.byte_fallback and len(self._bytes) != 256:
             raise ValueError(f"byte_fallback needs the 256 pieces <0x00> ... <0xFF>, the model has {len(self._bytes)}")
 
@@ -232,8 +240,10 @@ class SentencePieceTokenizer:
         return cls(read_model(path))
 
     def __repr__(self) -> str:
-        return (f"SentencePieceTokenizer(vocab_size={self.vocab_size}, byte_fallback={self.model.byte_fallback}, "
-                f"bos_id={self.bos_id}, eos_id={self.eos_id}, unk_id={self.unk_id})")
+        return (
+            f"SentencePieceTokenizer(vocab_size={self.vocab_size}, byte_fallback={self.model.byte_fallback}, "
+            f"bos_id={self.bos_id}, eos_id={self.eos_id}, unk_id={self.unk_id})"
+        )
 
 
 __all__ = ["SPACE", "Piece", "PieceType", "SentencePieceTokenizer"]

@@ -69,10 +69,23 @@ class SentencePieceModel:
 
 # The ModelProto schema, reduced to the fields used here: field number -> (name, wire type).
 _MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
-_TRAINER_FIELDS = {3: "model_type", 4: "vocab_size", 10: "character_coverage", 20: "max_sentencepiece_length",
-                   25: "split_digits", 35: "byte_fallback", 24: "treat_whitespace_as_suffix", 44: "unk_surface"}
-_NORMALIZER_FIELDS = {1: "name", 2: "precompiled_charsmap", 3: "add_dummy_prefix",
-                      4: "remove_extra_whitespaces", 5: "escape_whitespaces"}
+_TRAINER_FIELDS = {
+    3: "model_type",
+    4: "vocab_size",
+    10: "character_coverage",
+    20: "max_sentencepiece_length",
+    25: "split_digits",
+    35: "byte_fallback",
+    24: "treat_whitespace_as_suffix",
+    44: "unk_surface",
+}
+_NORMALIZER_FIELDS = {
+    1: "name",
+    2: "precompiled_charsmap",
+    3: "add_dummy_prefix",
+    4: "remove_extra_whitespaces",
+    5: "escape_whitespaces",
+}
 
 
 class ModelFormatError(ValueError):
@@ -109,10 +122,10 @@ def read_fields(data: bytes) -> list[tuple[int, int | bytes]]:
             value, pos = _read_varint(data, pos)
         elif wire_type in (1, 5):
             size = 8 if wire_type == 1 else 4
-            value, pos = data[pos:pos + size], pos + size
+            value, pos = data[pos : pos + size], pos + size
         elif wire_type == 2:
             size, pos = _read_varint(data, pos)
-            value, pos = data[pos:pos + size], pos + size
+            value, pos = data[pos : pos + size], pos + size
         else:
             raise ValueError(f"unsupported protobuf wire type {wire_type} (field {number}) at byte {pos}")
         if number == 0 or pos > len(data):
@@ -202,14 +215,22 @@ def write_model(model: SentencePieceModel, path: str | Path) -> Path:
     unknown = sorted(set(model.trainer_options) - set(trainer_numbers))
     if unknown:
         raise ValueError(f"cannot write trainer option(s) {unknown}; known: {sorted(trainer_numbers)}")
-    trainer = {"model_type": model_types[model.model_type], "vocab_size": len(model.pieces),
-               "byte_fallback": model.byte_fallback, "split_digits": model.split_digits,
-               "treat_whitespace_as_suffix": model.treat_whitespace_as_suffix, "unk_surface": model.unk_surface,
-               **model.trainer_options}
-    normalizer = {"name": model.normalizer_name, "precompiled_charsmap": model.precompiled_charsmap,
-                  "add_dummy_prefix": model.add_dummy_prefix,
-                  "remove_extra_whitespaces": model.remove_extra_whitespaces,
-                  "escape_whitespaces": model.escape_whitespaces}
+    trainer = {
+        "model_type": model_types[model.model_type],
+        "vocab_size": len(model.pieces),
+        "byte_fallback": model.byte_fallback,
+        "split_digits": model.split_digits,
+        "treat_whitespace_as_suffix": model.treat_whitespace_as_suffix,
+        "unk_surface": model.unk_surface,
+        **model.trainer_options,
+    }
+    normalizer = {
+        "name": model.normalizer_name,
+        "precompiled_charsmap": model.precompiled_charsmap,
+        "add_dummy_prefix": model.add_dummy_prefix,
+        "remove_extra_whitespaces": model.remove_extra_whitespaces,
+        "escape_whitespaces": model.escape_whitespaces,
+    }
     normalizer_numbers = {name: number for number, name in _NORMALIZER_FIELDS.items()}
     data = b"".join(
         _field(1, _field(1, p.piece) + _field(2, float(p.score)) + _field(3, int(p.type))) for p in model.pieces

@@ -68,8 +68,9 @@ def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
     try:
         return SentencePieceTokenizer(read_model(path))
     except ModelFormatError:
-        raise ModelFormatError(f"{path} is not a tokenizer file: neither GGUF, nor tokenizer.json, "
-                               f"nor a SentencePiece .model") from None
+        raise ModelFormatError(
+            f"{path} is not a tokenizer file: neither GGUF, nor tokenizer.json, nor a SentencePiece .model"
+        ) from None
 
 
 # -- Hugging Face tokenizer.json ------------------------------------------------------------------------------
@@ -97,8 +98,10 @@ def _patterns_from_hf(pre_tokenizer: dict | None, path: Path) -> tuple[list[str]
         pattern = pre_tokenizer["pattern"]
         behavior = pre_tokenizer.get("behavior")
         if behavior != "Isolated" or pre_tokenizer.get("invert"):
-            raise NotImplementedError(f"{path}: Split pre-tokenizer with behavior={behavior!r}, "
-                                      f"invert={pre_tokenizer.get('invert')} is not supported (only Isolated)")
+            raise NotImplementedError(
+                f"{path}: Split pre-tokenizer with behavior={behavior!r}, "
+                f"invert={pre_tokenizer.get('invert')} is not supported (only Isolated)"
+            )
         return [pattern["Regex"] if "Regex" in pattern else re.escape(pattern["String"])], False
     raise NotImplementedError(f"{path}: pre-tokenizer type {kind!r} is not supported")
 
@@ -123,8 +126,10 @@ def read_tokenizer_json(path: str | Path) -> ByteLevelBPE:
         raise NotImplementedError(f"{path}: model type {model.get('type')!r} is not supported (only BPE)")
     patterns, byte_level = _patterns_from_hf(spec.get("pre_tokenizer"), path)
     if not byte_level:
-        raise NotImplementedError(f"{path} is not a byte-level BPE tokenizer (no ByteLevel pre-tokenizer); for a "
-                                  f"SentencePiece-style model, load its tokenizer.model instead")
+        raise NotImplementedError(
+            f"{path} is not a byte-level BPE tokenizer (no ByteLevel pre-tokenizer); for a "
+            f"SentencePiece-style model, load its tokenizer.model instead"
+        )
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     special = {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
     ids = {"bos": None, "eos": None, "pad": None, "unk": None}
@@ -134,9 +139,17 @@ def read_tokenizer_json(path: str | Path) -> ByteLevelBPE:
         for name in ids:
             text = _token_text(config.get(f"{name}_token"))
             ids[name] = special.get(text, model["vocab"].get(text)) if text is not None else None
-    return ByteLevelBPE(model["vocab"], merges, patterns, special,
-                        bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"], unk_id=ids["unk"],
-                        ignore_merges=bool(model.get("ignore_merges", False)))
+    return ByteLevelBPE(
+        model["vocab"],
+        merges,
+        patterns,
+        special,
+        bos_id=ids["bos"],
+        eos_id=ids["eos"],
+        pad_id=ids["pad"],
+        unk_id=ids["unk"],
+        ignore_merges=bool(model.get("ignore_merges", False)),
+    )
 
 
 # -- GGUF ------------------------------------------------------------------------------------------------------
@@ -166,25 +179,39 @@ def read_gguf_tokenizer(path: str | Path, reader=None) -> SentencePieceTokenizer
         raise ModelFormatError(f"{path} holds no tokenizer (no tokenizer.ggml.model in its metadata)")
     tokens = get("tokenizer.ggml.tokens")
     types = get("tokenizer.ggml.token_type", [1] * len(tokens))
-    special_ids = {name: get(f"tokenizer.ggml.{key}_token_id")
-                   for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))}
+    special_ids = {
+        name: get(f"tokenizer.ggml.{key}_token_id")
+        for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))
+    }
     if kind == "gpt2":
         pre = get("tokenizer.ggml.pre", "gpt2")
         if pre not in PRE_TOKENIZERS:
-            raise NotImplementedError(f"{path}: pre-tokenizer {pre!r} is not supported; "
-                                      f"known: {sorted(PRE_TOKENIZERS)}")
+            raise NotImplementedError(
+                f"{path}: pre-tokenizer {pre!r} is not supported; known: {sorted(PRE_TOKENIZERS)}"
+            )
         merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
         special = {t: i for i, (t, kind_) in enumerate(zip(tokens, types)) if kind_ in (3, 4)}
         vocab = {t: i for i, t in enumerate(tokens)}
-        return ByteLevelBPE(vocab, merges, PRE_TOKENIZERS[pre], special,
-                            bos_id=special_ids["bos"], eos_id=special_ids["eos"], pad_id=special_ids["pad"],
-                            unk_id=special_ids["unk"])
+        return ByteLevelBPE(
+            vocab,
+            merges,
+            PRE_TOKENIZERS[pre],
+            special,
+            bos_id=special_ids["bos"],
+            eos_id=special_ids["eos"],
+            pad_id=special_ids["pad"],
+            unk_id=special_ids["unk"],
+        )
     if kind == "llama":
         scores = get("tokenizer.ggml.scores", [0.0] * len(tokens))
         pieces = [Piece(t, float(s), PieceType(int(k))) for t, s, k in zip(tokens, scores, types)]
-        model = SentencePieceModel(pieces, model_type="bpe", normalizer_name="identity",
-                                   byte_fallback=any(p.type == PieceType.BYTE for p in pieces),
-                                   add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)),
-                                   remove_extra_whitespaces=False)
+        model = SentencePieceModel(
+            pieces,
+            model_type="bpe",
+            normalizer_name="identity",
+            byte_fallback=any(p.type == PieceType.BYTE for p in pieces),
+            add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)),
+            remove_extra_whitespaces=False,
+        )
         return SentencePieceTokenizer(model)
     raise NotImplementedError(f"{path}: tokenizer model {kind!r} is not supported (only 'gpt2' and 'llama')")

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoints import latest_checkpoint
 from .dataset import EVAL, TokenData, get_batch
 from .model import Llama
-from .checkpoints import latest_checkpoint
 from .train_checkpoint import load_training_state, save_training_checkpoint
 
 
@@ -195,13 +195,26 @@ def train(
     clock = time.perf_counter()
     for step in progress:
         micro_batches = [
-            get_batch(train_data, step * config.grad_accum + m, config.batch_size, config.seq_len, config.seed, rank, world_size)
+            get_batch(
+                train_data,
+                step * config.grad_accum + m,
+                config.batch_size,
+                config.seq_len,
+                config.seed,
+                rank,
+                world_size,
+            )
             for m in range(config.grad_accum)
         ]
         loss, grad_norm = train_step(forward, optimizer, micro_batches, learning_rate(step, config), config.grad_clip)
         now = time.perf_counter()
-        record = {"step": step, "loss": loss, "lr": learning_rate(step, config), "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_step / (now - clock)}
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": learning_rate(step, config),
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_step / (now - clock),
+        }
         clock = now
         progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
         last = step == config.steps - 1

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import LATEST, latest_checkpoint, load_checkpoint
+from .checkpoints import LATEST, load_checkpoint
 from .export import write_hf
 from .model import Llama
 
@@ -36,8 +36,14 @@ SAME_DATA = ("batch_size", "grad_accum", "seq_len", "seed")
 
 
 def save_training_checkpoint(
-    run_dir: Path, model: Llama, optimizer: torch.optim.Optimizer, step: int, config, history: list[dict],
-    extra_files: dict[str, Path] | None = None, keep: int = 2,
+    run_dir: Path,
+    model: Llama,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config,
+    history: list[dict],
+    extra_files: dict[str, Path] | None = None,
+    keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step-NNNNNNN`` into ``run_dir``, point ``latest`` at it, keep the newest ``keep``."""
     run_dir = Path(run_dir)
@@ -46,8 +52,9 @@ def save_training_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=run_dir))
     try:
         write_hf(model, staging)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history},
-                   staging / "trainer_state.pt")
+        torch.save(
+            {"step": step, "optimizer": optimizer.state_dict(), "history": history}, staging / "trainer_state.pt"
+        )
         (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         for target, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / target)
@@ -65,7 +72,9 @@ def save_training_checkpoint(
     return final
 
 
-def load_training_state(checkpoint: Path, model: Llama, optimizer: torch.optim.Optimizer, config) -> tuple[int, list[dict]]:
+def load_training_state(
+    checkpoint: Path, model: Llama, optimizer: torch.optim.Optimizer, config
+) -> tuple[int, list[dict]]:
     """Load weights and optimizer state from ``checkpoint`` into ``model`` / ``optimizer``; return (step, history).
 
     Raises ``ValueError`` if the checkpoint belongs to a different model or
@@ -75,7 +84,11 @@ def load_training_state(checkpoint: Path, model: Llama, optimizer: torch.optim.O
     if saved.config != model.config:
         raise ValueError(f"{checkpoint}: checkpoint of a different model: {saved.config} != {model.config}")
     saved_config = json.loads((checkpoint / "train_config.json").read_text())
-    changed = [f"{k}: {saved_config.get(k)} -> {getattr(config, k)}" for k in SAME_DATA if saved_config.get(k) != getattr(config, k)]
+    changed = [
+        f"{k}: {saved_config.get(k)} -> {getattr(config, k)}"
+        for k in SAME_DATA
+        if saved_config.get(k) != getattr(config, k)
+    ]
     if changed:
         raise ValueError(f"{checkpoint}: cannot resume exactly with different batches ({'; '.join(changed)})")
     with torch.no_grad():

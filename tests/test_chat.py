@@ -4,15 +4,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
 from conftest import random_llama
+
 from llama_from_scratch import LlamaConfig, train_bpe
 from llama_from_scratch.chat import Pretrained, chat, decode_stream, load_pretrained, render_chat
 from llama_from_scratch.export import write_hf
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
 
@@ -24,7 +25,9 @@ def tokenizer():
 def test_render_chat_fills_the_template():
     text = render_chat(CHATML, [{"role": "user", "content": "Hi"}])
     assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    assert not render_chat(CHATML, [{"role": "user", "content": "Hi"}], add_generation_prompt=False).endswith("assistant\n")
+    assert not render_chat(CHATML, [{"role": "user", "content": "Hi"}], add_generation_prompt=False).endswith(
+        "assistant\n"
+    )
 
 
 def test_render_chat_is_sandboxed():
@@ -63,16 +66,35 @@ def test_generate_command_on_a_training_checkpoint(tmp_path, tokenizer):
     (tmp_path / "latest").write_text("step-0000001\n")
     pretrained = load_pretrained(tmp_path)
     assert pretrained.tokenizer.vocab_size == tokenizer.vocab_size and pretrained.chat_template is None
-    result = subprocess.run([sys.executable, "-m", "llama_from_scratch", "generate", "--checkpoint", str(tmp_path),
-                             "--prompt", "To be", "--max-new-tokens", "8", "--seed", "0"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llama_from_scratch",
+            "generate",
+            "--checkpoint",
+            str(tmp_path),
+            "--prompt",
+            "To be",
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("To be") and len(result.stdout) > len("To be\n")
 
 
 def test_commands_report_bad_input_without_a_traceback(tmp_path):
-    for command in (["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"],
-                    ["chat", "--checkpoint", str(tmp_path / "nope")]):
-        result = subprocess.run([sys.executable, "-m", "llama_from_scratch", *command], capture_output=True, text=True,
-                                timeout=120)
+    for command in (
+        ["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"],
+        ["chat", "--checkpoint", str(tmp_path / "nope")],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "llama_from_scratch", *command], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 1 and result.stderr.startswith("error:"), result.stderr

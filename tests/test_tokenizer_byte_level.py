@@ -18,10 +18,28 @@ pytest.importorskip("regex", reason="byte-level BPE needs the regex package")
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 HARD_STRINGS = [
-    "", " ", "  ", "a  b", " leading", "trailing ", "   runs   of    spaces   ", "\t tabs\t\t", "a\tb",
-    "naïve café déjà vu", "Ünïcödé — “curly quotes” and ‘apostrophes’", "😀 emoji 🎉👍🏽", "日本語のテキスト 中文",
-    "12345 digits 3.14159 and 1,000,000", "I'm sure they'LL say we've DONE it", "line one\nline two\n\n  after\n",
-    "\r\n", "   \n  x", "x" * 40, "\x00\x01\x7f", "Ⅻ ² ½ ٣", "<|im_start|>user\nHello!<|im_end|>\n",
+    "",
+    " ",
+    "  ",
+    "a  b",
+    " leading",
+    "trailing ",
+    "   runs   of    spaces   ",
+    "\t tabs\t\t",
+    "a\tb",
+    "naïve café déjà vu",
+    "Ünïcödé — “curly quotes” and ‘apostrophes’",
+    "😀 emoji 🎉👍🏽",
+    "日本語のテキスト 中文",
+    "12345 digits 3.14159 and 1,000,000",
+    "I'm sure they'LL say we've DONE it",
+    "line one\nline two\n\n  after\n",
+    "\r\n",
+    "   \n  x",
+    "x" * 40,
+    "\x00\x01\x7f",
+    "Ⅻ ² ½ ٣",
+    "<|im_start|>user\nHello!<|im_end|>\n",
     "<|im_start<|im_end|>|> <|endoftext|><|endoftext|>",
 ]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -42,25 +60,41 @@ def train_reference(folder: Path, pre_tokenizer, vocab_size: int = 600) -> token
     reference = tokenizers.Tokenizer(models.BPE())
     reference.pre_tokenizer = pre_tokenizer
     reference.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    sample = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer",
-              "1599, 1600 and 1601: the years of Hamlet.", "Ça va? Très bien, merci — 日本 😀"] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    sample = [
+        "To be, or not to be, that is the question:",
+        "Whether 'tis nobler in the mind to suffer",
+        "1599, 1600 and 1601: the years of Hamlet.",
+        "Ça va? Très bien, merci — 日本 😀",
+    ] * 50
     reference.train_from_iterator(sample, trainer)
     folder.mkdir(parents=True, exist_ok=True)
     reference.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "pad_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "pad_token": "<|endoftext|>"})
+    )
     return reference
 
 
 STYLES = {
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    "smollm": lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
-    "llama3": lambda: pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+    "smollm": lambda: pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    ),
+    "llama3": lambda: pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    ),
 }
 
 
@@ -139,5 +173,13 @@ def test_bytes_to_unicode():
 
 def test_pre_tokenize():
     assert pre_tokenize("Hello world 2024!", PRE_TOKENIZERS["smollm"]) == [
-        "Hello", " world", " ", "2", "0", "2", "4", "!"]
+        "Hello",
+        " world",
+        " ",
+        "2",
+        "0",
+        "2",
+        "4",
+        "!",
+    ]
     assert pre_tokenize("I'm  here\n", PRE_TOKENIZERS["gpt2"]) == ["I", "'m", " ", " here", "\n"]

@@ -60,8 +60,9 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(NotImplementedError, match="wordpiece.json.*WordPiece"):
         load_tokenizer(wordpiece)
     spm_style = tmp_path / "metaspace.json"
-    spm_style.write_text(json.dumps({"model": {"type": "BPE", "vocab": {}, "merges": []},
-                                     "pre_tokenizer": {"type": "Metaspace"}}))
+    spm_style.write_text(
+        json.dumps({"model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": {"type": "Metaspace"}})
+    )
     with pytest.raises(NotImplementedError, match="metaspace.json.*Metaspace"):
         load_tokenizer(spm_style)
     not_gguf = tmp_path / "weights.gguf"

