@@ -53,6 +53,7 @@ def _strip_block(lines: list[str], begin: str, end: str, replacement: list[str],
 def exercise_cell(cell: dict, source: str) -> dict:
     """The learner's version of one solution cell."""
     cell = json.loads(json.dumps(cell))  # a deep copy
+    cell.get("metadata", {}).pop("execution", None)  # the solution run's timings say nothing about the exercise
     lines = "".join(cell.get("source", "")).split("\n")
     if cell["cell_type"] == "code":
         lines = _strip_block(
