@@ -97,3 +97,23 @@ def test_chat_command_streams_an_answer():
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
+
+
+def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(models, tmp_path):
+    """Optional: llama-cpp-python compiles llama.cpp for about 10 minutes, so the course does not install it."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional)")
+    from llama_from_scratch.chat import load_pretrained
+    from llama_from_scratch.export import save_checkpoint
+
+    pretrained = load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
+    exported = save_checkpoint(pretrained.model, pretrained.tokenizer, tmp_path / "smollm2-f32.gguf", format="gguf",
+                               chat_template=pretrained.chat_template)
+    prompt = models[2](PROMPTS[2])["input_ids"]
+    ours = generate(pretrained.model, prompt, max_new_tokens=32)
+    cpp = llama_cpp.Llama(str(exported), n_ctx=256, n_threads=2, verbose=False)
+    theirs = []
+    for token in cpp.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0):
+        theirs.append(token)
+        if len(theirs) == 32:
+            break
+    assert theirs == ours
