@@ -19,6 +19,7 @@ weights once, not twice.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def assemble(
     expected = expected_shapes(config)
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
-    for file, name, tensor in tqdm(tensors, total=total, desc=description, unit="tensor"):
+    quiet = bool(os.environ.get("TQDM_DISABLE"))  # honoured here too: tqdm's notebook bar ignores it
+    for file, name, tensor in tqdm(tensors, total=total, desc=description, unit="tensor", disable=quiet):
         if config.tie_embeddings and name == "output.weight":
             continue  # some tied checkpoints store the shared matrix twice
         if name not in expected:

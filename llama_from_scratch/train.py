@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,7 +192,8 @@ def train(
     model.train()
 
     tokens_per_step = config.batch_size * config.grad_accum * config.seq_len * world_size
-    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=not is_main)
+    quiet = not is_main or bool(os.environ.get("TQDM_DISABLE"))  # tqdm's notebook bar ignores TQDM_DISABLE
+    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
     clock = time.perf_counter()
     for step in progress:
         micro_batches = [
