@@ -136,7 +136,7 @@ def command_generate(args: argparse.Namespace) -> None:
         stop_tokens=[t for t in (tokenizer.eos_id,) if t is not None],
         seed=args.seed,
     )
-    for piece in decode_stream(tokenizer, stream):
+    for piece in decode_stream(tokenizer, stream, context=prompt):
         print(piece, end="", flush=True)
     print()
 

@@ -23,7 +23,7 @@ new, complete text.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +81,16 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
     )
 
 
-def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
-    """Turn a stream of token ids into a stream of text pieces, never splitting a character."""
-    ids: list[int] = []
-    shown = ""
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], context: Sequence[int] = ()) -> Iterator[str]:
+    """Turn a stream of token ids into a stream of text pieces, never splitting a character.
+
+    ``context``: the tokens before the stream (the prompt). The last of them
+    is decoded along with the new ones and its text removed again, because a
+    SentencePiece decoder drops the space at the start of a text: without
+    it, a continuation "▁foul" would print as "foul".
+    """
+    ids: list[int] = list(context[-1:])
+    shown = tokenizer.decode(ids)
     for token in tokens:
         ids.append(token)
         text = tokenizer.decode(ids)
@@ -133,7 +139,7 @@ def chat(
             seed=seed,
         )
         answer = ""
-        for piece in decode_stream(tokenizer, stream):
+        for piece in decode_stream(tokenizer, stream, context=prompt):
             answer += piece
             write(piece)
         write("\n")

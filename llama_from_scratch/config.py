@@ -98,7 +98,19 @@ class LlamaConfig:
         return self.n_heads // self.n_kv_heads
 
     def replace(self, **changes) -> LlamaConfig:
-        """A copy with some fields changed (and validated again)."""
+        """A copy with some fields changed (and validated again).
+
+        ``hidden_dim`` and ``head_dim`` that follow their rules (Meta's FFN
+        rule, ``dim // n_heads``) are derived again from the new fields, so
+        ``replace(dim=128)`` gives a consistent smaller model; pass them
+        explicitly to keep them fixed.
+        """
+        if "hidden_dim" not in changes and self.hidden_dim == ffn_hidden_dim(
+            self.dim, self.multiple_of, self.ffn_dim_multiplier
+        ):
+            changes["hidden_dim"] = None
+        if "head_dim" not in changes and self.head_dim == self.dim // self.n_heads:
+            changes["head_dim"] = None
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -106,7 +118,7 @@ class LlamaConfig:
         """The config of a named model, e.g. ``LlamaConfig.from_preset("llama2-7b")``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **changes)
+        return PRESETS[name].replace(**changes)
 
 
 def _require_positive_int(name: str, value: object) -> None:

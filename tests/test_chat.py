@@ -98,3 +98,10 @@ def test_commands_report_bad_input_without_a_traceback(tmp_path):
             [sys.executable, "-m", "llama_from_scratch", *command], capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 1 and result.stderr.startswith("error:"), result.stderr
+
+
+def test_decode_stream_keeps_the_space_before_a_continuation(tokenizer):
+    prompt = tokenizer.encode("To be,")
+    continuation = tokenizer.encode("To be, or not")[len(prompt) :]
+    assert tokenizer.decode(continuation) == "or not"  # decoded alone, the leading space is dropped
+    assert "".join(decode_stream(tokenizer, continuation, context=prompt)) == " or not"

@@ -78,3 +78,11 @@ def test_from_preset_with_changes_is_validated():
     assert LlamaConfig.from_preset("tiny", vocab_size=300).vocab_size == 300
     with pytest.raises(ValueError, match="n_kv_heads"):
         LlamaConfig.from_preset("tiny", n_kv_heads=0)
+
+
+def test_replace_derives_the_sizes_that_follow_their_rules_again():
+    smaller = LlamaConfig.from_preset("small", dim=128)
+    assert (smaller.hidden_dim, smaller.head_dim) == (ffn_hidden_dim(128, 64, None), 32)
+    smol = LlamaConfig.from_preset("smollm2-135m", n_layers=2)
+    assert smol.hidden_dim == 1536  # not Meta's rule: an explicit size stays
+    assert LlamaConfig.from_preset("small").replace(dim=128, hidden_dim=300).hidden_dim == 300
