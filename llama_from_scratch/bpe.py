@@ -11,12 +11,17 @@ The recipe here is SentencePiece's, the one Llama 1 and 2 were trained with:
 * **Character coverage.** The most frequent characters covering ``character_coverage`` of the text get a
   piece; rarer ones (here ``$``, ``(``, emoji, ...) do not, and are spelled as UTF-8 byte tokens
   ``<0x..>`` when encoding (byte fallback), so no text is ever unknown.
-* **Digits** are never merged, so ``1604`` is always the four tokens ``1 6 0 4`` (``split_digits``).
-* **Line breaks.** Our one deliberate difference from the ``sentencepiece`` trainer, which reads a corpus line
+* **Digits** are never merged, so ``1604`` is always four tokens (``split_digits``): ``1 6 0 4`` when the digits
+  are common enough to be kept characters, four byte tokens otherwise (Shakespeare has only 22 digits).
+* **Line breaks.** A deliberate difference from the ``sentencepiece`` trainer, which reads a corpus line
   by line and therefore never sees a line break (``sentencepiece`` then encodes ``"\\n"`` as ``<0x0A>``).
   Here a line break is an ordinary character that ends the word before it: ``"hand,\\nAnd"`` is the words
   ``"▁hand,\\n"`` and ``"And"``. Pieces such as ``",\\n"`` and ``":\\n"`` are learned, so verse and speaker
   names cost fewer tokens, and decoding gives the line breaks back. (The first word of a line has no ``▁``.)
+* **Scripts.** Another difference: ``sentencepiece`` by default never merges characters of different Unicode
+  scripts (``split_by_unicode_script``), so letters and punctuation stay apart; this trainer learns pieces
+  such as ``e,`` and ``'s``. The two vocabularies therefore differ, while the *encoders* agree exactly on
+  any given ``.model`` file.
 * **Vocabulary layout**, as ``sentencepiece`` writes it: ``<unk> <s> </s>`` at ids 0, 1, 2, the 256 byte
   tokens, the merged pieces (the score of merge ``i`` is ``-i``: earlier merges win when encoding), then the
   single characters.
