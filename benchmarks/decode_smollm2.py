@@ -49,18 +49,19 @@ def main() -> None:
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
 
+    # Both stop at the end-of-turn token; the prompt asks for a long answer, so both normally run the full length.
+    # (transformers' min_new_tokens would ban that token and change the greedy path, so it is not used.)
     def run_ours() -> tuple[float, list[int]]:
         start = time.perf_counter()
-        tokens = generate(ours, prompt, args.tokens)
+        tokens = generate(ours, prompt, args.tokens, stop_tokens=[tokenizer.eos_token_id])
         return time.perf_counter() - start, tokens
 
     def run_theirs() -> tuple[float, list[int]]:
         start = time.perf_counter()
         with torch.no_grad():
-            out = theirs.generate(
-                torch.tensor([prompt]), max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False
-            )
-        return time.perf_counter() - start, out[0, len(prompt) :].tolist()
+            out = theirs.generate(torch.tensor([prompt]), max_new_tokens=args.tokens, do_sample=False)
+        tokens = [t for t in out[0, len(prompt) :].tolist() if t != tokenizer.eos_token_id]
+        return time.perf_counter() - start, tokens
 
     run_ours(), run_theirs()  # warm-up
     ours_s, theirs_s = [], []
@@ -69,8 +70,10 @@ def main() -> None:
         ours_s.append(t)
         t, reference = run_theirs()
         theirs_s.append(t)
-    ours_tps = args.tokens / statistics.median(ours_s)
-    theirs_tps = args.tokens / statistics.median(theirs_s)
+    if len(mine) != args.tokens or len(reference) != args.tokens:
+        print(f"note: generation stopped early (ours {len(mine)}, transformers {len(reference)} tokens)")
+    ours_tps = len(mine) / statistics.median(ours_s)
+    theirs_tps = len(reference) / statistics.median(theirs_s)
     result = {
         "threads": args.threads,
         "prompt_tokens": len(prompt),
