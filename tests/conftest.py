@@ -27,3 +27,26 @@ def random_llama(config: LlamaConfig, seed: int = 0) -> Llama:
             else:
                 p.normal_(0.0, 0.1)
     return model.eval()
+
+
+# Strings that trip up tokenizers: whitespace runs, tabs, non-ASCII, emoji, CJK, digits, control bytes.
+HARD_STRINGS = [
+    "",
+    " ",
+    "  ",
+    "a  b",
+    " leading",
+    "trailing ",
+    "   runs   of    spaces   ",
+    "\t tabs\t\t",
+    "a\tb",
+    "naïve café déjà vu",
+    "Ünïcödé — “curly quotes” and ‘apostrophes’",
+    "😀 emoji 🎉👍🏽",
+    "日本語のテキスト 中文",
+    "12345 digits 3.14159 and 1,000,000",
+    "\r\n",
+    "x" * 40,
+    "\x00\x01\x7f",
+    "Ⅻ ² ½ ٣",
+]

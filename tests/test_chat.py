@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import random_llama
 
+from conftest import random_llama
 from llama_from_scratch import LlamaConfig, train_bpe
 from llama_from_scratch.chat import Pretrained, chat, decode_stream, load_pretrained, render_chat
 from llama_from_scratch.export import write_hf

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import random_llama, to_transformers
 from safetensors.torch import load_file, save_file
 
+from conftest import random_llama, to_transformers
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.hf_format import config_from_hf
 

@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 from conftest import random_llama, to_transformers
-
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.__main__ import main
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import hf_config
 from transformers.models.llama import modeling_llama as hf_llama
 
+from conftest import hf_config
 from llama_from_scratch import (
     Attention,
     LlamaConfig,

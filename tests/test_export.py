@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import random_llama, transformers
 
+from conftest import random_llama, transformers
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.export import save_checkpoint
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import random_llama
 
+from conftest import random_llama
 from llama_from_scratch import (
     KVCache,
     Llama,

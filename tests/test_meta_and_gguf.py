@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import random_llama
 
+from conftest import random_llama
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.gguf_format import meta_to_gguf_name
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import random_llama, to_transformers
 
+from conftest import random_llama, to_transformers
 from llama_from_scratch import LlamaConfig
 
 CONFIGS = {

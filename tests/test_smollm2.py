@@ -106,8 +106,13 @@ def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(models, tmp_path
     from llama_from_scratch.export import save_checkpoint
 
     pretrained = load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
-    exported = save_checkpoint(pretrained.model, pretrained.tokenizer, tmp_path / "smollm2-f32.gguf", format="gguf",
-                               chat_template=pretrained.chat_template)
+    exported = save_checkpoint(
+        pretrained.model,
+        pretrained.tokenizer,
+        tmp_path / "smollm2-f32.gguf",
+        format="gguf",
+        chat_template=pretrained.chat_template,
+    )
     prompt = models[2](PROMPTS[2])["input_ids"]
     ours = generate(pretrained.model, prompt, max_new_tokens=32)
     cpp = llama_cpp.Llama(str(exported), n_ctx=256, n_threads=2, verbose=False)

