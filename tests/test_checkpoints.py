@@ -101,6 +101,17 @@ def test_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path)
 
 
+# The fields a Hugging Face Llama config.json must have.
+MINIMAL_HF_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 100,
+    "vocab_size": 50,
+}
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -112,29 +123,13 @@ def test_not_a_checkpoint(tmp_path):
     ],
 )
 def test_unsupported_or_invalid_config_names_file_and_field(tmp_path, changes, message):
-    hf = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 100,
-        "vocab_size": 50,
-        **changes,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(hf))
+    (tmp_path / "config.json").write_text(json.dumps({**MINIMAL_HF_CONFIG, **changes}))
     with pytest.raises(ValueError, match=message) as error:
         load_checkpoint(tmp_path)
     assert "config.json" in str(error.value)
 
 
 def test_config_from_transformers_v4_and_v5_rope_fields():
-    base = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 100,
-        "vocab_size": 50,
-    }
+    base = MINIMAL_HF_CONFIG
     assert config_from_hf({**base, "rope_theta": 500000.0}).rope_theta == 500000.0
     assert config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}).rope_theta == 1e6
