@@ -67,11 +67,6 @@ def open_gguf(path: Path):
         raise ValueError(f"{path}: not a readable GGUF file ({type(error).__name__}: {error})") from None
 
 
-def metadata(reader) -> dict[str, object]:
-    """The file's key-value metadata as plain Python values (strings, numbers, lists)."""
-    return {key: field.contents() for key, field in reader.fields.items()}
-
-
 def _float32_decimal(value: float) -> float:
     """The shortest decimal that a float32 metadata value stands for: 9.99999974e-06 -> 1e-05."""
     return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))

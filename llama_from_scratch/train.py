@@ -20,7 +20,6 @@ everything stays float32 (bfloat16 is far slower on CPUs without native support)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -231,12 +230,3 @@ def train(
             save_training_checkpoint(out_dir, model, optimizer, step + 1, config, history, extra_files)
             clock = time.perf_counter()
     return history
-
-
-def train_config_from_dict(values: dict) -> TrainConfig:
-    """A :class:`TrainConfig` from saved values, rejecting unknown fields by name."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-    return TrainConfig(**values)
