@@ -2,8 +2,11 @@
 
 Same weights (dequantized from the packaged Q4_1 GGUF, float32), same prompt,
 same number of tokens, batch 1, KV cache on, measured in one process and
-interleaved (ours, theirs, ours, theirs, ...) so that a change in machine load
-hits both. Reports the median tokens/s of each and their ratio.
+interleaved (ours eager, ours compiled, theirs, ...) so that a change in
+machine load hits all alike. Reports the median tokens/s of each and the
+ratios to transformers. "Compiled" is ``generate(..., compile=True)``: the
+decode step through ``torch.compile`` (its one-off compile time is reported
+apart and not counted). transformers runs its default ``generate``.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ def main() -> None:
 
     # Both stop at the end-of-turn token; the prompt asks for a long answer, so both normally run the full length.
     # (transformers' min_new_tokens would ban that token and change the greedy path, so it is not used.)
-    def run_ours() -> tuple[float, list[int]]:
+    def run_ours(compile: bool = False) -> tuple[float, list[int]]:
         start = time.perf_counter()
-        tokens = generate(ours, prompt, args.tokens, stop_tokens=[tokenizer.eos_token_id])
+        tokens = generate(ours, prompt, args.tokens, stop_tokens=[tokenizer.eos_token_id], compile=compile)
         return time.perf_counter() - start, tokens
 
     def run_theirs() -> tuple[float, list[int]]:
@@ -64,24 +67,32 @@ def main() -> None:
         return time.perf_counter() - start, tokens
 
     run_ours(), run_theirs()  # warm-up
-    ours_s, theirs_s = [], []
+    compile_s, _ = run_ours(compile=True)  # the first compiled call compiles the decode step
+    ours_s, compiled_s, theirs_s = [], [], []
     for _ in range(args.repeats):
         t, mine = run_ours()
         ours_s.append(t)
+        t, mine_compiled = run_ours(compile=True)
+        compiled_s.append(t)
         t, reference = run_theirs()
         theirs_s.append(t)
     if len(mine) != args.tokens or len(reference) != args.tokens:
         print(f"note: generation stopped early (ours {len(mine)}, transformers {len(reference)} tokens)")
     ours_tps = len(mine) / statistics.median(ours_s)
+    compiled_tps = len(mine_compiled) / statistics.median(compiled_s)
     theirs_tps = len(reference) / statistics.median(theirs_s)
     result = {
         "threads": args.threads,
         "prompt_tokens": len(prompt),
         "new_tokens": args.tokens,
         "ours_tok_s": round(ours_tps, 2),
+        "ours_compiled_tok_s": round(compiled_tps, 2),
+        "compile_s": round(compile_s, 1),
         "transformers_tok_s": round(theirs_tps, 2),
         "ratio": round(ours_tps / theirs_tps, 3),
+        "ratio_compiled": round(compiled_tps / theirs_tps, 3),
         "same_tokens": mine == reference,
+        "same_tokens_compiled": mine_compiled == reference,
     }
 
     if importlib.util.find_spec("llama_cpp") is not None:
@@ -95,11 +106,14 @@ def main() -> None:
         result["llama_cpp_q4_1_tok_s"] = round(args.tokens / (time.perf_counter() - start), 2)
 
     print(f"threads {args.threads}, prompt {len(prompt)} tokens, {args.tokens} new tokens, median of {args.repeats}")
-    print(f"llama_from_scratch  {ours_tps:7.1f} tok/s")
-    print(f"transformers        {theirs_tps:7.1f} tok/s")
-    print(f"ratio               {ours_tps / theirs_tps:7.2f}x   (same tokens: {mine == reference})")
+    print(f"llama_from_scratch           {ours_tps:7.1f} tok/s  {ours_tps / theirs_tps:5.2f}x (same tokens: {mine == reference})")
+    print(
+        f"llama_from_scratch compiled  {compiled_tps:7.1f} tok/s  {compiled_tps / theirs_tps:5.2f}x "
+        f"(same tokens: {mine_compiled == reference}; compiling took {compile_s:.0f} s once)"
+    )
+    print(f"transformers                 {theirs_tps:7.1f} tok/s")
     if "llama_cpp_q4_1_tok_s" in result:
-        print(f"llama.cpp (Q4_1)    {result['llama_cpp_q4_1_tok_s']:7.1f} tok/s")
+        print(f"llama.cpp (Q4_1)             {result['llama_cpp_q4_1_tok_s']:7.1f} tok/s")
     print(json.dumps(result))
 
 

@@ -108,11 +108,14 @@ def chat(
     temperature: float = 0.0,
     top_p: float | None = None,
     seed: int | None = None,
+    compile: bool = False,
 ) -> list[dict[str, str]]:
     """A conversation: read a user turn, stream the answer, repeat until ``read`` returns None or "".
 
     The whole conversation is re-rendered through the template at every turn,
-    so the model sees every earlier question and answer. Returns the messages.
+    so the model sees every earlier question and answer. ``compile=True``
+    decodes with the compiled step (see :func:`~llama_from_scratch.generate.compiled_decode_step`).
+    Returns the messages.
     """
     if pretrained.chat_template is None:
         raise ValueError("this checkpoint has no chat template: use `generate` for plain text continuation")
@@ -137,6 +140,7 @@ def chat(
             top_p=top_p,
             stop_tokens=[tokenizer.eos_id],
             seed=seed,
+            compile=compile,
         )
         answer = ""
         for piece in decode_stream(tokenizer, stream, context=prompt):

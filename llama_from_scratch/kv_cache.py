@@ -18,11 +18,16 @@ saves memory.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values of one layer: two ``(batch, n_kv_heads, max_seq_len, head_dim)`` buffers."""
+class KVCache:
+    """Preallocated keys and values of one layer: two ``(batch, n_kv_heads, max_seq_len, head_dim)`` buffers.
+
+    A plain object rather than an ``nn.Module``: it holds no learned weights,
+    belongs to one generation rather than to the model, and ``torch.compile``
+    then treats its length as a variable (module buffers are compiled as
+    fixed-size), so caches of different lengths share one compiled step.
+    """
 
     def __init__(
         self,
@@ -33,10 +38,9 @@ class KVCache(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ):
-        super().__init__()
         shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     @property
     def max_seq_len(self) -> int:

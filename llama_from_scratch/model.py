@@ -115,7 +115,8 @@ class Llama(nn.Module):
         With ``return_attention=True`` the result is ``(logits, weights)``,
         ``weights`` a list with one ``(batch, n_heads, seq, kv_seq)`` tensor per layer.
         """
-        self._check_tokens(tokens, start_pos)
+        if not torch.compiler.is_compiling():  # the check reads token values: a graph break under torch.compile
+            self._check_tokens(tokens, start_pos)
         if kv_caches is not None and len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches must hold one KVCache per layer ({len(self.layers)}), got {len(kv_caches)}")
         seq = tokens.shape[1]

@@ -56,6 +56,20 @@ def test_greedy_generation_is_identical_with_and_without_cache(model):
     assert with_cache == without
 
 
+def test_compiled_decoding_gives_the_eager_tokens_without_recompiling():
+    """torch.compile'd decode steps: same greedy tokens, and one compiled graph serves every cache length."""
+    torch._dynamo.reset()
+    model = random_llama(CONFIG)
+    prompts = ([5, 17, 3, 99, 42], [8, 1, 64], [2, 30, 30, 7, 1, 9, 77])
+    eager = [generate(model, prompt, max_new_tokens=n) for prompt, n in zip(prompts, (30, 12, 21))]
+    compiled = [generate(model, prompt, max_new_tokens=n, compile=True) for prompt, n in zip(prompts, (30, 12, 21))]
+    assert compiled == eager
+    # Three calls with three cache lengths and many positions: a recompile would count a second frame.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    with pytest.raises(ValueError, match="use_cache=True"):
+        generate(model, [1, 2], 4, compile=True, use_cache=False)
+
+
 def test_generation_continues_the_models_own_argmax(model):
     prompt = [1, 2, 3]
     tokens = generate(model, prompt, max_new_tokens=5)
