@@ -1,10 +1,14 @@
 """Training throughput: this package against transformers.LlamaForCausalLM, same config, batch and optimizer.
 
-One training step = forward, cross-entropy loss, backward, AdamW update. Both
-models hold the same weights and see the same batches; their steps are
-interleaved in blocks so that a change in machine load hits both. Reports
-tokens/s, the ratio, and model FLOPs utilisation (MFU) against this machine's
-measured fp32 matmul peak.
+One training step = forward, cross-entropy loss, backward, gradient clipping,
+AdamW update. Each side computes its loss its own way: ours as the package's
+training loop does (``model(inputs, targets=targets)``, the output head fused
+with the cross-entropy, see ``llama_from_scratch/cross_entropy.py``),
+transformers as its users do (``F.cross_entropy`` on the logits, which is also
+what ``LlamaForCausalLM`` does when given labels). Both models hold the same
+weights and see the same batches; their steps are interleaved in blocks so
+that a change in machine load hits both. Reports tokens/s, the ratio, and
+model FLOPs utilisation (MFU) against this machine's measured fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -63,22 +67,25 @@ def main() -> None:
             theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True
         ),
     }
-    forward = {"ours": lambda x: ours(x), "transformers": lambda x: theirs(input_ids=x).logits}
     data = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1))
     inputs, targets = data[:, :-1], data[:, 1:]
+    loss_of = {
+        "ours": lambda: ours(inputs, targets=targets),
+        "transformers": lambda: F.cross_entropy(theirs(input_ids=inputs).logits.flatten(0, 1), targets.flatten()),
+    }
 
     def step(name: str) -> None:
         optimizers[name].zero_grad(set_to_none=True)
-        loss = F.cross_entropy(forward[name](inputs).flatten(0, 1), targets.flatten())
+        loss = loss_of[name]()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(optimizers[name].param_groups[0]["params"], 1.0)
         optimizers[name].step()
 
-    for name in forward:  # warm-up
+    for name in loss_of:  # warm-up
         step(name)
-    seconds: dict[str, list[float]] = {name: [] for name in forward}
+    seconds: dict[str, list[float]] = {name: [] for name in loss_of}
     for _ in range(args.blocks):
-        for name in forward:
+        for name in loss_of:
             start = time.perf_counter()
             for _ in range(args.steps):
                 step(name)
@@ -105,7 +112,7 @@ def main() -> None:
         f"{args.preset}: {ours.num_parameters():,} parameters, batch {args.batch_size} x {args.seq_len} tokens, "
         f"{args.threads} threads, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
     )
-    for name in forward:
+    for name in loss_of:
         print(f"{name:<14} {result[f'{name}_tok_s']:9,.0f} tok/s   MFU {result[f'{name}_mfu']:.1%}")
     print(f"ratio          {result['ratio']:9.2f}x")
     print(json.dumps(result))

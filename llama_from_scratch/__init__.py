@@ -8,7 +8,7 @@ Read the modules in the order of the course:
   (``load_tokenizer``);
 * the model: ``config``, ``rmsnorm``, ``rope``, ``feedforward``,
   ``attention``, ``kv_cache``, ``model``, ``generate``, ``device``;
-* training: ``dataset``, ``train``, ``train_checkpoint``, ``distributed``;
+* training: ``dataset``, ``cross_entropy``, ``train``, ``train_checkpoint``, ``distributed``;
 * real checkpoints: ``checkpoints`` with ``hf_format``, ``meta_format``,
   ``gguf_format``; ``export``;
 * the course itself: ``checks`` (exercise feedback), ``exercises``
@@ -25,6 +25,7 @@ from .device import default_device, default_dtype
 from .export import save_checkpoint
 from .feedforward import SwiGLU
 from .generate import generate, generate_stream, next_token_probabilities, sample_next_token
+from .cross_entropy import linear_cross_entropy
 from .kv_cache import KVCache
 from .model import Llama, TransformerBlock, count_parameters
 from .rmsnorm import RMSNorm, rms_norm
@@ -74,6 +75,7 @@ __all__ = [
     "generate_stream",
     "half_to_interleaved",
     "interleaved_to_half",
+    "linear_cross_entropy",
     "load_checkpoint",
     "next_token_probabilities",
     "repeat_kv",

@@ -23,6 +23,7 @@ from torch import nn
 
 from .attention import Attention
 from .config import LlamaConfig
+from .cross_entropy import linear_cross_entropy
 from .feedforward import SwiGLU
 from .kv_cache import KVCache
 from .rmsnorm import RMSNorm
@@ -99,8 +100,9 @@ class Llama(nn.Module):
         start_pos: int = 0,
         kv_caches: list[KVCache] | None = None,
         return_attention: bool = False,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits for the next token after every position.
+        """Logits for the next token after every position (or, given ``targets``, the training loss).
 
         ``tokens`` is a ``(batch, seq)`` integer tensor holding the tokens at
         positions ``start_pos ... start_pos + seq - 1``. Returns float32 logits
@@ -114,6 +116,12 @@ class Llama(nn.Module):
 
         With ``return_attention=True`` the result is ``(logits, weights)``,
         ``weights`` a list with one ``(batch, n_heads, seq, kv_seq)`` tensor per layer.
+
+        With ``targets`` (``(batch, seq)``, the token that follows each
+        position) the result is instead the mean next-token cross-entropy, a
+        scalar in nats per token, computed by
+        :func:`~llama_from_scratch.cross_entropy.linear_cross_entropy` without
+        materialising the logits. Training calls the model this way.
         """
         if not torch.compiler.is_compiling():  # the check reads token values: a graph break under torch.compile
             self._check_tokens(tokens, start_pos)
@@ -129,6 +137,8 @@ class Llama(nn.Module):
             cache = kv_caches[i] if kv_caches is not None else None
             x, weights = layer(x, cos, sin, start_pos, cache, return_attention)
             attention.append(weights)
+        if targets is not None:
+            return linear_cross_entropy(self.norm(x), self.output.weight, targets)
         logits = self.output(self.norm(x)).float()
         return (logits, attention) if return_attention else logits
 

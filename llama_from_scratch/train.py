@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import latest_checkpoint
@@ -101,9 +100,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def language_model_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next-token predictions, in nats per token."""
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    """Mean cross-entropy of the next-token predictions, in nats per token.
+
+    This equals ``F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())``;
+    passing the targets into the model lets it compute the loss without ever
+    holding the full ``(tokens, vocab_size)`` logits (see :mod:`.cross_entropy`).
+    """
+    return model(inputs, targets=targets)
 
 
 def train_step(

@@ -1,0 +1,102 @@
+"""The training loss without its biggest tensor: output head and cross-entropy in one pass, by chunks.
+
+Training a language model ends with ``logits = hidden @ W_out^T`` and the mean
+cross-entropy of the next tokens. For a small model the logits are by far the
+largest tensor of the whole step: ``(tokens, vocab_size)``, e.g. 4,096
+tokens x 4,096 pieces = 67 MB in float32, while every hidden state is
+``(tokens, dim)`` = 4 MB. Autograd keeps them, their log-softmax and the
+gradient of each, and creating and filling that memory costs as much time as
+several transformer layers.
+
+The gradient of softmax cross-entropy has a simple closed form. With
+``p = softmax(logits)`` and ``y`` the target:
+
+    loss = logsumexp(logits) - logits[y]
+    d loss / d logits = p - onehot(y)
+
+so the gradients of the two inputs of the head are
+
+    d loss / d hidden = (p - onehot(y)) @ W_out
+    d loss / d W_out  = (p - onehot(y))^T @ hidden
+
+This module computes them *during the forward pass*, a chunk of rows at a time
+(the idea of "fused linear cross-entropy" kernels such as Liger's): each
+chunk's logits are made, turned into ``p - onehot(y)`` in place, multiplied
+into the two gradients, and dropped. Only ``(tokens, dim)`` and
+``(vocab, dim)`` gradients are kept, and the backward pass just scales them.
+Same loss and gradients as ``F.cross_entropy(hidden @ W_out.T, targets)`` (up
+to float rounding), same matrix-multiply work, far less memory traffic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(chunk, dim) @ (vocab, dim)^T -> (chunk, vocab)`` logits, at least float32 for the softmax."""
+    logits = hidden @ weight.t()
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``; gradients made in the forward pass.
+
+    Shapes: ``hidden`` ``(tokens, dim)``, ``weight`` ``(vocab_size, dim)``,
+    ``targets`` ``(tokens,)`` int64. Returns a scalar.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+    ) -> torch.Tensor:
+        n_tokens = hidden.shape[0]
+        loss = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        for start in range(0, n_tokens, chunk_size):
+            h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+            logits = _chunk_logits(h, weight)
+            rows = torch.arange(len(y), device=y.device)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            loss -= log_probs[rows, y].sum()
+            grad_logits = log_probs.exp_()  # p = softmax(logits), written over the log-probabilities
+            grad_logits[rows, y] -= 1.0  # p - onehot(y)
+            grad_logits = grad_logits.to(hidden.dtype)
+            grad_hidden[start : start + chunk_size] = grad_logits @ weight
+            grad_weight += grad_logits.t() @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.n_tokens = n_tokens
+        return loss / n_tokens
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_loss / ctx.n_tokens  # the loss is a mean over tokens
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale.to(grad_weight.dtype), None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256
+) -> torch.Tensor:
+    """``F.cross_entropy(hidden @ weight.T, targets)``, without ever holding all the logits.
+
+    ``hidden`` is ``(..., dim)`` (the final-norm output), ``weight`` the output
+    head ``(vocab_size, dim)``, ``targets`` ``(...)`` token ids. Returns the
+    mean loss in nats per token. ``chunk_size`` rows of logits exist at a
+    time: 256 rows of a 4,096-piece vocabulary are 4 MB, which stays in the
+    CPU's cache. Without gradients (evaluation) only the loss is computed.
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"targets must have the shape of hidden without its last dimension, {tuple(hidden.shape[:-1])}, "
+            f"got {tuple(targets.shape)}"
+        )
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = _chunk_logits(hidden[start : start + chunk_size], weight)
+        total += torch.nn.functional.cross_entropy(logits, targets[start : start + chunk_size], reduction="sum")
+    return total / hidden.shape[0]
