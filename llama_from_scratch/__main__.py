@@ -115,6 +115,7 @@ def command_train(args: argparse.Namespace) -> None:
         ddp_model=ddp_model,
     )
     if world_size > 1:
+        torch.distributed.barrier()  # wait for rank 0's last checkpoint: tearing down gloo mid-talk can abort
         torch.distributed.destroy_process_group()
 
 

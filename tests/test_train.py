@@ -166,6 +166,7 @@ def _ddp_worker(rank, world_size, port, out):
     dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged
     if rank == 0:
         out.write_text(json.dumps((losses / world_size).tolist()))
+    dist.barrier()  # leave together: a rank tearing down gloo while the other still talks to it can abort
     dist.destroy_process_group()
 
 
