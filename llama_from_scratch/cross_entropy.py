@@ -33,10 +33,31 @@ from __future__ import annotations
 import torch
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``(chunk, dim) @ (vocab, dim)^T -> (chunk, vocab)`` logits, at least float32 for the softmax."""
-    logits = hidden @ weight.t()
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+def _chunked_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_grads: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The summed loss over all rows and, ``with_grads``, its gradients for ``hidden`` and ``weight``.
+
+    Shapes: ``hidden`` ``(tokens, dim)``, ``weight`` ``(vocab_size, dim)``,
+    ``targets`` ``(tokens,)``. Logits are made ``chunk_size`` rows at a time,
+    in at least float32 for the softmax, and dropped after use.
+    """
+    loss_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    loss = torch.zeros((), dtype=loss_dtype, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if with_grads else None
+    grad_weight = torch.zeros_like(weight) if with_grads else None
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        log_probs = torch.log_softmax((h @ weight.t()).to(loss_dtype), dim=-1)  # (chunk, vocab_size)
+        rows = torch.arange(len(y), device=y.device)
+        loss -= log_probs[rows, y].sum()
+        if with_grads:
+            grad_logits = log_probs.exp_()  # p = softmax(logits), written over the log-probabilities
+            grad_logits[rows, y] -= 1.0  # p - onehot(y)
+            grad_logits = grad_logits.to(hidden.dtype)
+            grad_hidden[start : start + chunk_size] = grad_logits @ weight
+            grad_weight += grad_logits.t() @ h
+    return loss, grad_hidden, grad_weight
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -50,24 +71,10 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
     ) -> torch.Tensor:
-        n_tokens = hidden.shape[0]
-        loss = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
-        for start in range(0, n_tokens, chunk_size):
-            h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            logits = _chunk_logits(h, weight)
-            rows = torch.arange(len(y), device=y.device)
-            log_probs = torch.log_softmax(logits, dim=-1)
-            loss -= log_probs[rows, y].sum()
-            grad_logits = log_probs.exp_()  # p = softmax(logits), written over the log-probabilities
-            grad_logits[rows, y] -= 1.0  # p - onehot(y)
-            grad_logits = grad_logits.to(hidden.dtype)
-            grad_hidden[start : start + chunk_size] = grad_logits @ weight
-            grad_weight += grad_logits.t() @ h
+        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, chunk_size, with_grads=True)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.n_tokens = n_tokens
-        return loss / n_tokens
+        ctx.n_tokens = hidden.shape[0]
+        return loss / ctx.n_tokens
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
@@ -95,8 +102,5 @@ def linear_cross_entropy(
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
-    total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = _chunk_logits(hidden[start : start + chunk_size], weight)
-        total += torch.nn.functional.cross_entropy(logits, targets[start : start + chunk_size], reduction="sum")
-    return total / hidden.shape[0]
+    loss, _, _ = _chunked_loss(hidden, weight, targets, chunk_size, with_grads=False)
+    return loss / hidden.shape[0]
