@@ -8,7 +8,8 @@ recipe, small enough to read in one sitting:
 * :func:`learning_rate`: warm-up then cosine decay to a floor;
 * :func:`configure_optimizer`: AdamW, weight decay on weight matrices only;
 * :func:`train_step`: one optimizer step, with gradient accumulation and clipping;
-* :func:`evaluate`: validation loss and bits per byte;
+* :func:`evaluate`: validation loss and bits per byte (sampled windows);
+  :func:`evaluate_all` the same on every token of a split;
 * :func:`train`: the loop, with progress bar, periodic evaluation, checkpoints
   and exact resumption, on one process or several (``torchrun``, see
   :mod:`.distributed`).
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -153,6 +155,37 @@ def evaluate(model: Llama, data: TokenData, config: TrainConfig) -> dict[str, fl
             losses.append(language_model_loss(model, inputs.to(device), targets.to(device)).item())
     model.train()
     loss = sum(losses) / len(losses)
+    return {"loss": loss, "bits_per_byte": loss / math.log(2) / data.bytes_per_token}
+
+
+@torch.no_grad()
+def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 16) -> dict[str, float]:
+    """Loss and bits per byte on *every* token of ``data``, each predicted once.
+
+    :func:`evaluate` samples a few windows, to be quick during training; this
+    reads the whole split (all four held-out plays) in consecutive windows of
+    ``seq_len`` tokens, the last one shorter, and is the figure to quote for a
+    finished model. Each window starts with an empty context, so its first
+    tokens are hard to predict: the figure errs on the pessimistic side.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = torch.from_numpy(np.asarray(data.tokens, dtype=np.int64))
+    total, count = 0.0, 0
+    for start in range(0, len(tokens) - 1, seq_len * batch_size):
+        chunk = tokens[start : start + seq_len * batch_size + 1]
+        n_full = (len(chunk) - 1) // seq_len
+        cut = n_full * seq_len
+        pieces = [(chunk[:cut].view(n_full, seq_len), chunk[1 : cut + 1].view(n_full, seq_len))]
+        if len(chunk) - 1 > cut:  # the split's last, shorter window
+            pieces.append((chunk[cut:-1].unsqueeze(0), chunk[cut + 1 :].unsqueeze(0)))
+        for inputs, targets in pieces:
+            if inputs.numel():
+                with autocast(device):
+                    total += language_model_loss(model, inputs.to(device), targets.to(device)).item() * inputs.numel()
+                count += inputs.numel()
+    model.train()
+    loss = total / count
     return {"loss": loss, "bits_per_byte": loss / math.log(2) / data.bytes_per_token}
 
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from llama_from_scratch import Llama, LlamaConfig, load_checkpoint, train_checkpoint
 from llama_from_scratch.dataset import TokenData, get_batch, read_tokens, write_tokens
-from llama_from_scratch.train import TrainConfig, configure_optimizer, learning_rate, train
+from llama_from_scratch.train import TrainConfig, configure_optimizer, evaluate_all, learning_rate, train
 
 MODEL = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=32)
 
@@ -68,6 +68,24 @@ def test_loss_falls_on_a_learnable_stream():
     history = train(new_model(), synthetic_data(), synthetic_data(seed=1), quick_config(steps=60, lr=3e-2))
     assert history[0]["loss"] > math.log(64) - 0.5  # an untrained model guesses among 64 tokens
     assert history[-1]["val_loss"] < 1.5  # on the way to ln 2: each next token is one of two
+
+
+def test_evaluate_all_predicts_every_token_of_the_split_once():
+    data = synthetic_data(n=16 * 7 + 5)  # 7 full windows of 16 tokens and one of 4: 116 predictions
+    model = new_model()
+    tokens = torch.from_numpy(data.tokens.astype(np.int64))
+    expected_sum = 0.0
+    with torch.no_grad():  # consecutive windows of 16 tokens, each with a fresh context
+        for start in range(0, len(tokens) - 1, 16):
+            inputs, targets = tokens[start : start + 16], tokens[start + 1 : start + 17]
+            inputs = inputs[: len(targets)]
+            logits = model(inputs[None])[0]
+            expected_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    expected = expected_sum / (len(tokens) - 1)
+    for batch_size in (1, 4, 16):
+        metrics = evaluate_all(model, data, seq_len=16, batch_size=batch_size)
+        assert metrics["loss"] == pytest.approx(expected, rel=1e-5), batch_size
+        assert metrics["bits_per_byte"] == pytest.approx(expected / math.log(2) / 2, rel=1e-5)
 
 
 def test_resumed_run_repeats_the_uninterrupted_run_exactly(tmp_path):
