@@ -154,7 +154,10 @@ def evaluate(model: Llama, data: TokenData, config: TrainConfig) -> dict[str, fl
         with autocast(device):
             losses.append(language_model_loss(model, inputs.to(device), targets.to(device)).item())
     model.train()
-    loss = sum(losses) / len(losses)
+    return _loss_and_bits_per_byte(sum(losses) / len(losses), data)
+
+
+def _loss_and_bits_per_byte(loss: float, data: TokenData) -> dict[str, float]:
     return {"loss": loss, "bits_per_byte": loss / math.log(2) / data.bytes_per_token}
 
 
@@ -185,8 +188,7 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
                     total += language_model_loss(model, inputs.to(device), targets.to(device)).item() * inputs.numel()
                 count += inputs.numel()
     model.train()
-    loss = total / count
-    return {"loss": loss, "bits_per_byte": loss / math.log(2) / data.bytes_per_token}
+    return _loss_and_bits_per_byte(total / count, data)
 
 
 def train(
