@@ -179,14 +179,13 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
         chunk = tokens[start : start + seq_len * batch_size + 1]
         n_full = (len(chunk) - 1) // seq_len
         cut = n_full * seq_len
-        pieces = [(chunk[:cut].view(n_full, seq_len), chunk[1 : cut + 1].view(n_full, seq_len))]
+        pieces = [(chunk[:cut].view(n_full, seq_len), chunk[1 : cut + 1].view(n_full, seq_len))] if n_full else []
         if len(chunk) - 1 > cut:  # the split's last, shorter window
             pieces.append((chunk[cut:-1].unsqueeze(0), chunk[cut + 1 :].unsqueeze(0)))
         for inputs, targets in pieces:
-            if inputs.numel():
-                with autocast(device):
-                    total += language_model_loss(model, inputs.to(device), targets.to(device)).item() * inputs.numel()
-                count += inputs.numel()
+            with autocast(device):
+                total += language_model_loss(model, inputs.to(device), targets.to(device)).item() * inputs.numel()
+            count += inputs.numel()
     model.train()
     return _loss_and_bits_per_byte(total / count, data)
 
