@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from llama_from_scratch import shakespeare
-from llama_from_scratch.chat import load_pretrained
-from llama_from_scratch.dataset import read_tokens
-from llama_from_scratch.recipes import RECIPES
-from llama_from_scratch.train import evaluate_all
+from llama_from_scratch.checkpoints import load_pretrained
+from llama_from_scratch.training.dataset import read_tokens
+from llama_from_scratch.training.recipes import RECIPES
+from llama_from_scratch.training.train import evaluate_all
 
 EVAL_LINE = re.compile(r"^step (\d+): val loss ([\d.]+), ([\d.]+) bits/byte$")
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from llama_from_scratch import Llama, LlamaConfig
-from llama_from_scratch.hf_format import to_transformers
+from llama_from_scratch.checkpoints.hf import to_transformers
 
 
 def matmul_peak_flops(size: int = 2048, repeat: int = 5) -> float:

@@ -1,33 +1,33 @@
 """llama-from-scratch: a LLaMA-family language model, one idea per module.
 
-Read the modules in the order of the course:
+The model core sits at the top, in the order of the course: ``config``,
+``rmsnorm``, ``rope``, ``feedforward``, ``attention``, ``kv_cache``,
+``model`` (with ``cross_entropy``, the training loss it computes),
+``generate`` (with ``chat`` on top of it), ``device``. Everything else lives
+in subpackages named after what it is:
 
-* text to tokens: ``data`` (the Shakespeare corpus), ``bpe`` (training a
-  tokenizer), ``sentencepiece_model`` and ``sentencepiece_bpe`` (Llama's
-  tokenizer format), ``byte_bpe`` (GPT-2 / Llama 3 style), ``tokenizer``
-  (``load_tokenizer``);
-* the model: ``config``, ``rmsnorm``, ``rope``, ``feedforward``,
-  ``attention``, ``kv_cache``, ``model``, ``generate``, ``device``;
-* training: ``dataset``, ``cross_entropy``, ``train``, ``train_checkpoint``, ``distributed``;
-* real checkpoints: ``checkpoints`` with ``hf_format``, ``meta_format``,
-  ``gguf_format``; ``export``;
-* the course itself: ``checks`` (exercise feedback), ``exercises``
-  (generating assignments), ``viz`` (pictures).
+* ``tokenization``: BPE (the merge operation, a trainer), Llama's SentencePiece
+  format and encoder, byte-level BPE, ``load_tokenizer``;
+* ``checkpoints``: the Hugging Face, Meta and GGUF formats, each read and
+  written in one module; ``load_checkpoint``, ``load_pretrained``, ``save_checkpoint``;
+* ``training``: the corpus, token files and batches, the training loop,
+  training checkpoints, data parallelism, recipes;
+* ``course``: exercise checks, exercise generation, pictures.
+
+``cli`` is the command line (``python -m llama_from_scratch``); ``errors``
+holds :class:`FormatError`, raised by every reader for a broken file.
 """
 
 from .attention import Attention, attention_weights, causal_mask, repeat_kv
-from .bpe import train_bpe
-from .byte_bpe import ByteLevelBPE
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from .config import PRESETS, LlamaConfig, ffn_hidden_dim
-from .data import shakespeare
-from .device import default_device, default_dtype
-from .export import save_checkpoint
-from .feedforward import SwiGLU
-from .generate import generate, generate_stream, next_token_probabilities, sample_next_token
 from .cross_entropy import linear_cross_entropy
-from .kv_cache import KVCache
-from .model import Llama, TransformerBlock, count_parameters
+from .device import default_device, default_dtype
+from .errors import FormatError
+from .feedforward import SwiGLU
+from .generate import decode_one_token, generate, generate_stream, next_token_probabilities, prefill, sample_next_token
+from .kv_cache import KVCache, kv_cache_bytes
+from .model import Llama, TransformerBlock, count_parameters, parameters_by_component
 from .rmsnorm import RMSNorm, rms_norm
 from .rope import (
     apply_rope,
@@ -38,9 +38,8 @@ from .rope import (
     rope_cos_sin,
     rope_frequencies,
 )
-from .sentencepiece_bpe import SentencePieceTokenizer
-from .tokenizer import Tokenizer, load_tokenizer
-from .train import TrainConfig, train
+from .tokenization import ByteLevelBPE, SentencePieceTokenizer, Tokenizer, load_tokenizer, train_bpe
+from .training import TrainConfig, shakespeare, train
 
 __version__ = "0.1.0"
 
@@ -48,6 +47,7 @@ __all__ = [
     "PRESETS",
     "Attention",
     "ByteLevelBPE",
+    "FormatError",
     "KVCache",
     "Llama",
     "LlamaConfig",
@@ -57,17 +57,13 @@ __all__ = [
     "Tokenizer",
     "TrainConfig",
     "TransformerBlock",
-    "load_tokenizer",
-    "save_checkpoint",
-    "shakespeare",
-    "train",
-    "train_bpe",
     "apply_rope",
     "apply_rope_complex",
     "apply_rope_half",
     "attention_weights",
     "causal_mask",
     "count_parameters",
+    "decode_one_token",
     "default_device",
     "default_dtype",
     "ffn_hidden_dim",
@@ -75,12 +71,21 @@ __all__ = [
     "generate_stream",
     "half_to_interleaved",
     "interleaved_to_half",
+    "kv_cache_bytes",
     "linear_cross_entropy",
     "load_checkpoint",
+    "load_pretrained",
+    "load_tokenizer",
     "next_token_probabilities",
+    "parameters_by_component",
+    "prefill",
     "repeat_kv",
     "rms_norm",
     "rope_cos_sin",
     "rope_frequencies",
     "sample_next_token",
+    "save_checkpoint",
+    "shakespeare",
+    "train",
+    "train_bpe",
 ]

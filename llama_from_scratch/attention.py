@@ -92,6 +92,20 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
 
+    def qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` ``(batch, seq, dim)``, RoPE applied, heads as a batch dimension.
+
+        Returns ``q`` ``(batch, n_heads, seq, head_dim)`` and ``k``, ``v`` ``(batch, n_kv_heads, seq, head_dim)``.
+        """
+        batch, seq, _ = x.shape
+        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (batch, heads, seq, head_dim)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -99,37 +113,21 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         start_pos: int = 0,
         cache: KVCache | None = None,
-        return_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> torch.Tensor:
         """Attend from ``x`` ``(batch, seq, dim)`` at positions ``start_pos ... start_pos + seq - 1``.
 
         ``cos``/``sin`` are the RoPE tables for those positions, ``(seq, head_dim // 2)``.
         With a ``cache``, the new keys/values are stored in it and the queries
-        attend to every cached position as well.
-
-        Returns ``(output, weights)``: ``output`` is ``(batch, seq, dim)``;
-        ``weights`` is ``(batch, n_heads, seq, kv_seq)`` when
-        ``return_weights`` is set (computed step by step, for pictures), else
-        ``None`` (computed by PyTorch's fused ``scaled_dot_product_attention``).
+        attend to every cached position as well. Returns ``(batch, seq, dim)``,
+        computed by PyTorch's fused ``scaled_dot_product_attention``, which
+        never hands out the attention weights (:meth:`weights` computes them).
         """
         batch, seq, _ = x.shape
-        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
-        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-
-        # Heads become a batch dimension: (batch, heads, seq, head_dim).
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k, v = self.qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(start_pos, k, v)
         kv_seq = k.shape[2]
-
-        weights = None
-        if return_weights:
-            k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
-            weights = attention_weights(q, k, causal_mask(seq, kv_seq, x.device))
-            out = weights @ v
-        elif seq == kv_seq:
+        if seq == kv_seq:
             # No cached past: the plain lower-triangular mask, which the fused kernel builds itself.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_rep > 1)
         else:
@@ -137,6 +135,15 @@ class Attention(nn.Module):
             # causal_mask). A single new token may see everything: no mask at all.
             mask = causal_mask(seq, kv_seq, x.device) if seq > 1 else None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
-
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
-        return self.wo(out), weights
+        return self.wo(out)
+
+    def weights(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The attention weights of ``x`` ``(batch, seq, dim)``, step by step: ``(batch, n_heads, seq, seq)``.
+
+        For pictures: the same queries and keys as :meth:`forward` (positions ``0 .. seq - 1``), each row
+        a softmax that sums to 1, zero above the diagonal.
+        """
+        q, k, _ = self.qkv(x, cos, sin)
+        seq = x.shape[1]
+        return attention_weights(q, repeat_kv(k, self.n_rep), causal_mask(seq, seq, x.device))

@@ -11,8 +11,8 @@ A chat model was fine-tuned on conversations written in a fixed format, its
 
 and the model answers until it produces ``<|im_end|>``. The template ships
 with the checkpoint (GGUF's ``tokenizer.chat_template``, Hugging Face's
-``tokenizer_config.json``) as a small Jinja program; rendering it with the
-conversation so far gives the prompt.
+``tokenizer_config.json``; ``load_pretrained`` reads it) as a small Jinja
+program; rendering it with the conversation so far gives the prompt.
 
 Streaming text is subtler than streaming tokens: one character may span
 several tokens (an emoji is four bytes, often four byte tokens), so
@@ -22,49 +22,11 @@ new, complete text.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from .checkpoints import latest_checkpoint, load_checkpoint
+from .checkpoints.load import Pretrained
 from .generate import generate_stream
-from .gguf_format import open_gguf
-from .model import Llama
-from .tokenizer import Tokenizer, load_tokenizer, read_gguf_tokenizer
-
-
-@dataclass
-class Pretrained:
-    """A model with the tokenizer and chat template it was trained with."""
-
-    model: Llama
-    tokenizer: Tokenizer
-    chat_template: str | None = None
-
-
-def load_pretrained(path: str | Path, device=None, dtype=None) -> Pretrained:
-    """Load weights, tokenizer and chat template from one checkpoint (any format ``load_checkpoint`` reads).
-
-    The tokenizer is looked for next to the weights: in a GGUF file's
-    metadata, or as ``tokenizer.json`` / ``tokenizer.model`` in a checkpoint
-    directory (a training run's folder included).
-    """
-    path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        reader = open_gguf(path)  # parsed once for the weights, the tokenizer and the template
-        model = load_checkpoint(path, device, dtype, reader=reader)
-        template = (
-            reader.fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in reader.fields else None
-        )
-        return Pretrained(model, read_gguf_tokenizer(path, reader), template)
-    model = load_checkpoint(path, device, dtype)
-    directory = path.parent if path.is_file() else (latest_checkpoint(path) or path)
-    template = None
-    config_file = directory / "tokenizer_config.json"
-    if config_file.exists():
-        template = json.loads(config_file.read_text()).get("chat_template")
-    return Pretrained(model, load_tokenizer(directory), template)
+from .tokenization.load import Tokenizer
 
 
 def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True, **variables) -> str:

@@ -34,13 +34,19 @@ import torch
 
 
 def _chunked_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_grads: bool
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+    with_grads: bool,
+    ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The summed loss over all rows and, ``with_grads``, its gradients for ``hidden`` and ``weight``.
 
     Shapes: ``hidden`` ``(tokens, dim)``, ``weight`` ``(vocab_size, dim)``,
     ``targets`` ``(tokens,)``. Logits are made ``chunk_size`` rows at a time,
-    in at least float32 for the softmax, and dropped after use.
+    in at least float32 for the softmax, and dropped after use. Rows whose
+    target is ``ignore_index`` add nothing to the loss and get zero gradient.
     """
     loss_dtype = torch.promote_types(hidden.dtype, torch.float32)
     loss = torch.zeros((), dtype=loss_dtype, device=hidden.device)
@@ -48,12 +54,15 @@ def _chunked_loss(
     grad_weight = torch.zeros_like(weight) if with_grads else None
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        ignored = y == ignore_index
+        y = y.masked_fill(ignored, 0)  # any valid index; these rows are zeroed below
         log_probs = torch.log_softmax((h @ weight.t()).to(loss_dtype), dim=-1)  # (chunk, vocab_size)
         rows = torch.arange(len(y), device=y.device)
-        loss -= log_probs[rows, y].sum()
+        loss -= log_probs[rows, y].masked_fill(ignored, 0.0).sum()
         if with_grads:
             grad_logits = log_probs.exp_()  # p = softmax(logits), written over the log-probabilities
             grad_logits[rows, y] -= 1.0  # p - onehot(y)
+            grad_logits.masked_fill_(ignored[:, None], 0.0)
             grad_logits = grad_logits.to(hidden.dtype)
             grad_hidden[start : start + chunk_size] = grad_logits @ weight
             grad_weight += grad_logits.t() @ h
@@ -64,35 +73,38 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``; gradients made in the forward pass.
 
     Shapes: ``hidden`` ``(tokens, dim)``, ``weight`` ``(vocab_size, dim)``,
-    ``targets`` ``(tokens,)`` int64. Returns a scalar.
+    ``targets`` ``(tokens,)`` int64. Returns a scalar: the mean over the
+    targets that are not ``ignore_index``.
     """
 
     @staticmethod
     def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, ignore_index: int
     ) -> torch.Tensor:
-        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, chunk_size, with_grads=True)
+        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, chunk_size, True, ignore_index)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.n_tokens = hidden.shape[0]
+        ctx.n_tokens = (targets != ignore_index).sum()  # a tensor: no device-to-host copy
         return loss / ctx.n_tokens
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_loss / ctx.n_tokens  # the loss is a mean over tokens
-        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale.to(grad_weight.dtype), None, None
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale.to(grad_weight.dtype), None, None, None
 
 
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256, ignore_index: int = -100
 ) -> torch.Tensor:
-    """``F.cross_entropy(hidden @ weight.T, targets)``, without ever holding all the logits.
+    """``F.cross_entropy(hidden @ weight.T, targets, ignore_index=ignore_index)``, without ever holding all the logits.
 
     ``hidden`` is ``(..., dim)`` (the final-norm output), ``weight`` the output
     head ``(vocab_size, dim)``, ``targets`` ``(...)`` token ids. Returns the
-    mean loss in nats per token. ``chunk_size`` rows of logits exist at a
-    time: 256 rows of a 4,096-piece vocabulary are 4 MB, which stays in the
-    CPU's cache. Without gradients (evaluation) only the loss is computed.
+    mean loss in nats per token over the targets that are not ``ignore_index``
+    (NaN if every target is ignored, as with ``F.cross_entropy``).
+    ``chunk_size`` rows of logits exist at a time: 256 rows of a 4,096-piece
+    vocabulary are 4 MB, which stays in the CPU's cache. Without gradients
+    (evaluation) only the loss is computed.
     """
     if hidden.shape[:-1] != targets.shape:
         raise ValueError(
@@ -101,6 +113,6 @@ def linear_cross_entropy(
         )
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
-    loss, _, _ = _chunked_loss(hidden, weight, targets, chunk_size, with_grads=False)
-    return loss / hidden.shape[0]
+        return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, ignore_index)
+    loss, _, _ = _chunked_loss(hidden, weight, targets, chunk_size, False, ignore_index)
+    return loss / (targets != ignore_index).sum()

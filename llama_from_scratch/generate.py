@@ -11,9 +11,10 @@ vocabulary. *Decoding* picks one:
 * **top-p** (nucleus sampling, Holtzman et al., 2019): sample only among the
   smallest set of best tokens whose probabilities add up to at least ``p``.
 
-The prompt goes through the model once (*prefill*), filling the KV cache; each
-new token then costs one single-token forward pass (*decode*). With
-``compile=True`` those decode steps run through :func:`compiled_decode_step`.
+The prompt goes through the model once (:func:`prefill`), filling the KV
+cache; each new token then costs one single-token forward pass
+(:func:`decode_one_token`). With ``compile=True`` those decode steps run
+through :func:`compiled_decode_step`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from .kv_cache import KVCache
 from .model import Llama
 
 
@@ -124,6 +126,25 @@ def _check_arguments(
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
+def prefill(model: Llama, prompt: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
+    """Run the whole prompt ``(1, seq)`` through the model at once, filling ``cache``; the last position's logits.
+
+    All prompt positions are computed in parallel (one big matrix product per weight), which is why the
+    prompt costs little more than one token. Returns ``(vocab_size,)`` logits for the first new token.
+    """
+    return model(prompt, 0, cache)[0, -1]
+
+
+def decode_one_token(
+    step: Callable[..., torch.Tensor], token: torch.Tensor, pos: int, cache: list[KVCache]
+) -> torch.Tensor:
+    """One new token ``(1, 1)`` at position ``pos``, attending to the cache: ``(vocab_size,)`` logits for the next.
+
+    ``step`` is the model's forward pass or its compiled form (:func:`compiled_decode_step`).
+    """
+    return step(token, pos, cache)[0, -1]
+
+
 def generate_stream(
     model: Llama,
     prompt_tokens: Sequence[int] | torch.Tensor,
@@ -138,6 +159,8 @@ def generate_stream(
 ) -> Iterator[int]:
     """Yield new token ids one by one as the model produces them.
 
+    Greedy when ``temperature`` is 0; otherwise sampled from the temperature-scaled distribution,
+    restricted to the ``top_k`` best tokens and to the ``top_p`` nucleus when those are given.
     Generation ends after ``max_new_tokens`` tokens or at the first token in
     ``stop_tokens`` (which is not yielded, as in Meta's reference code).
     ``seed`` makes sampling reproducible. ``use_cache=False`` recomputes the
@@ -169,48 +192,30 @@ def _decode(
     generator: torch.Generator | None,
     use_cache: bool,
 ) -> Iterator[int]:
-    """The decoding loop behind :func:`generate_stream` (arguments already checked).
-
-    ``step`` runs the one-token forward passes: the model itself, or its compiled form.
-    """
+    """The decoding loop behind :func:`generate_stream` (arguments already checked)."""
     device = model.device
-    tokens = torch.tensor([prompt], dtype=torch.long, device=device)
-    caches = model.new_kv_caches(1, len(prompt) + max_new_tokens) if use_cache else None
-    new_input, start_pos = tokens, 0
-    for _ in range(max_new_tokens):
-        if use_cache:
-            # Only the tokens the cache has not seen yet: the whole prompt first, then one at a time.
-            forward = model if start_pos == 0 else step
-            logits = forward(new_input, start_pos, caches)[0, -1]
-            start_pos += new_input.shape[1]
+    tokens = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, seq), grows without the cache
+    cache = model.new_kv_caches(1, len(prompt) + max_new_tokens) if use_cache else None
+    for i in range(max_new_tokens):
+        if not use_cache:
+            logits = model(tokens)[0, -1]  # every position again, for comparison
+        elif i == 0:
+            logits = prefill(model, tokens, cache)
         else:
-            logits = model(tokens)[0, -1]
+            logits = decode_one_token(step, tokens[:, -1:], len(prompt) + i - 1, cache)
         token = sample_next_token(logits, temperature, top_k, top_p, generator)
         if token in stop:
             return
         yield token
-        new_input = torch.tensor([[token]], dtype=torch.long, device=device)
-        tokens = torch.cat([tokens, new_input], dim=1)
+        tokens = torch.cat([tokens, torch.tensor([[token]], dtype=torch.long, device=device)], dim=1)
 
 
 def generate(
-    model: Llama,
-    prompt_tokens: Sequence[int] | torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop_tokens: Iterable[int] = (),
-    seed: int | None = None,
-    use_cache: bool = True,
-    compile: bool = False,
+    model: Llama, prompt_tokens: Sequence[int] | torch.Tensor, max_new_tokens: int, **options
 ) -> list[int]:
     """The new token ids after ``prompt_tokens`` (the prompt itself is not included).
 
-    Greedy when ``temperature`` is 0; see :func:`generate_stream` for the rest.
+    Greedy by default; ``options`` are those of :func:`generate_stream` (``temperature``, ``top_k``,
+    ``top_p``, ``stop_tokens``, ``seed``, ``use_cache``, ``compile``), checked there.
     """
-    return list(
-        generate_stream(
-            model, prompt_tokens, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed, use_cache, compile
-        )
-    )
+    return list(generate_stream(model, prompt_tokens, max_new_tokens, **options))

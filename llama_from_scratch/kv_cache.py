@@ -17,7 +17,12 @@ saves memory.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from .config import LlamaConfig
 
 
 class KVCache:
@@ -65,3 +70,15 @@ class KVCache:
         self.k[:batch, :, start_pos:end] = k
         self.v[:batch, :, start_pos:end] = v
         return self.k[:batch, :, :end], self.v[:batch, :, :end]
+
+
+def kv_cache_bytes(config: LlamaConfig, seq_len: int, bytes_per_value: float = 2, batch_size: int = 1) -> float:
+    """Memory of the keys and values of ``batch_size`` sequences of ``seq_len`` tokens, in every layer.
+
+    Per token and layer the cache holds one key and one value (the factor 2) for each of the
+    ``n_kv_heads`` key/value heads (not ``n_heads``: that is GQA's saving), ``head_dim`` numbers each.
+    ``bytes_per_value``: 2 for float16 / bfloat16, 4 for float32. Equals the buffers :class:`KVCache`
+    allocates for that config.
+    """
+    values_per_token = 2 * config.n_layers * config.n_kv_heads * config.head_dim
+    return values_per_token * seq_len * batch_size * bytes_per_value

@@ -41,19 +41,11 @@ class TransformerBlock(nn.Module):
         self.feed_forward = SwiGLU(config.dim, config.hidden_dim)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        start_pos: int = 0,
-        cache: KVCache | None = None,
-        return_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(batch, seq, dim) -> (batch, seq, dim)``, plus the attention weights if asked for."""
-        h, weights = self.attention(self.attention_norm(x), cos, sin, start_pos, cache, return_weights)
-        x = x + h
-        x = x + self.feed_forward(self.ffn_norm(x))
-        return x, weights
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """``(batch, seq, dim) -> (batch, seq, dim)``."""
+        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
 
 
 class Llama(nn.Module):
@@ -94,53 +86,64 @@ class Llama(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        start_pos: int = 0,
-        kv_caches: list[KVCache] | None = None,
-        return_attention: bool = False,
-        targets: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits for the next token after every position (or, given ``targets``, the training loss).
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits for the next token after every position: ``(batch, seq)`` ids -> ``(batch, seq, vocab_size)``.
 
-        ``tokens`` is a ``(batch, seq)`` integer tensor holding the tokens at
-        positions ``start_pos ... start_pos + seq - 1``. Returns float32 logits
-        ``(batch, seq, vocab_size)``.
+        ``tokens`` holds the tokens at positions ``start_pos ... start_pos + seq - 1``. The logits come in
+        at least float32 (a bfloat16 model's are converted: sampling and the loss need the precision).
 
-        With ``kv_caches`` (one :class:`KVCache` per layer, see
-        :meth:`new_kv_caches`) the keys and values of these tokens are stored,
-        and earlier positions are read from the caches instead of being
-        recomputed: feed the prompt once with ``start_pos=0``, then one token
-        at a time with ``start_pos`` = the number of tokens seen so far.
-
-        With ``return_attention=True`` the result is ``(logits, weights)``,
-        ``weights`` a list with one ``(batch, n_heads, seq, kv_seq)`` tensor per layer.
-
-        With ``targets`` (``(batch, seq)``, the token that follows each
-        position) the result is instead the mean next-token cross-entropy, a
-        scalar in nats per token, computed by
-        :func:`~llama_from_scratch.cross_entropy.linear_cross_entropy` without
-        materialising the logits. Training calls the model this way.
+        With ``cache`` (one :class:`KVCache` per layer, see :meth:`new_kv_caches`) the keys and values of
+        these tokens are stored, and earlier positions are read from the caches instead of being
+        recomputed: feed the prompt once with ``start_pos=0``, then one token at a time with ``start_pos``
+        = the number of tokens seen so far.
         """
-        if not torch.compiler.is_compiling():  # the check reads token values: a graph break under torch.compile
-            self._check_tokens(tokens, start_pos)
-        if kv_caches is not None and len(kv_caches) != len(self.layers):
-            raise ValueError(f"kv_caches must hold one KVCache per layer ({len(self.layers)}), got {len(kv_caches)}")
-        seq = tokens.shape[1]
-        positions = torch.arange(start_pos, start_pos + seq, device=tokens.device)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        logits = self.output(self.hidden_states(tokens, start_pos, cache))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
-        x = self.tok_embeddings(tokens)
-        attention = []
+    def hidden_states(
+        self, tokens: torch.Tensor, start_pos: int = 0, cache: list[KVCache] | None = None
+    ) -> torch.Tensor:
+        """Everything but the output head: ``(batch, seq)`` ids -> ``(batch, seq, dim)`` after the final norm."""
+        if not torch.compiler.is_compiling():  # the checks read values: a graph break under torch.compile
+            self._check_tokens(tokens, start_pos)
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(f"cache must hold one KVCache per layer ({len(self.layers)}), got {len(cache)}")
+        cos, sin = self._rope(tokens, start_pos)
+        x = self.tok_embeddings(tokens)  # (batch, seq, dim)
         for i, layer in enumerate(self.layers):
-            cache = kv_caches[i] if kv_caches is not None else None
-            x, weights = layer(x, cos, sin, start_pos, cache, return_attention)
-            attention.append(weights)
-        if targets is not None:
-            return linear_cross_entropy(self.norm(x), self.output.weight, targets)
-        logits = self.output(self.norm(x)).float()
-        return (logits, attention) if return_attention else logits
+            x = layer(x, cos, sin, start_pos, cache[i] if cache is not None else None)
+        return self.norm(x)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy in nats per token; training calls the model this way.
+
+        ``inputs`` and ``targets`` are ``(batch, seq)``: ``targets[b, t]`` is the token that follows
+        ``inputs[b, t]``. Targets equal to ``ignore_index`` carry no loss (a prompt's tokens in supervised
+        fine-tuning, say). Equals ``F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())``
+        but never holds the ``(tokens, vocab_size)`` logits: see :mod:`.cross_entropy`.
+        """
+        return linear_cross_entropy(self.hidden_states(inputs), self.output.weight, targets, ignore_index=ignore_index)
+
+    @torch.no_grad()
+    def attention_maps(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """The attention weights of every layer, for pictures: one ``(batch, n_heads, seq, seq)`` per layer.
+
+        Runs the same computation as :meth:`forward` (no cache), asking each layer's attention for its
+        weights on the way (:meth:`Attention.weights`), which the fused kernel of the forward pass never
+        materialises.
+        """
+        self._check_tokens(tokens, 0)
+        cos, sin = self._rope(tokens, 0)
+        x = self.tok_embeddings(tokens)
+        maps = []
+        for layer in self.layers:
+            maps.append(layer.attention.weights(layer.attention_norm(x), cos, sin))
+            x = layer(x, cos, sin)
+        return maps
+
+    def _rope(self, tokens: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(start_pos, start_pos + tokens.shape[1], device=tokens.device)
+        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
 
     def _check_tokens(self, tokens: torch.Tensor, start_pos: int) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
@@ -158,6 +161,8 @@ class Llama(nn.Module):
                 f"positions {start_pos}..{start_pos + seq - 1} exceed the model's context of "
                 f"max_seq_len={self.config.max_seq_len} tokens"
             )
+        if tokens.device.type != "cpu":
+            return  # reading values back from an accelerator would stall it at every step; checked on the host
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got ids from {lo} to {hi}")
@@ -200,3 +205,31 @@ def count_parameters(config: LlamaConfig) -> int:
     """
     with torch.device("meta"):
         return Llama(config).num_parameters()
+
+
+COMPONENTS = ("embeddings", "attention", "feed-forward", "norms", "output")
+
+
+def component(name: str) -> str:
+    """Which part of the model a parameter belongs to, from its (Meta) name: ``"attention"``, ``"norms"``, ..."""
+    if name.startswith("tok_embeddings"):
+        return "embeddings"
+    if ".attention." in name:
+        return "attention"
+    if ".feed_forward." in name:
+        return "feed-forward"
+    if name.endswith("norm.weight"):
+        return "norms"
+    if name.startswith("output"):
+        return "output"
+    raise ValueError(f"no component for parameter {name!r}")
+
+
+def parameters_by_component(config: LlamaConfig) -> dict[str, int]:
+    """How many parameters sit in each of :data:`COMPONENTS` (a tied output head counts as embeddings)."""
+    with torch.device("meta"):
+        model = Llama(config)
+    counts = dict.fromkeys(COMPONENTS, 0)
+    for name, p in model.named_parameters():  # a tied matrix appears once
+        counts[component(name)] += p.numel()
+    return counts

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from conftest import random_llama
+from helpers import random_llama
 from llama_from_scratch import LlamaConfig, train_bpe
-from llama_from_scratch.chat import Pretrained, chat, decode_stream, load_pretrained, render_chat
-from llama_from_scratch.export import write_hf
+from llama_from_scratch.chat import chat, decode_stream, render_chat
+from llama_from_scratch.checkpoints import Pretrained, load_pretrained, save_checkpoint
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -59,10 +59,7 @@ def test_chat_keeps_the_conversation(tokenizer):
 
 def test_generate_command_on_a_training_checkpoint(tmp_path, tokenizer):
     config = LlamaConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tokenizer.vocab_size, hidden_dim=64)
-    checkpoint = tmp_path / "step-0000001"
-    checkpoint.mkdir()
-    write_hf(random_llama(config), checkpoint)
-    tokenizer.save(checkpoint / "tokenizer.model")
+    save_checkpoint(random_llama(config), tokenizer, tmp_path / "step-0000001")
     (tmp_path / "latest").write_text("step-0000001\n")
     pretrained = load_pretrained(tmp_path)
     assert pretrained.tokenizer.vocab_size == tokenizer.vocab_size and pretrained.chat_template is None

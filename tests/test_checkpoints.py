@@ -1,4 +1,4 @@
-"""load_checkpoint on Hugging Face directories written by transformers itself."""
+"""load_checkpoint on Hugging Face directories: written by transformers itself, and broken on purpose."""
 
 import json
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import random_llama, to_transformers
-from llama_from_scratch import LlamaConfig, load_checkpoint
-from llama_from_scratch.hf_format import config_from_hf
+from helpers import needs_transformers, random_llama
+from llama_from_scratch import LlamaConfig, load_checkpoint, save_checkpoint
+from llama_from_scratch.checkpoints.hf import config_from_hf, to_transformers
 
 CONFIG = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=120, hidden_dim=160, rope_theta=50000.0)
 TOKENS = torch.randint(0, 120, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -20,6 +20,11 @@ def save_hf(model, directory, **kwargs):
     return hf
 
 
+def save_ours(model, directory):
+    save_checkpoint(model, None, directory, overwrite=True)
+
+
+@needs_transformers
 @pytest.mark.parametrize("tie", [False, True])
 def test_loaded_checkpoint_gives_transformers_logits(tmp_path, tie):
     config = CONFIG.replace(tie_embeddings=tie)
@@ -31,6 +36,7 @@ def test_loaded_checkpoint_gives_transformers_logits(tmp_path, tie):
         assert (model(TOKENS) - hf(TOKENS).logits).abs().max() <= 1e-5
 
 
+@needs_transformers
 def test_sharded_checkpoint(tmp_path):
     hf = save_hf(random_llama(CONFIG), tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
@@ -40,6 +46,7 @@ def test_sharded_checkpoint(tmp_path):
         assert (model(TOKENS) - hf(TOKENS).logits).abs().max() <= 1e-5
 
 
+@needs_transformers
 def test_bf16_checkpoint_loads_as_fp32_on_cpu(tmp_path):
     hf = to_transformers(random_llama(CONFIG)).to(torch.bfloat16)
     hf.save_pretrained(tmp_path)
@@ -49,7 +56,7 @@ def test_bf16_checkpoint_loads_as_fp32_on_cpu(tmp_path):
 
 
 def test_missing_tensor_names_it_and_returns_nothing(tmp_path):
-    save_hf(random_llama(CONFIG), tmp_path)
+    save_ours(random_llama(CONFIG), tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     del weights["model.layers.1.mlp.up_proj.weight"]
     save_file(weights, tmp_path / "model.safetensors")
@@ -58,7 +65,7 @@ def test_missing_tensor_names_it_and_returns_nothing(tmp_path):
 
 
 def test_wrong_shape_names_file_tensor_and_shapes(tmp_path):
-    save_hf(random_llama(CONFIG), tmp_path)
+    save_ours(random_llama(CONFIG), tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.norm.weight"] = torch.ones(63)
     save_file(weights, tmp_path / "model.safetensors")
@@ -69,7 +76,7 @@ def test_wrong_shape_names_file_tensor_and_shapes(tmp_path):
 
 
 def test_unknown_tensor_is_an_error(tmp_path):
-    save_hf(random_llama(CONFIG), tmp_path)
+    save_ours(random_llama(CONFIG), tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     save_file(weights, tmp_path / "model.safetensors")
@@ -78,13 +85,14 @@ def test_unknown_tensor_is_an_error(tmp_path):
 
 
 def test_truncated_safetensors_is_a_clear_error(tmp_path):
-    save_hf(random_llama(CONFIG), tmp_path)
+    save_ours(random_llama(CONFIG), tmp_path)
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match="model.safetensors: not a readable safetensors file"):
         load_checkpoint(tmp_path, device="cpu")
 
 
+@needs_transformers
 def test_missing_shard_is_named(tmp_path):
     save_hf(random_llama(CONFIG), tmp_path, max_shard_size="40KB")
     victim = sorted(tmp_path.glob("model-*.safetensors"))[1]

@@ -1,9 +1,9 @@
 import subprocess
 import sys
 
-from conftest import random_llama, to_transformers
-from llama_from_scratch import LlamaConfig
-from llama_from_scratch.__main__ import main
+from helpers import random_llama
+from llama_from_scratch import LlamaConfig, save_checkpoint
+from llama_from_scratch.cli import main
 
 
 def test_presets_table_lists_the_family(capsys):
@@ -14,8 +14,8 @@ def test_presets_table_lists_the_family(capsys):
 
 def test_info_describes_a_checkpoint(tmp_path, capsys):
     config = LlamaConfig(dim=32, n_layers=1, n_heads=2, vocab_size=40, hidden_dim=64)
-    to_transformers(random_llama(config)).save_pretrained(tmp_path)
-    assert main(["info", str(tmp_path)]) == 0
+    save_checkpoint(random_llama(config), None, tmp_path / "model")
+    assert main(["info", str(tmp_path / "model")]) == 0
     assert "dim=32" in capsys.readouterr().out
 
 

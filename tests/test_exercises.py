@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from llama_from_scratch.exercises import exercise_notebook, generate_exercises, graded_cells
+from llama_from_scratch.course.exercises import exercise_notebook, generate_exercises, graded_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import random_llama
+from helpers import random_llama
 from llama_from_scratch import (
     KVCache,
     Llama,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_llama
+from helpers import random_llama
 from llama_from_scratch import LlamaConfig, load_checkpoint
-from llama_from_scratch.gguf_format import meta_to_gguf_name
+from llama_from_scratch.checkpoints.gguf import meta_to_gguf_name
 
 gguf = pytest.importorskip("gguf")
 

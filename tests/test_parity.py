@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from conftest import random_llama, to_transformers
+from helpers import needs_transformers, random_llama
 from llama_from_scratch import LlamaConfig
+from llama_from_scratch.checkpoints.hf import to_transformers
 
 CONFIGS = {
     # multi-head attention, LLaMA 1's norm eps
@@ -31,6 +32,7 @@ CONFIGS = {
 }
 
 
+@needs_transformers
 @pytest.mark.parametrize("name", CONFIGS)
 def test_logits_equal_transformers(name):
     config = CONFIGS[name]
@@ -45,6 +47,7 @@ def test_logits_equal_transformers(name):
     assert (got - expected).abs().max() <= 1e-5
 
 
+@needs_transformers
 def test_parity_fails_when_a_weight_differs():
     """The parity check can fail: a single perturbed weight shows in the logits."""
     config = CONFIGS["gqa-theta"]

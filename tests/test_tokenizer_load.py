@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from llama_from_scratch.bpe import train_bpe
-from llama_from_scratch.sentencepiece_bpe import SentencePieceTokenizer
-from llama_from_scratch.sentencepiece_model import ModelFormatError
-from llama_from_scratch.tokenizer import Tokenizer, load_tokenizer
+from llama_from_scratch.tokenization.trainer import train_bpe
+from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
+from llama_from_scratch.errors import FormatError
+from llama_from_scratch.tokenization.load import Tokenizer, load_tokenizer
 
 TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 20
 
@@ -53,7 +53,7 @@ def test_errors_name_the_file(tmp_path):
         load_tokenizer(tmp_path)
     broken = tmp_path / "broken.json"
     broken.write_text("{ not json")
-    with pytest.raises(ModelFormatError, match="broken.json"):
+    with pytest.raises(FormatError, match="broken.json"):
         load_tokenizer(broken)
     wordpiece = tmp_path / "wordpiece.json"
     wordpiece.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
@@ -67,5 +67,5 @@ def test_errors_name_the_file(tmp_path):
         load_tokenizer(spm_style)
     not_gguf = tmp_path / "weights.gguf"
     not_gguf.write_bytes(b"GGUF\x00\x00")
-    with pytest.raises(ModelFormatError, match="weights.gguf"):
+    with pytest.raises(FormatError, match="weights.gguf"):
         load_tokenizer(not_gguf)

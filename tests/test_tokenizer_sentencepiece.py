@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import HARD_STRINGS as COMMON_HARD_STRINGS
-from llama_from_scratch.sentencepiece_bpe import SentencePieceTokenizer
-from llama_from_scratch.sentencepiece_model import ModelFormatError, SentencePieceModel, read_model
+from helpers import HARD_STRINGS as COMMON_HARD_STRINGS
+from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
+from llama_from_scratch.errors import FormatError
+from llama_from_scratch.tokenization.sentencepiece_model import SentencePieceModel, read_model
 
 spm = pytest.importorskip("sentencepiece")
 pytestmark = pytest.mark.skipif(
@@ -42,7 +43,7 @@ DEFAULT_OPTIONS = dict(
 
 @pytest.fixture(scope="module")
 def corpus():
-    from llama_from_scratch.data import shakespeare
+    from llama_from_scratch.training.corpus import shakespeare
 
     return shakespeare()
 
@@ -154,7 +155,7 @@ def test_bad_files_are_named(tmp_path):
         SentencePieceTokenizer.load(tmp_path / "missing.model")
     text_file = tmp_path / "notes.model"
     text_file.write_text("these are not the pieces you are looking for")
-    with pytest.raises(ModelFormatError, match="notes.model"):
+    with pytest.raises(FormatError, match="notes.model"):
         SentencePieceTokenizer.load(text_file)
     with pytest.raises(NotImplementedError, match="unigram"):
         SentencePieceTokenizer(SentencePieceModel(pieces=[], model_type="unigram"))

@@ -11,9 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llama_from_scratch import Llama, LlamaConfig, load_checkpoint, train_checkpoint
-from llama_from_scratch.dataset import TokenData, get_batch, read_tokens, write_tokens
-from llama_from_scratch.train import TrainConfig, configure_optimizer, evaluate_all, learning_rate, train
+from llama_from_scratch import Llama, LlamaConfig, load_checkpoint
+from llama_from_scratch.training import checkpoint as train_checkpoint
+from llama_from_scratch.training.dataset import TokenData, get_batch, read_tokens, write_tokens
+from llama_from_scratch.training.train import TrainConfig, configure_optimizer, evaluate_all, learning_rate, train
 
 MODEL = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=32)
 
@@ -168,7 +169,7 @@ def _ddp_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from torch.nn.parallel import DistributedDataParallel
+    from llama_from_scratch.training.distributed import wrap_model
 
     model = new_model()
     history = train(
@@ -178,7 +179,7 @@ def _ddp_worker(rank, world_size, port, out):
         quick_config(batch_size=2),
         rank=rank,
         world_size=world_size,
-        ddp_model=DistributedDataParallel(model),
+        ddp_model=wrap_model(model, torch.device("cpu")),
     )
     losses = torch.tensor([r["loss"] for r in history])
     dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llama_from_scratch import Llama
-from llama_from_scratch.viz import attention_grid, attention_heatmap, stacked_barh
+from llama_from_scratch.course.viz import attention_grid, attention_heatmap, stacked_barh
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def test_grid_has_one_heatmap_per_head_of_a_real_model():
     torch.manual_seed(0)
     model = Llama.from_preset("tiny").eval()
     with torch.no_grad():
-        _, attention = model(torch.tensor([[1, 2, 3, 4, 5]]), return_attention=True)
+        attention = model.attention_maps(torch.tensor([[1, 2, 3, 4, 5]]))
     weights = attention[0][0]  # layer 0, first sequence: (n_heads, seq, seq)
     fig = attention_grid(weights, labels=list("abcde"), ncols=3, title="layer 0")
     images = [ax.images[0] for ax in fig.axes if ax.images]

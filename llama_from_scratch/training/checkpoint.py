@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .checkpoints import LATEST, load_checkpoint
-from .export import write_hf
-from .model import Llama
+from ..checkpoints.atomic import atomic_write
+from ..checkpoints.hf import write_hf
+from ..checkpoints.load import LATEST, load_checkpoint
+from ..checkpoints.save import model_tensors
+from ..model import Llama
 
 # What must match for a resumed run to draw the same batches as the original one.
 SAME_DATA = ("batch_size", "grad_accum", "seq_len", "seed")
@@ -47,26 +47,18 @@ def save_training_checkpoint(
 ) -> Path:
     """Write checkpoint ``step-NNNNNNN`` into ``run_dir``, point ``latest`` at it, keep the newest ``keep``."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=run_dir))
-    try:
-        write_hf(model, staging)
+    final = run_dir / name
+    with atomic_write(final, directory=True) as staging:
+        write_hf(model.config, model_tensors(model, torch.float32), staging, torch.float32)
         torch.save(
             {"step": step, "optimizer": optimizer.state_dict(), "history": history}, staging / "trainer_state.pt"
         )
         (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         for target, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / target)
-        final = run_dir / name
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    pointer = run_dir / f".{LATEST}.tmp"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, run_dir / LATEST)
+    with atomic_write(run_dir / LATEST) as pointer:
+        pointer.write_text(name + "\n")
     for old in sorted(run_dir.glob("step-*"))[:-keep]:
         shutil.rmtree(old)
     return final
@@ -91,9 +83,7 @@ def load_training_state(
     ]
     if changed:
         raise ValueError(f"{checkpoint}: cannot resume exactly with different batches ({'; '.join(changed)})")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(saved.get_parameter(name))
+    model.load_state_dict(saved.state_dict())  # copies into the model's own tensors, buffers included
     state = torch.load(checkpoint / "trainer_state.pt", map_location=model.device, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     return state["step"], state["history"]

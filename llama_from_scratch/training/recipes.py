@@ -20,26 +20,61 @@ about half a minute and is cached in ``data_dir``: ``tokenizer.model``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bpe import train_bpe
-from .config import LlamaConfig
-from .data import shakespeare
+from ..config import LlamaConfig
+from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
+from ..tokenization.trainer import train_bpe
+from .corpus import shakespeare
 from .dataset import TokenData, read_tokens, write_tokens
-from .sentencepiece_bpe import SentencePieceTokenizer
 from .train import TrainConfig
 
 
 @dataclass
+class PreparedData:
+    """What a recipe's data preparation hands to training: the tokenizer and both token splits.
+
+    ``files_to_keep`` are copied into every checkpoint (the tokenizer), so that a checkpoint is usable alone.
+    """
+
+    tokenizer: SentencePieceTokenizer
+    train: TokenData
+    validation: TokenData
+    files_to_keep: dict[str, Path]
+
+
+def prepare_shakespeare(data_dir: Path, vocab_size: int = 4096) -> PreparedData:
+    """Train the tokenizer on the training plays and encode both splits (cached in ``data_dir``)."""
+    data_dir = Path(data_dir)
+    files = [data_dir / name for name in ("tokenizer.model", "train.bin", "val.bin")]
+    if not all(f.exists() for f in files):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        split = shakespeare()
+        tokenizer = train_bpe(split.train, vocab_size)
+        for text, path in ((split.train, files[1]), (split.validation, files[2])):
+            write_tokens(path, tokenizer.encode(text), n_bytes=len(text.encode("utf-8")))
+        tokenizer.save(files[0])  # last: its presence marks a complete preparation
+    return PreparedData(
+        SentencePieceTokenizer.load(files[0]), read_tokens(files[1]), read_tokens(files[2]), {"tokenizer.model": files[0]}
+    )
+
+
+@dataclass
 class Recipe:
-    """Everything a training run needs besides its output folder."""
+    """Everything a training run needs besides its output folder, its data preparation included."""
 
     name: str
     model: LlamaConfig
     train: TrainConfig
     vocab_size: int
+    prepare_data: Callable[[Path, int], PreparedData]
     data_dir: Path = field(default_factory=lambda: Path("data"))
+
+    def prepare(self, data_dir: Path | None = None) -> PreparedData:
+        """Prepare (or read from the cache in ``data_dir``, default :attr:`data_dir`) this recipe's data."""
+        return self.prepare_data(Path(data_dir or self.data_dir), self.vocab_size)
 
 
 RECIPES = {
@@ -58,20 +93,7 @@ RECIPES = {
             checkpoint_every=220,
         ),
         vocab_size=4096,
+        prepare_data=prepare_shakespeare,
         data_dir=Path("data") / "shakespeare-4096",
     ),
 }
-
-
-def prepare_shakespeare(data_dir: Path, vocab_size: int = 4096) -> tuple[SentencePieceTokenizer, TokenData, TokenData]:
-    """Train the tokenizer on the training plays and encode both splits (cached in ``data_dir``)."""
-    data_dir = Path(data_dir)
-    files = [data_dir / name for name in ("tokenizer.model", "train.bin", "val.bin")]
-    if not all(f.exists() for f in files):
-        data_dir.mkdir(parents=True, exist_ok=True)
-        split = shakespeare()
-        tokenizer = train_bpe(split.train, vocab_size)
-        for text, path in ((split.train, files[1]), (split.validation, files[2])):
-            write_tokens(path, tokenizer.encode(text), n_bytes=len(text.encode("utf-8")))
-        tokenizer.save(files[0])  # last: its presence marks a complete preparation
-    return SentencePieceTokenizer.load(files[0]), read_tokens(files[1]), read_tokens(files[2])

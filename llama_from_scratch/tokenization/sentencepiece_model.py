@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from ..errors import FormatError
+
 
 class PieceType(IntEnum):
     """``ModelProto.SentencePiece.Type``: what a vocabulary entry is."""
@@ -86,10 +88,6 @@ _NORMALIZER_FIELDS = {
     4: "remove_extra_whitespaces",
     5: "escape_whitespaces",
 }
-
-
-class ModelFormatError(ValueError):
-    """A file that is not a valid SentencePiece model; the message names the file and what was wrong."""
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -192,7 +190,7 @@ def _parse_model(data: bytes) -> SentencePieceModel:
 def read_model(path: str | Path) -> SentencePieceModel:
     """Read a SentencePiece ``.model`` file (such as Llama's ``tokenizer.model``).
 
-    Raises ``FileNotFoundError`` if there is no such file and :class:`ModelFormatError`, naming the file,
+    Raises ``FileNotFoundError`` if there is no such file and :class:`FormatError`, naming the file,
     if it is not a SentencePiece model.
     """
     path = Path(path)
@@ -201,7 +199,7 @@ def read_model(path: str | Path) -> SentencePieceModel:
     try:
         return _parse_model(path.read_bytes())
     except (ValueError, UnicodeDecodeError, struct.error) as error:
-        raise ModelFormatError(f"{path} is not a valid SentencePiece .model file: {error}") from None
+        raise FormatError(f"{path} is not a valid SentencePiece .model file: {error}") from None
 
 
 def write_model(model: SentencePieceModel, path: str | Path) -> Path:

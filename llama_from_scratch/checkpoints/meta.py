@@ -15,6 +15,8 @@ to glue along depends on how the layer was split:
 * norms are small and copied to every GPU: take any one.
 
 ``params.json`` holds the hyper-parameters under this package's own names.
+This module reads such a directory (:func:`read_meta_checkpoint`) and writes
+one (:func:`write_meta`), cut into as many shards as asked for.
 The ``.pth`` files are Python pickles; they are read with
 ``torch.load(weights_only=True)``, which refuses anything but tensors and
 plain containers, so a malicious file cannot run code.
@@ -29,7 +31,9 @@ from pathlib import Path
 
 import torch
 
-from .config import LlamaConfig
+from ..config import LlamaConfig, ffn_hidden_dim
+from ..errors import FormatError
+from .hf import read_json
 
 COLUMN_PARALLEL = (
     "attention.wq.weight",
@@ -58,7 +62,7 @@ def meta_shards(directory: Path) -> list[Path]:
         raise FileNotFoundError(f"{directory}: params.json but no consolidated.*.pth files")
     expected = [directory / f"consolidated.{i:02d}.pth" for i in range(len(shards))]
     if shards != expected:
-        raise ValueError(
+        raise FormatError(
             f"{directory}: shards must be consolidated.00.pth ... consolidated.{len(shards) - 1:02d}.pth, "
             f"found {', '.join(p.name for p in shards)}"
         )
@@ -76,29 +80,26 @@ def load_shard(path: Path) -> dict[str, torch.Tensor]:
             # A file in PyTorch's legacy (pre-1.6) format cannot be memory-mapped: read it whole.
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refused to load: the file is not plain tensors ({error})") from None
+        raise FormatError(f"{path}: refused to load: the file is not plain tensors ({error})") from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+        raise FormatError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
 
 
 def read_meta_config(directory: Path, vocab_size: int | None = None) -> LlamaConfig:
     """Read ``params.json``. LLaMA 1 stores ``vocab_size: -1``; pass the real size (from the embedding)."""
     path = directory / "params.json"
-    try:
-        params = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    params = read_json(path)
     known = set(LlamaConfig.__dataclass_fields__)
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}")
+        raise FormatError(f"{path}: unknown field(s) {', '.join(unknown)}")
     if params.get("vocab_size", -1) <= 0:
         params["vocab_size"] = vocab_size
     params.setdefault("max_seq_len", 4096)  # not recorded by Meta: Llama 2's context
     try:
         return LlamaConfig(**params)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise FormatError(f"{path}: {error}") from None
 
 
 def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[str, str, torch.Tensor]]]:
@@ -113,7 +114,7 @@ def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[s
         for path, state in zip(shards[1:], states[1:]):
             if list(state) != names:
                 diff = sorted(set(names) ^ set(state))[:3]
-                raise ValueError(f"{path}: holds different tensors from {shards[0].name} (e.g. {diff})")
+                raise FormatError(f"{path}: holds different tensors from {shards[0].name} (e.g. {diff})")
         for name in names:
             if name == "rope.freqs":
                 continue  # RoPE frequencies: recomputed from the config
@@ -123,3 +124,45 @@ def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[s
             yield shards[0].name if len(shards) == 1 else f"{shards[0].name}..{shards[-1].name}", name, merged
 
     return config, tensors()
+
+
+def meta_params(config: LlamaConfig) -> dict:
+    """The ``params.json`` of a model. The FFN size is written out only when Meta's rule does not give it."""
+    c = config
+    params = {
+        "dim": c.dim,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "vocab_size": c.vocab_size,
+        "multiple_of": c.multiple_of,
+        "ffn_dim_multiplier": c.ffn_dim_multiplier,
+        "norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "max_seq_len": c.max_seq_len,
+    }
+    if ffn_hidden_dim(c.dim, c.multiple_of, c.ffn_dim_multiplier) != c.hidden_dim:
+        params["hidden_dim"] = c.hidden_dim
+    if c.head_dim != c.dim // c.n_heads:
+        params["head_dim"] = c.head_dim
+    if c.tie_embeddings:
+        params["tie_embeddings"] = True
+    return params
+
+
+def write_meta(config: LlamaConfig, weights: dict[str, torch.Tensor], directory: Path, n_shards: int = 1) -> None:
+    """Write ``params.json`` and ``n_shards`` files ``consolidated.NN.pth``, each holding one GPU's slices."""
+    for field in ("n_heads", "n_kv_heads", "dim", "hidden_dim", "vocab_size"):
+        if getattr(config, field) % n_shards != 0:
+            raise ValueError(
+                f"cannot split into {n_shards} shards: {field}={getattr(config, field)} is not divisible by it"
+            )
+    (directory / "params.json").write_text(json.dumps(meta_params(config), indent=2) + "\n")
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
+    for name, tensor in weights.items():
+        dim = shard_dim(name)
+        pieces = tensor.chunk(n_shards, dim=dim) if dim is not None else [tensor] * n_shards
+        for shard, piece in zip(shards, pieces):
+            shard[name] = piece.clone()  # a view would save the whole tensor
+    for i, shard in enumerate(shards):
+        torch.save(shard, directory / f"consolidated.{i:02d}.pth")

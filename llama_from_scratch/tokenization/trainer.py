@@ -33,7 +33,8 @@ Counting pairs is the expensive part. A naive trainer recounts every pair of the
 Here the corpus is first reduced to its distinct words with their counts (Shakespeare: 4.5 million
 characters, about 87,000 distinct words), pair counts are kept in a table, and after each merge only the
 words that contain the merged pair are updated, and in them only the pairs around the merge change
-(:func:`merge_word`): ``x a b y`` loses ``(x, a) (a, b) (b, y)`` and gains ``(x, ab) (ab, y)``. A heap
+(:func:`~.bpe.merge`, then the pairs of the word before and after compared): ``x a b y`` loses
+``(x, a) (a, b) (b, y)`` and gains ``(x, ab) (ab, y)``. A heap
 finds the most frequent pair; its entries are checked against the table when popped (counts change).
 """
 
@@ -43,6 +44,7 @@ import heapq
 import re
 from collections import Counter, defaultdict
 
+from .bpe import merge, pair_counts
 from .sentencepiece_bpe import SPACE, SentencePieceTokenizer
 from .sentencepiece_model import Piece, PieceType, SentencePieceModel
 
@@ -72,28 +74,6 @@ def kept_characters(char_counts: Counter[str], character_coverage: float) -> lis
         kept.append(char)
         covered += count
     return kept
-
-
-def merge_word(symbols: list[str], a: str, b: str) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
-    """Merge every ``a b`` in ``symbols``, left to right; also return the pairs lost and the pairs gained.
-
-    ``merge_word(["x", "a", "b", "y"], "a", "b") -> (["x", "ab", "y"], [("x", "a"), ("a", "b"), ("b", "y")],
-    [("x", "ab"), ("ab", "y")])``. Only these pairs change their counts: the rest of the word is untouched.
-    """
-    merged, lost_at, gained_at, i, n = [], [], [], 0, len(symbols)
-    while i < n:
-        if symbols[i] == a and i + 1 < n and symbols[i + 1] == b:
-            lost_at += (i - 1, i, i + 1)  # pair k is (symbols[k], symbols[k + 1])
-            gained_at += (len(merged) - 1, len(merged))
-            merged.append(a + b)
-            i += 2
-        else:
-            merged.append(symbols[i])
-            i += 1
-    # Two merges next to each other ("a b a b") share a pair: dict.fromkeys drops the repeat, keeping order.
-    lost = [(symbols[k], symbols[k + 1]) for k in dict.fromkeys(lost_at) if 0 <= k < n - 1]
-    gained = [(merged[k], merged[k + 1]) for k in dict.fromkeys(gained_at) if 0 <= k < len(merged) - 1]
-    return merged, lost, gained
 
 
 def train_bpe(
@@ -133,20 +113,20 @@ def train_bpe(
     # pair -> words that contain it, so that a merge visits only those words.
     symbols = [list(word) for word in words]
     counts = list(words.values())
-    pair_counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+    table: defaultdict[tuple[str, str], int] = defaultdict(int)
     where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
     for w, word in enumerate(symbols):
-        for pair in zip(word, word[1:]):
+        for pair, k in pair_counts(word).items():
             if mergeable(*pair):
-                pair_counts[pair] += counts[w]
+                table[pair] += k * counts[w]
                 where[pair].add(w)
-    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heap = [(-count, pair) for pair, count in table.items()]
     heapq.heapify(heap)
 
     merges: list[str] = []
     while len(merges) < n_merges and heap:
         negative_count, pair = heapq.heappop(heap)
-        if pair_counts.get(pair, 0) != -negative_count:
+        if table.get(pair, 0) != -negative_count:
             continue  # an outdated heap entry: the count changed after it was pushed
         a, b = pair
         new = a + b
@@ -154,24 +134,28 @@ def train_bpe(
         known.add(new)
         changed = set()
         for w in where.pop(pair):
-            merged, lost, gained = merge_word(symbols[w], a, b)
-            for p in lost:  # the pairs the merge destroyed, such as (x, a) and (b, y) around x a b y ...
-                if p in pair_counts:
-                    pair_counts[p] -= counts[w]
+            merged = merge(symbols[w], pair, new)
+            delta: defaultdict[tuple[str, str], int] = defaultdict(int)  # pairs after the merge minus before
+            for p in zip(merged, merged[1:]):
+                delta[p] += 1
+            for p in zip(symbols[w], symbols[w][1:]):
+                delta[p] -= 1
+            for p, k in delta.items():
+                if k < 0 and p in table:  # such as (x, a), (a, b) and (b, y) around x a b y ...
+                    table[p] += k * counts[w]
                     changed.add(p)
-            for p in gained:  # ... and the ones it created, (x, ab) and (ab, y)
-                if mergeable(*p):
-                    pair_counts[p] += counts[w]
+                elif k > 0 and mergeable(*p):  # ... and (x, ab) and (ab, y)
+                    table[p] += k * counts[w]
                     where[p].add(w)
                     changed.add(p)
             symbols[w] = merged
-        del pair_counts[pair]
+        del table[pair]
         for p in changed:
-            if p in pair_counts:
-                if pair_counts[p] > 0:
-                    heapq.heappush(heap, (-pair_counts[p], p))
+            if p in table:
+                if table[p] > 0:
+                    heapq.heappush(heap, (-table[p], p))
                 else:
-                    del pair_counts[p]
+                    del table[p]
         if verbose and len(merges) % 500 == 0:
             print(f"merge {len(merges)}/{n_merges}: {new!r} ({-negative_count} times)")
     if len(merges) < n_merges:

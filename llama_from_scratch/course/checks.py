@@ -9,16 +9,16 @@ exercises' graded cells are calls to these checks.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .attention import attention_weights, causal_mask, repeat_kv
-from .generate import next_token_probabilities
-from .rmsnorm import rms_norm
-from .rope import apply_rope, rope_cos_sin
+from ..attention import attention_weights, causal_mask, repeat_kv
+from ..generate import next_token_probabilities
+from ..rmsnorm import rms_norm
+from ..rope import apply_rope, rope_cos_sin
+from ..tokenization.bpe import merge, pair_counts
 
 
 class CheckFailed(AssertionError):
@@ -154,28 +154,12 @@ def check_top_p(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     _passed("top-p", len(cases))
 
 
-def _reference_pair_counts(ids: list[int]) -> dict[tuple[int, int], int]:
-    return dict(Counter(zip(ids, ids[1:])))
-
-
-def _reference_merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
 def check_pair_counts(fn: Callable[[list[int]], dict[tuple[int, int], int]]) -> None:
     """``fn(ids)``: how often each pair of neighbouring ids occurs, as ``{(a, b): count}``."""
     cases = [[], [1], [1, 2, 3, 1, 2], [5, 5, 5, 5], list(b"the cat in the hat")]
     for ids in cases:
         got = _call("pair counts", fn, list(ids))
-        expected = _reference_pair_counts(ids)
+        expected = dict(pair_counts(ids))
         if dict(got) != expected:
             wrong = sorted(set(got) ^ set(expected) | {k for k in expected if got.get(k) != expected[k]})
             pair = wrong[0]
@@ -190,7 +174,7 @@ def check_merge(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> N
     cases = [([1, 2, 3, 1, 2], (1, 2), 9), ([5, 5, 5], (5, 5), 7), ([1, 2], (2, 1), 3), ([], (1, 2), 3)]
     for ids, pair, new_id in cases:
         got = _call("merge", fn, list(ids), pair, new_id)
-        expected = _reference_merge(ids, pair, new_id)
+        expected = merge(ids, pair, new_id)
         if list(got) != expected:
             raise CheckFailed(f"merge({ids}, {pair}, {new_id}): expected {expected}, got {got}")
     _passed("merge", len(cases))
@@ -209,10 +193,10 @@ def check_bpe_encode(fn: Callable[[str, dict[tuple[int, int], int]], list[int]])
     for text in cases:
         ids = list(text.encode("utf-8"))
         while len(ids) > 1:
-            pair = min(set(zip(ids, ids[1:])), key=lambda p: merges.get(p, float("inf")))
+            pair = min(pair_counts(ids), key=lambda p: merges.get(p, float("inf")))
             if pair not in merges:
                 break
-            ids = _reference_merge(ids, pair, merges[pair])
+            ids = merge(ids, pair, merges[pair])
         got = _call("encode", fn, text, dict(merges))
         if list(got) != ids:
             raise CheckFailed(f"encode({text!r}): expected {ids}, got {got}")
@@ -221,7 +205,7 @@ def check_bpe_encode(fn: Callable[[str, dict[tuple[int, int], int]], list[int]])
 
 def check_lr_schedule(fn: Callable[[int, int, int, float, float], float]) -> None:
     """``fn(step, warmup_steps, total_steps, lr, min_lr)``: linear warm-up, then cosine decay to ``min_lr``."""
-    from .train import TrainConfig, learning_rate
+    from ..training.train import TrainConfig, learning_rate
 
     cases = [(100, 1000, 1e-3, 1e-4), (10, 50, 3e-3, 0.0), (1, 20, 1.0, 0.5)]
     for warmup, total, lr, min_lr in cases:
@@ -268,9 +252,9 @@ def check_train_step(fn: Callable[..., float]) -> None:
     Set the learning rate, clear old gradients, compute the next-token
     cross-entropy, backpropagate, clip the gradients to ``max_norm``, update.
     """
-    from .config import LlamaConfig
-    from .model import Llama
-    from .train import train_step
+    from ..config import LlamaConfig
+    from ..model import Llama
+    from ..training.train import train_step
 
     config = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=64, max_seq_len=16)
     torch.manual_seed(0)
@@ -294,9 +278,9 @@ def check_train_step(fn: Callable[..., float]) -> None:
 
 def check_hf_to_meta_name(fn: Callable[[str], str]) -> None:
     """``fn(hf_name)``: a Hugging Face weight name -> this package's (Meta's) name."""
-    from .config import LlamaConfig
-    from .hf_format import hf_to_meta_name, meta_to_hf_name
-    from .model import Llama
+    from ..config import LlamaConfig
+    from ..checkpoints.hf import hf_to_meta_name, meta_to_hf_name
+    from ..model import Llama
 
     with torch.device("meta"):
         names = [name for name, _ in Llama(LlamaConfig(dim=8, n_layers=12, n_heads=2, vocab_size=4)).named_parameters()]
@@ -310,7 +294,7 @@ def check_hf_to_meta_name(fn: Callable[[str], str]) -> None:
 
 def check_merge_shards(fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
     """``fn(name, shards)``: glue one tensor's model-parallel slices back together (Meta's layout)."""
-    from .meta_format import shard_dim
+    from ..checkpoints.meta import shard_dim
 
     torch.manual_seed(0)
     shapes = {

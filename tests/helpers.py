@@ -1,15 +1,22 @@
-"""Shared helpers: a model of ours and a transformers model holding the same weights."""
+"""Helpers shared by the tests (imported as ``from helpers import ...``; not a conftest, so no fixture magic).
+
+Tests that compare with Hugging Face ``transformers`` carry ``@needs_transformers``: without it they are
+skipped one by one, with the reason, and every other test still runs.
+"""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 
 from llama_from_scratch import Llama, LlamaConfig
-from llama_from_scratch.hf_format import to_transformers  # noqa: F401 (shared with the tests)
-from llama_from_scratch.hf_format import transformers_config as hf_config  # noqa: F401
 
-transformers = pytest.importorskip("transformers")
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None,
+    reason="compares with the reference implementation: needs transformers (pip install transformers)",
+)
 
 
 def random_llama(config: LlamaConfig, seed: int = 0) -> Llama:

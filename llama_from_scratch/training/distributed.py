@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .device import default_device
+from ..device import default_device
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -38,6 +38,21 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), world_size, torch.device("cpu")
 
 
+class LanguageModelLoss(torch.nn.Module):
+    """A module whose forward pass is ``model.loss(inputs, targets)``.
+
+    ``DistributedDataParallel`` averages gradients of what runs inside *its* forward pass, and the model's
+    forward returns logits; training needs the loss (computed without the logits), so DDP wraps this.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(inputs, targets)
+
+
 def wrap_model(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
-    """The gradient-averaging wrapper around a model already on ``device``."""
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    """The gradient-averaging wrapper around the loss of a model already on ``device``."""
+    return DistributedDataParallel(LanguageModelLoss(model), device_ids=[device.index] if device.type == "cuda" else None)

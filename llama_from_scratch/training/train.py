@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoints import latest_checkpoint
+from ..checkpoints.load import latest_checkpoint
 from .dataset import EVAL, TokenData, get_batch
-from .model import Llama
-from .train_checkpoint import load_training_state, save_training_checkpoint
+from ..model import Llama
+from .checkpoint import load_training_state, save_training_checkpoint
 
 
 @dataclass
@@ -85,11 +86,14 @@ def configure_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.op
     Decay pulls weights towards zero. That regularises the big matrices, but
     on a norm's gain it would fight the value 1 the gain should sit near, and
     on the embedding it would shrink rare tokens' vectors just for being rare.
+    Frozen parameters (``requires_grad=False``, as under LoRA) are left out:
+    the optimizer holds state only for what it trains.
     """
     decay, no_decay = [], []
     embedding = model.tok_embeddings.weight
     for p in model.parameters():  # a tied output matrix is the embedding, listed once
-        (decay if p.ndim == 2 and p is not embedding else no_decay).append(p)
+        if p.requires_grad:
+            (decay if p.ndim == 2 and p is not embedding else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=True)
 
@@ -102,13 +106,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def language_model_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next-token predictions, in nats per token.
+    """Mean cross-entropy of the next-token predictions, in nats per token: :meth:`Llama.loss`.
 
-    This equals ``F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())``;
-    passing the targets into the model lets it compute the loss without ever
-    holding the full ``(tokens, vocab_size)`` logits (see :mod:`.cross_entropy`).
+    ``model`` is a :class:`Llama`, or the ``DistributedDataParallel`` wrapper of
+    :func:`.distributed.wrap_model`, whose forward pass is that same loss (DDP
+    averages the gradients of whatever runs inside its forward).
     """
-    return model(inputs, targets=targets)
+    if isinstance(model, DistributedDataParallel):
+        return model(inputs, targets)
+    return model.loss(inputs, targets)
 
 
 def train_step(

@@ -1,6 +1,6 @@
 """Byte-level BPE, the tokenizer of GPT-2, Llama 3 and SmolLM2, written from scratch.
 
-SentencePiece (``sentencepiece_bpe.py``) starts from characters and needs byte fallback for rare ones.
+SentencePiece (:mod:`.sentencepiece_bpe`) starts from characters and needs byte fallback for rare ones.
 Byte-level BPE starts from *bytes*: every text is a sequence of UTF-8 bytes, all 256 of them are in the
 vocabulary, so nothing is ever unknown. Encoding takes four steps:
 
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+
+from .bpe import merge, pair_counts
 
 try:
     import regex
@@ -148,19 +150,10 @@ class ByteLevelBPE:
             return [chunk]
         symbols = list(chunk)
         while len(symbols) > 1:
-            pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
-            best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
+            best = min(pair_counts(symbols), key=lambda pair: self.ranks.get(pair, float("inf")))
             if best not in self.ranks:
                 break  # no neighbouring pair has a merge rule: done
-            merged, i = [], 0
-            while i < len(symbols):  # merge every occurrence of the best pair, left to right
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    merged.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+            symbols = merge(symbols, best, best[0] + best[1])  # every occurrence, left to right
         return symbols
 
     def _encode_chunk(self, chunk: str) -> list[int]:

@@ -2,9 +2,12 @@
 
 ``load_checkpoint(path)`` looks at what ``path`` holds and picks the reader:
 
-* a Hugging Face directory (``config.json`` + safetensors): :mod:`.hf_format`;
-* a Meta directory (``params.json`` + ``consolidated.NN.pth``): :mod:`.meta_format`;
-* a llama.cpp ``.gguf`` file (quantized or not): :mod:`.gguf_format`.
+* a Hugging Face directory (``config.json`` + safetensors): :mod:`.hf`;
+* a Meta directory (``params.json`` + ``consolidated.NN.pth``): :mod:`.meta`;
+* a llama.cpp ``.gguf`` file (quantized or not): :mod:`.gguf`.
+
+``load_pretrained(path)`` loads the tokenizer and the chat template that were
+saved with the weights, too.
 
 Every reader yields ``(file, name, tensor)`` in this package's names and
 layout; :func:`assemble` then checks that exactly the expected tensors, with
@@ -21,25 +24,39 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import LlamaConfig
-from .device import default_device, default_dtype
-from .gguf_format import config_from_gguf, open_gguf, read_gguf_tensors
-from .hf_format import read_hf_config, read_hf_tensors
-from .meta_format import read_meta_checkpoint
-from .model import Llama
+from ..config import LlamaConfig
+from ..device import default_device, default_dtype
+from ..errors import FormatError
+from ..model import Llama
+from ..tokenization.load import Tokenizer, load_tokenizer
+from .gguf import config_from_gguf, open_gguf, read_gguf_chat_template, read_gguf_tensors, read_gguf_tokenizer
+from .hf import read_hf_config, read_hf_tensors, read_tokenizer_config
+from .meta import read_meta_checkpoint
+
+
+def expected_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The name, shape and dtype of every tensor a checkpoint must provide for ``model`` (its ``state_dict``).
+
+    Buffers count too, so a model whose linears were swapped for quantized ones expects their integer
+    weights and scales. A tied output matrix is the embedding, expected once.
+    """
+    expected = model.state_dict()
+    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
+        del expected["output.weight"]
+    return expected
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """The name and shape of every tensor a checkpoint of this config must provide."""
     with torch.device("meta"):
         model = Llama(config)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # a tied matrix appears once
-    return shapes
+    return {name: tuple(t.shape) for name, t in expected_tensors(model).items()}
 
 
 def assemble(
@@ -49,15 +66,21 @@ def assemble(
     dtype: torch.dtype | None = None,
     total: int | None = None,
     description: str = "loading",
+    model: torch.nn.Module | None = None,
 ) -> Llama:
-    """Build a :class:`Llama` from ``(file, name, tensor)`` triples, checking names and shapes.
+    """Fill a model from ``(file, name, tensor)`` triples, checking names, shapes and integer dtypes.
 
-    Tensors are converted to ``dtype`` and moved to ``device`` one at a time,
-    so at most one extra copy of a single tensor exists at once.
+    The model is ``Llama(config)`` built on the ``meta`` device (shapes only, no memory), or ``model`` if
+    given (already on the meta device, e.g. with quantized linears swapped in). Floating-point tensors are
+    converted to ``dtype``; integer ones (packed quantized weights) must arrive in the expected type. Each
+    tensor is moved to ``device`` as it arrives, so at most one extra copy of a single tensor exists at once.
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    expected = expected_shapes(config)
+    if model is None:
+        with torch.device("meta"):
+            model = Llama(config)
+    expected = expected_tensors(model)
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     quiet = bool(os.environ.get("TQDM_DISABLE"))  # honoured here too: tqdm's notebook bar ignores it
@@ -65,22 +88,25 @@ def assemble(
         if config.tie_embeddings and name == "output.weight":
             continue  # some tied checkpoints store the shared matrix twice
         if name not in expected:
-            raise ValueError(f"{file}: unexpected tensor {name!r} for this config")
+            raise FormatError(f"{file}: unexpected tensor {name!r} for this config")
         if name in state:
-            raise ValueError(f"{file}: tensor {name!r} appears twice (also in {source[name]})")
-        if tuple(tensor.shape) != expected[name]:
-            raise ValueError(
-                f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected[name]} for this config"
+            raise FormatError(f"{file}: tensor {name!r} appears twice (also in {source[name]})")
+        want = expected[name]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise FormatError(
+                f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(want.shape)} for this config"
             )
-        state[name] = tensor.to(device=device, dtype=dtype)
+        if want.is_floating_point() != tensor.is_floating_point() or (
+            not want.is_floating_point() and tensor.dtype != want.dtype
+        ):
+            raise FormatError(f"{file}: tensor {name!r} is {tensor.dtype}, expected {want.dtype}")
+        state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
         source[name] = file
     missing = [name for name in expected if name not in state]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
+        raise FormatError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
 
-    with torch.device("meta"):
-        model = Llama(config)
     if config.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(state, assign=True, strict=True)
@@ -111,10 +137,10 @@ def load_checkpoint(
     ``path`` may be a Hugging Face model directory (``config.json`` with
     ``model.safetensors`` or a sharded ``model.safetensors.index.json``), a
     Meta directory (``params.json`` with ``consolidated.00.pth``, ...), a
-    ``.gguf`` file, or the output folder of :func:`~llama_from_scratch.train.train`
+    ``.gguf`` file, or the output folder of :func:`~llama_from_scratch.training.train.train`
     (its newest checkpoint is loaded). ``device`` defaults to the best available (CUDA, MPS, CPU)
     and ``dtype`` to float32 on the CPU, bfloat16 on CUDA. ``reader``: a GGUF file already
-    opened with ``gguf_format.open_gguf``, so that it is parsed only once.
+    opened with :func:`.gguf.open_gguf`, so that it is parsed only once.
     """
     path = Path(path)
     if not path.exists():
@@ -132,7 +158,34 @@ def load_checkpoint(
         config = config_from_gguf(reader, str(path))
         tensors = read_gguf_tensors(path, reader)
         return assemble(config, tensors, device, dtype, total=len(reader.tensors), description=f"loading {path.name}")
-    raise ValueError(
+    raise FormatError(
         f"{path}: not a checkpoint this package can read; expected a Hugging Face model directory "
         "(config.json + model.safetensors), a Meta directory (params.json + consolidated.00.pth) or a .gguf file"
     )
+
+
+@dataclass
+class Pretrained:
+    """A model with the tokenizer and chat template it was trained with."""
+
+    model: Llama
+    tokenizer: Tokenizer
+    chat_template: str | None = None
+
+
+def load_pretrained(path: str | Path, device=None, dtype=None) -> Pretrained:
+    """Load weights, tokenizer and chat template from one checkpoint (any format ``load_checkpoint`` reads).
+
+    The tokenizer is looked for next to the weights: in a GGUF file's
+    metadata, or as ``tokenizer.json`` / ``tokenizer.model`` in a checkpoint
+    directory (a training run's folder included).
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        reader = open_gguf(path)  # parsed once for the weights, the tokenizer and the template
+        model = load_checkpoint(path, device, dtype, reader=reader)
+        return Pretrained(model, read_gguf_tokenizer(path, reader), read_gguf_chat_template(path, reader))
+    model = load_checkpoint(path, device, dtype)
+    directory = path.parent if path.is_file() else (latest_checkpoint(path) or path)
+    template = read_tokenizer_config(directory).get("chat_template")
+    return Pretrained(model, load_tokenizer(directory), template)

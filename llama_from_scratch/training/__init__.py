@@ -1,0 +1,13 @@
+"""Training a Llama at laptop scale: LLaMA's recipe, small enough to read in one sitting.
+
+:mod:`.corpus` (Shakespeare's plays, split by play), :mod:`.dataset` (token files and the batches a step
+reads), :mod:`.train` (AdamW, the learning-rate schedule, clipping, the loop, evaluation),
+:mod:`.checkpoint` (training checkpoints that a crash cannot corrupt, exact resumption),
+:mod:`.distributed` (several processes with ``torchrun``) and :mod:`.recipes` (named runs: data, model,
+hyper-parameters).
+"""
+
+from .corpus import shakespeare
+from .train import TrainConfig, train
+
+__all__ = ["TrainConfig", "shakespeare", "train"]
