@@ -2,7 +2,7 @@
 
 One training step = forward, cross-entropy loss, backward, gradient clipping,
 AdamW update. Each side computes its loss its own way: ours as the package's
-training loop does (``model(inputs, targets=targets)``, the output head fused
+training loop does (``model.loss(inputs, targets)``, the output head fused
 with the cross-entropy, see ``llama_from_scratch/cross_entropy.py``),
 transformers as its users do (``F.cross_entropy`` on the logits, which is also
 what ``LlamaForCausalLM`` does when given labels). Both models hold the same
@@ -70,7 +70,7 @@ def main() -> None:
     data = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1))
     inputs, targets = data[:, :-1], data[:, 1:]
     loss_of = {
-        "ours": lambda: ours(inputs, targets=targets),
+        "ours": lambda: ours.loss(inputs, targets),
         "transformers": lambda: F.cross_entropy(theirs(input_ids=inputs).logits.flatten(0, 1), targets.flatten()),
     }
 

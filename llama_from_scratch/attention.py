@@ -67,11 +67,11 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> t
     ``q`` is ``(batch, n_heads, seq, head_dim)``, ``k`` is ``(batch, n_heads,
     kv_seq, head_dim)``, ``mask`` is ``(seq, kv_seq)`` boolean. Returns
     ``(batch, n_heads, seq, kv_seq)``, each row summing to 1. The softmax runs
-    in float32 for stability.
+    in at least float32, for stability.
     """
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).type_as(q)
+    return torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).type_as(q)
 
 
 class Attention(nn.Module):

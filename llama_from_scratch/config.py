@@ -5,7 +5,7 @@ The field names are the ones in Meta's ``params.json`` (``dim``, ``n_layers``,
 ``norm_eps``, ``rope_theta``), so a Meta checkpoint's parameters load as they
 are. Hugging Face calls the same numbers ``hidden_size``,
 ``num_hidden_layers``, ``num_attention_heads`` and so on; see
-``checkpoints.py`` for that translation.
+``checkpoints/hf.py`` for that translation.
 
 Named presets reproduce the published models: LLaMA 7B-65B (Touvron et al.,
 2023a), Llama 2 7B-70B (Touvron et al., 2023b), SmolLM2-135M, and two tiny

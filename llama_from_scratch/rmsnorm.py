@@ -17,12 +17,13 @@ from torch import nn
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise the last dimension of ``x`` to unit root mean square, then scale by ``weight``.
 
-    The statistics are taken in float32 even for bf16/fp16 inputs, because a
-    mean of squares in 16 bits loses most of its precision.
+    The statistics are taken in at least float32 (float64 stays float64) even
+    for bf16/fp16 inputs, because a mean of squares in 16 bits loses most of
+    its precision.
 
     Shapes: ``x`` is ``(..., dim)``, ``weight`` is ``(dim,)``; the result has the shape of ``x``.
     """
-    x32 = x.float()
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
     normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
     return weight * normed.type_as(x)
 

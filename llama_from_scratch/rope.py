@@ -56,7 +56,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     ``(seq, head_dim // 2)`` from :func:`rope_cos_sin`. Each pair is multiplied
     by the 2x2 rotation matrix ``[[cos, -sin], [sin, cos]]``.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))  # rotated in >= float32
     x0, x1 = pairs[..., 0], pairs[..., 1]
     cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
     rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
@@ -70,7 +70,7 @@ def apply_rope_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
     ``exp(i * angle) = cos + i sin``: multiplying by a unit complex number *is*
     a rotation. Shapes as in :func:`apply_rope`.
     """
-    as_complex = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    as_complex = torch.view_as_complex(x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2)).contiguous())
     rotation = torch.complex(cos, sin)[:, None, :]
     return torch.view_as_real(as_complex * rotation).flatten(-2).type_as(x)
 
@@ -82,7 +82,7 @@ def apply_rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     rows were permuted by :func:`interleaved_to_half`, this gives the same
     attention scores as :func:`apply_rope` on the original weights.
     """
-    first, second = x.float().chunk(2, dim=-1)
+    first, second = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1).type_as(x)
 

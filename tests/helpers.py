@@ -6,6 +6,7 @@ skipped one by one, with the reason, and every other test still runs.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -57,3 +58,29 @@ HARD_STRINGS = [
     "\x00\x01\x7f",
     "Ⅻ ² ½ ٣",
 ]
+
+
+def float32_rounding(model: Llama, tokens: torch.Tensor, model64: Llama | None = None) -> float:
+    """How far float32 rounding alone moves ``model``'s logits on ``tokens``: the largest |float32 - float64|.
+
+    The float64 copy (``model64``, made here if not given) computes the same function with rounding errors
+    about 1e-9 times smaller, so it stands for the exact result.
+    """
+    with torch.no_grad():
+        exact = (model64 or copy.deepcopy(model).double())(tokens)
+        return (model(tokens) - exact).abs().max().item()
+
+
+def assert_same_logits(got: torch.Tensor, expected: torch.Tensor, rounding: float) -> None:
+    """Two float32 implementations of one function agree up to their rounding errors.
+
+    ``rounding`` is one side's measured float32 error (:func:`float32_rounding`). The other side performs
+    the same operations in another order (other kernels, another RoPE layout), so its error is of the
+    same size; the two differ by at most the sum of both errors. The bound allows the other side an error
+    three times ours: ``4 * rounding``. A wrong weight, layout or step moves the logits by orders of
+    magnitude more, and the bound follows the machine: another CPU or thread count that rounds
+    differently moves both sides alike.
+    """
+    bound = 4 * rounding
+    difference = (got - expected).abs().max().item()
+    assert difference <= bound, f"logits differ by {difference:.3g}, more than float32 rounding allows ({bound:.3g})"

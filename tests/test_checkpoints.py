@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import needs_transformers, random_llama
-from llama_from_scratch import LlamaConfig, load_checkpoint, save_checkpoint
+from helpers import assert_same_logits, float32_rounding, needs_transformers, random_llama
+from llama_from_scratch import FormatError, Llama, LlamaConfig, load_checkpoint, save_checkpoint
 from llama_from_scratch.checkpoints.hf import config_from_hf, to_transformers
 
 CONFIG = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=120, hidden_dim=160, rope_theta=50000.0)
@@ -33,7 +33,7 @@ def test_loaded_checkpoint_gives_transformers_logits(tmp_path, tie):
     assert model.config == config.replace(max_seq_len=model.config.max_seq_len)
     assert (model.output.weight is model.tok_embeddings.weight) == tie
     with torch.no_grad():
-        assert (model(TOKENS) - hf(TOKENS).logits).abs().max() <= 1e-5
+        assert_same_logits(model(TOKENS), hf(TOKENS).logits, float32_rounding(model, TOKENS))
 
 
 @needs_transformers
@@ -43,7 +43,7 @@ def test_sharded_checkpoint(tmp_path):
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
     model = load_checkpoint(tmp_path, device="cpu")
     with torch.no_grad():
-        assert (model(TOKENS) - hf(TOKENS).logits).abs().max() <= 1e-5
+        assert_same_logits(model(TOKENS), hf(TOKENS).logits, float32_rounding(model, TOKENS))
 
 
 @needs_transformers
@@ -141,3 +141,56 @@ def test_config_from_transformers_v4_and_v5_rope_fields():
     base = MINIMAL_HF_CONFIG
     assert config_from_hf({**base, "rope_theta": 500000.0}).rope_theta == 500000.0
     assert config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}).rope_theta == 1e6
+
+
+class Int8Linear(torch.nn.Module):
+    """A stand-in for the quantized linears of a later chapter: int8 weights and float scales, as buffers."""
+
+    def __init__(self, out_features: int, in_features: int):
+        super().__init__()
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+
+    def forward(self, x):
+        return x @ (self.weight_int8.float() * self.scale[:, None]).t()
+
+
+def test_assemble_fills_buffers_and_integer_tensors():
+    from llama_from_scratch.checkpoints import assemble
+    from llama_from_scratch.checkpoints.save import model_tensors
+
+    def with_int8_w2(model):
+        model.layers[1].feed_forward.w2 = Int8Linear(CONFIG.dim, CONFIG.hidden_dim)
+        return model
+
+    original = with_int8_w2(random_llama(CONFIG))
+    original.layers[1].feed_forward.w2.weight_int8.random_(-127, 128)
+    original.layers[1].feed_forward.w2.scale.uniform_(0.001, 0.01)
+    tensors = model_tensors(original)
+    assert tensors["layers.1.feed_forward.w2.weight_int8"].dtype == torch.int8  # kept, not cast to float
+    with torch.device("meta"):
+        skeleton = with_int8_w2(Llama(CONFIG))
+    triples = [("memory", name, t) for name, t in tensors.items()]
+    model = assemble(CONFIG, triples, device="cpu", dtype=torch.float32, model=skeleton)
+    assert torch.equal(model.layers[1].feed_forward.w2.weight_int8, original.layers[1].feed_forward.w2.weight_int8)
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS), original(TOKENS))
+
+    wrong = [(f, n, t.float() if n.endswith("weight_int8") else t) for f, n, t in triples]
+    with torch.device("meta"):
+        skeleton = with_int8_w2(Llama(CONFIG))
+    with pytest.raises(FormatError, match=r"weight_int8' is torch.float32, expected torch.int8"):
+        assemble(CONFIG, wrong, device="cpu", model=skeleton)
+
+
+def test_an_interrupted_atomic_write_changes_nothing(tmp_path):
+    from llama_from_scratch.checkpoints.atomic import atomic_write
+
+    target = tmp_path / "model"
+    with atomic_write(target, directory=True) as staging:
+        (staging / "weights").write_text("first")
+    with pytest.raises(RuntimeError), atomic_write(target, directory=True) as staging:
+        (staging / "weights").write_text("half of the second")
+        raise RuntimeError("killed")
+    assert (target / "weights").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder left behind

@@ -25,3 +25,24 @@ def test_bad_checkpoint_is_an_error_message_not_a_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_every_expected_failure_is_one_line(monkeypatch, capsys):
+    """Bad files, unsupported features, missing optional packages: ``error: ...`` and exit status 1."""
+    import llama_from_scratch.checkpoints.load as load
+    from llama_from_scratch import FormatError
+
+    failures = [
+        FormatError("model.gguf: missing metadata llama.block_count"),
+        NotImplementedError("model.gguf: tokenizer model 'bert' is not supported (only 'gpt2' and 'llama')"),
+        PermissionError("[Errno 13] Permission denied: 'model.gguf'"),
+        ModuleNotFoundError("No module named 'gguf'"),
+    ]
+    for failure in failures:
+
+        def fail(*args, failure=failure, **kwargs):
+            raise failure
+
+        monkeypatch.setattr(load, "load_checkpoint", fail)
+        assert main(["info", "model.gguf"]) == 1
+        assert capsys.readouterr().err == f"error: {failure}\n"

@@ -40,12 +40,14 @@ def test_rmsnorm_matches_definition_and_transformers():
     norm = RMSNorm(48, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(torch.rand(48) + 0.5)
-    by_hand = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
-    torch.testing.assert_close(norm(x), by_hand, rtol=1e-6, atol=1e-6)
+    # The definition in float64 (rounding 1e-16 relative: 1e-12 is out of its reach).
+    x64, weight64 = x.double(), norm.weight.detach().double()
+    by_hand = x64 / torch.sqrt((x64**2).mean(-1, keepdim=True) + 1e-6) * weight64
+    torch.testing.assert_close(norm.double()(x64), by_hand, rtol=1e-12, atol=0)
 
     theirs = hf_llama().LlamaRMSNorm(48, eps=1e-6)
     theirs.weight.data.copy_(norm.weight.data)
-    assert (norm(x) - theirs(x)).abs().max() <= 1e-6
+    assert torch.equal(norm.float()(x), theirs(x))  # the same operations in the same order: equal to the bit
 
 
 def test_rmsnorm_output_has_unit_rms_before_the_gain():
@@ -64,9 +66,9 @@ def test_swiglu_matches_transformers_mlp():
     theirs.up_proj.weight.data.copy_(ours.w3.weight.data)
     theirs.down_proj.weight.data.copy_(ours.w2.weight.data)
     x = torch.randn(3, 7, 32)
-    assert (ours(x) - theirs(x)).abs().max() <= 1e-6
+    assert torch.equal(ours(x), theirs(x))  # the same operations in the same order: equal to the bit
     by_hand = ours.w2(F.silu(ours.w1(x)) * ours.w3(x))
-    torch.testing.assert_close(ours(x), by_hand)
+    assert torch.equal(ours(x), by_hand)
 
 
 def test_rope_frequencies_fall_geometrically_from_one():
@@ -155,17 +157,19 @@ def test_causal_mask_with_and_without_a_cached_past():
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])  # MHA, GQA, MQA
 def test_explicit_attention_equals_fused_sdpa(n_kv_heads):
     torch.manual_seed(0)
+    # In float64: the fused kernel and the step-by-step softmax add in different orders; float64 rounding
+    # (2.2e-16 relative, sums of 11 terms) stays far below the 1e-12 allowed.
     config = LlamaConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=16)
-    attention = Attention(config)
-    x = torch.randn(2, 11, 32)
+    attention = Attention(config).double()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
     cos, sin = rope_cos_sin(torch.arange(11), config.head_dim)
     fused = attention(x, cos, sin)
     weights = attention.weights(x, cos, sin)
     _, _, v = attention.qkv(x, cos, sin)
     explicit = attention.wo((weights @ repeat_kv(v, config.n_rep)).transpose(1, 2).flatten(2))
-    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explicit, fused, rtol=1e-12, atol=1e-12)
     assert weights.shape == (2, 4, 11, 11)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 11))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 11, dtype=torch.float64))
     assert torch.all(weights.triu(diagonal=1) == 0)  # no token sees the future
 
 

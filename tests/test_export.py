@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import needs_transformers, random_llama
+from helpers import assert_same_logits, float32_rounding, needs_transformers, random_llama
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.checkpoints.save import save_checkpoint
 
@@ -25,8 +25,8 @@ def test_hf_export_loads_in_transformers_with_identical_logits(tmp_path, tie):
     save_checkpoint(model, None, tmp_path / "hf", format="hf")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
-        assert (theirs(TOKENS).logits - logits(model)).abs().max() <= 1e-5
-    assert (logits(load_checkpoint(tmp_path / "hf", device="cpu")) - logits(model)).abs().max() <= 1e-6
+        assert_same_logits(theirs(TOKENS).logits, logits(model), float32_rounding(model, TOKENS))
+    assert torch.equal(logits(load_checkpoint(tmp_path / "hf", device="cpu")), logits(model))  # same weights, same code
 
 
 @pytest.mark.parametrize(("n_shards", "tie"), [(1, False), (2, False), (2, True)])

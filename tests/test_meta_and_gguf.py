@@ -153,12 +153,38 @@ def test_quantized_gguf_dequantizes_every_matrix(tmp_path, name):
             assert torch.equal(loaded, weight)
 
 
-def test_truncated_gguf_is_a_clear_error(tmp_path):
+def test_truncated_gguf_is_the_same_clear_error_for_weights_and_tokenizer(tmp_path):
+    from llama_from_scratch import FormatError, load_tokenizer
+
     write_gguf(random_llama(CONFIG), tmp_path / "model.gguf")
     data = (tmp_path / "model.gguf").read_bytes()
     (tmp_path / "model.gguf").write_bytes(data[: len(data) // 3])
-    with pytest.raises(ValueError, match="model.gguf: not a readable GGUF file"):
-        load_checkpoint(tmp_path / "model.gguf", device="cpu")
+    for load in (lambda path: load_checkpoint(path, device="cpu"), load_tokenizer):
+        with pytest.raises(FormatError, match="model.gguf: not a readable GGUF file"):
+            load(tmp_path / "model.gguf")
+
+
+def test_unsupported_or_incomplete_gguf_is_a_clear_error(tmp_path):
+    """A tokenizer this package does not implement, and no model metadata: one line each from the CLI."""
+    import subprocess
+    import sys
+
+    from llama_from_scratch import load_tokenizer
+
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama")
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(["[CLS]", "a"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(NotImplementedError, match="model.gguf: tokenizer model 'bert' is not supported"):
+        load_tokenizer(tmp_path / "model.gguf")
+    for command in (["info", str(tmp_path / "model.gguf")], ["chat", "--checkpoint", str(tmp_path / "model.gguf")]):
+        result = subprocess.run([sys.executable, "-m", "llama_from_scratch", *command], capture_output=True, text=True)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "model.gguf" in result.stderr, result.stderr
 
 
 def test_legacy_format_pth_still_loads(tmp_path):

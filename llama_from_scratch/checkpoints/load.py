@@ -13,7 +13,8 @@ Every reader yields ``(file, name, tensor)`` in this package's names and
 layout; :func:`assemble` then checks that exactly the expected tensors, with
 the expected shapes, arrived, before anything is handed back. A checkpoint
 that is incomplete, has extra tensors, or has the wrong shapes raises a
-``ValueError`` naming the file and the tensor; nothing half-loaded is returned.
+``FormatError`` (a ``ValueError``) naming the file and the tensor; nothing
+half-loaded is returned.
 
 The model is built on PyTorch's ``meta`` device (shapes only, no memory) and
 the loaded tensors are assigned into it, so loading a model costs its

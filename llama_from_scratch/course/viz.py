@@ -104,7 +104,7 @@ def attention_grid(
 ) -> Figure:
     """A figure with one heatmap per head: ``weights`` is ``(n_heads, seq, kv_seq)``.
 
-    That is one layer of :meth:`Llama.forward`'s ``return_attention=True``
+    That is one layer of :meth:`Llama.attention_maps`
     output for one sequence, e.g. ``attention[layer][0]``. ``heads`` picks
     which heads to show (default: all); ``labels`` name the tokens and are
     written on the left column and bottom row only. All heads share one

@@ -8,7 +8,7 @@ Encoding a text takes three steps:
 2. **Merge by score.** Start from single characters. Among all neighbouring pairs whose concatenation is a
    piece of the vocabulary, merge the one with the highest *score* (the leftmost on a tie); repeat until no
    pair is in the vocabulary. A BPE trainer gives earlier merges higher scores, so this replays training.
-   Note the difference from GPT-2's BPE (``byte_bpe.py``): there is no list of merge rules, only scored
+   Note the difference from GPT-2's BPE (:mod:`.byte_bpe`): there is no list of merge rules, only scored
    pieces, and the text is not split into words first.
 3. **Fall back to bytes.** A piece that is not in the vocabulary (a character too rare to get its own
    piece, such as an emoji) is written as its UTF-8 bytes, one ``<0x..>`` token each: ``"😀"`` becomes
