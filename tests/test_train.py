@@ -1,5 +1,6 @@
 """Training: the schedule, the optimizer's groups, exact resumption, crash safety and data parallelism."""
 
+import importlib
 import json
 import math
 import os
@@ -223,3 +224,59 @@ def test_recipes_prepare_their_own_data_and_the_cli_offers_them():
     assert list(choices.choices) == list(RECIPES)
     for recipe in RECIPES.values():
         assert callable(recipe.prepare_data) and recipe.prepare.__annotations__["return"] in (PreparedData, "PreparedData")
+
+
+def test_resume_keeps_the_run_and_refuses_other_settings(tmp_path):
+    """Only steps and the reporting cadence may change on resume; everything else names what changed."""
+    train(new_model(), synthetic_data(), None, quick_config(steps=4), tmp_path / "run")
+    for change, message in (({"lr": 2e-2}, "lr: 0.01 -> 0.02"), ({"weight_decay": 0.0}, "weight_decay: 0.1 -> 0.0"),
+                            ({"grad_clip": 0.5}, "grad_clip: 1.0 -> 0.5"), ({"warmup_steps": 3}, "warmup_steps: 2 -> 3")):
+        with pytest.raises(ValueError, match=f"cannot resume with other settings \\({message}\\)"):
+            train(new_model(), synthetic_data(), None, quick_config(steps=6, **change), tmp_path / "run", resume=True)
+    longer = train(new_model(), synthetic_data(), None, quick_config(steps=6, eval_every=3), tmp_path / "run", resume=True)
+    assert [r["step"] for r in longer] == list(range(6))
+    with pytest.raises(ValueError, match="already reached step 6"):
+        train(new_model(), synthetic_data(), None, quick_config(steps=6), tmp_path / "run", resume=True)
+
+
+def test_a_used_folder_is_resumed_or_overwritten_never_mixed(tmp_path):
+    run = tmp_path / "run"
+    train(new_model(), synthetic_data(), None, quick_config(steps=6, checkpoint_every=2), run)
+    with pytest.raises(FileExistsError, match="already holds a run \\(up to step-0000006\\).*--resume.*--overwrite"):
+        train(new_model(), synthetic_data(), None, quick_config(steps=2), run)
+    train(new_model(), synthetic_data(), None, quick_config(steps=2), run, overwrite=True)
+    assert [p.name for p in train_checkpoint.checkpoints_of(run)] == ["step-0000002"]
+    assert load_checkpoint(run, device="cpu") is not None
+
+
+def test_old_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path):
+    for step in (9, 10, 100):
+        (tmp_path / f"step-{step}").mkdir()  # names whose alphabetical order is not their order
+    assert [p.name for p in train_checkpoint.checkpoints_of(tmp_path)] == ["step-9", "step-10", "step-100"]
+
+
+def test_stale_staging_folders_of_a_killed_write_are_removed(tmp_path):
+    run = tmp_path / "run"
+    train(new_model(), synthetic_data(), None, quick_config(steps=2), run)
+    (run / ".step-0000004.x1y2z3").mkdir()  # what `kill -9` during a write leaves
+    (run / ".step-0000004.x1y2z3" / "model.safetensors").write_bytes(b"\0" * 1000)
+    (run / ".latest.abc").mkdir()
+    train(new_model(), synthetic_data(), None, quick_config(steps=4), run, resume=True)
+    assert sorted(p.name for p in run.iterdir()) == ["latest", "step-0000002", "step-0000004"]
+
+
+def test_non_finite_settings_are_refused_and_a_non_finite_loss_stops_the_run(tmp_path, monkeypatch):
+    for name in ("lr", "weight_decay", "beta2"):
+        with pytest.raises(ValueError, match=f"TrainConfig.{name} must be a finite number"):
+            quick_config(**{name: math.nan})
+    with pytest.raises(ValueError, match="TrainConfig.lr must be a finite number, got inf"):
+        quick_config(lr=math.inf, min_lr=0.0)
+    run = tmp_path / "run"
+    train(new_model(), synthetic_data(), None, quick_config(steps=2), run)
+    train_module = importlib.import_module("llama_from_scratch.training.train")  # the module, not train()
+    real_step = train_module.train_step
+    monkeypatch.setattr(train_module, "train_step", lambda *args: (math.nan, real_step(*args)[1]))
+    with pytest.raises(ValueError, match=r"step 2: the loss is nan: training stopped.*step-0000002.*is intact"):
+        train(new_model(), synthetic_data(), None, quick_config(steps=4), run, resume=True)
+    assert train_checkpoint.latest_checkpoint(run).name == "step-0000002"
+    load_checkpoint(run, device="cpu")

@@ -19,7 +19,10 @@ Each checkpoint holds
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -27,12 +30,43 @@ import torch
 
 from ..checkpoints.atomic import atomic_write
 from ..checkpoints.hf import write_hf
-from ..checkpoints.load import LATEST, load_checkpoint
+from ..checkpoints.load import LATEST, latest_checkpoint, load_checkpoint
 from ..checkpoints.save import model_tensors
 from ..model import Llama
 
-# What must match for a resumed run to draw the same batches as the original one.
-SAME_DATA = ("batch_size", "grad_accum", "seq_len", "seed")
+# A resumed run may change only these settings (how often it reports and saves, and how long it runs);
+# any other change would make it a different run, so resuming refuses it. A changed ``steps`` stretches
+# or shortens the learning-rate schedule from the resume point on.
+MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "eval_batches", "checkpoint_every")
+_STEP = re.compile(r"step-(\d+)")
+
+
+def step_of(checkpoint: Path) -> int | None:
+    """The step number of a checkpoint folder ``step-0000500``; None for any other name."""
+    match = _STEP.fullmatch(checkpoint.name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints_of(run_dir: Path) -> list[Path]:
+    """A run's checkpoint folders, oldest first (by step number, not by name)."""
+    found = [p for p in Path(run_dir).glob("step-*") if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=step_of)
+
+
+def remove_stale_staging(run_dir: Path) -> list[Path]:
+    """Remove half-written checkpoints that a killed process left behind (``.step-*``, ``.latest.*``).
+
+    :func:`save_training_checkpoint` writes into such a hidden folder and renames it when complete, so
+    one that still exists when a run starts belongs to a process that died mid-write.
+    """
+    stale = [p for pattern in (".step-*", f".{LATEST}.*") for p in Path(run_dir).glob(pattern)]
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return stale
+
+
+def _disk_full(error: BaseException) -> bool:
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
 
 
 def save_training_checkpoint(
@@ -45,21 +79,41 @@ def save_training_checkpoint(
     extra_files: dict[str, Path] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step-NNNNNNN`` into ``run_dir``, point ``latest`` at it, keep the newest ``keep``."""
+    """Write checkpoint ``step-NNNNNNN`` into ``run_dir``, point ``latest`` at it, keep the newest ``keep``.
+
+    A full disk raises ``OSError`` ("no space left") and leaves the previous checkpoint and ``latest``
+    as they were.
+    """
     run_dir = Path(run_dir)
     name = f"step-{step:07d}"
     final = run_dir / name
-    with atomic_write(final, directory=True) as staging:
-        write_hf(model.config, model_tensors(model, torch.float32), staging, torch.float32)
-        torch.save(
-            {"step": step, "optimizer": optimizer.state_dict(), "history": history}, staging / "trainer_state.pt"
-        )
-        (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        for target, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / target)
-    with atomic_write(run_dir / LATEST) as pointer:
-        pointer.write_text(name + "\n")
-    for old in sorted(run_dir.glob("step-*"))[:-keep]:
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "model_config": dataclasses.asdict(model.config),  # all of it: config.json keeps only the shapes
+    }
+    try:
+        with atomic_write(final, directory=True) as staging:
+            write_hf(model.config, model_tensors(model, torch.float32), staging, torch.float32)
+            buffer = io.BytesIO()  # torch.save reports a failed write without its cause; Python's write names it
+            torch.save(state, buffer)
+            (staging / "trainer_state.pt").write_bytes(buffer.getbuffer())
+            (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            for target, source in (extra_files or {}).items():
+                shutil.copyfile(source, staging / target)
+        with atomic_write(run_dir / LATEST) as pointer:
+            pointer.write_text(name + "\n")
+    except Exception as error:
+        if _disk_full(error):
+            kept = latest_checkpoint(run_dir)
+            raise OSError(
+                errno.ENOSPC,
+                f"{run_dir}: no space left on device while writing {name}; "
+                f"the previous checkpoint ({kept.name if kept else 'none'}) is kept",
+            ) from None
+        raise
+    for old in checkpoints_of(run_dir)[:-keep]:
         shutil.rmtree(old)
     return final
 
@@ -69,21 +123,36 @@ def load_training_state(
 ) -> tuple[int, list[dict]]:
     """Load weights and optimizer state from ``checkpoint`` into ``model`` / ``optimizer``; return (step, history).
 
-    Raises ``ValueError`` if the checkpoint belongs to a different model or
-    was trained with different batches (then resuming could not be exact).
+    Raises ``ValueError`` if the checkpoint belongs to a different model, or if ``config`` changes a
+    setting other than :data:`MAY_CHANGE_ON_RESUME` (then the resumed run would not continue the
+    original one), naming each difference.
     """
-    saved = load_checkpoint(checkpoint, device=model.device, dtype=model.tok_embeddings.weight.dtype)
-    if saved.config != model.config:
-        raise ValueError(f"{checkpoint}: checkpoint of a different model: {saved.config} != {model.config}")
-    saved_config = json.loads((checkpoint / "train_config.json").read_text())
-    changed = [
-        f"{k}: {saved_config.get(k)} -> {getattr(config, k)}"
-        for k in SAME_DATA
-        if saved_config.get(k) != getattr(config, k)
-    ]
-    if changed:
-        raise ValueError(f"{checkpoint}: cannot resume exactly with different batches ({'; '.join(changed)})")
-    model.load_state_dict(saved.state_dict())  # copies into the model's own tensors, buffers included
     state = torch.load(checkpoint / "trainer_state.pt", map_location=model.device, weights_only=True)
+    saved_model = state.get("model_config")
+    if saved_model != dataclasses.asdict(model.config):
+        raise ValueError(
+            f"{checkpoint}: checkpoint of a different model: {_differences(saved_model or {}, model.config)}"
+        )
+    saved_config = json.loads((checkpoint / "train_config.json").read_text())
+    changed = _differences(saved_config, config, skip=MAY_CHANGE_ON_RESUME)
+    if changed:
+        raise ValueError(
+            f"{checkpoint}: cannot resume with other settings ({changed}); only "
+            f"{', '.join(MAY_CHANGE_ON_RESUME)} may change. Start a new run instead (another --out, or --overwrite)"
+        )
+    if state["step"] >= config.steps:
+        raise ValueError(f"{checkpoint}: the run already reached step {state['step']}; ask for more --steps")
+    saved = load_checkpoint(checkpoint, device=model.device, dtype=model.tok_embeddings.weight.dtype)
+    model.load_state_dict(saved.state_dict())  # copies into the model's own tensors, buffers included
     optimizer.load_state_dict(state["optimizer"])
     return state["step"], state["history"]
+
+
+def _differences(saved: dict, current, skip: tuple[str, ...] = ()) -> str:
+    """``"lr: 0.001 -> 0.002; seed: 1 -> 2"``: the fields of a dataclass that differ from their saved values."""
+    now = dataclasses.asdict(current)
+    return "; ".join(
+        f"{key}: {saved.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(saved) | set(now))
+        if key not in skip and saved.get(key) != now.get(key)
+    )

@@ -23,8 +23,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +37,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..checkpoints.load import latest_checkpoint
+from ..checkpoints.load import LATEST, latest_checkpoint
 from .dataset import EVAL, TokenData, get_batch
 from ..model import Llama
-from .checkpoint import load_training_state, save_training_checkpoint
+from .checkpoint import checkpoints_of, load_training_state, remove_stale_staging, save_training_checkpoint
 
 
 @dataclass
@@ -61,10 +65,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be an int of at least 1, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        # A NaN or infinite rate would train into NaN weights and fail far from the cause; grad_clip may be
+        # infinite (no clipping), never NaN.
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+            value = getattr(self, name)
+            finite = math.isfinite(value) if isinstance(value, (int, float)) else False
+            if isinstance(value, bool) or not (finite or (name == "grad_clip" and value == math.inf)):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainConfig needs 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError(
+                f"TrainConfig needs 0 <= beta1, beta2 < 1, weight_decay >= 0 and grad_clip > 0, got beta1={self.beta1}, "
+                f"beta2={self.beta2}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip}"
+            )
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -196,6 +215,61 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
     return _loss_and_bits_per_byte(total / count, data)
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run between two steps; the message says where its checkpoint is."""
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """Turn Ctrl-C (SIGINT) and SIGTERM into a *request* that the loop honours between two steps.
+
+    A signal that arrives mid-step would otherwise stop the process with half an optimizer step applied
+    and nothing saved. The handler only records the request; the loop finishes its step, saves a
+    checkpoint and stops. A second signal stops at once, as usual. Signal handlers can only be set in
+    the main thread: elsewhere no request is ever made.
+    """
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum: int, frame) -> None:
+        if requested:
+            raise KeyboardInterrupt  # asked twice: stop now
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check, before any training, that checkpoints can be written to ``out_dir`` and what it holds.
+
+    A folder that already holds a run is continued (``resume``) or replaced (``overwrite``), never mixed
+    with a new run; half-written checkpoints of a killed process are removed.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: --out names a file; checkpoints need a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir):
+        pass  # a read-only folder fails here, not after the training
+    remove_stale_staging(out_dir)
+    existing = checkpoints_of(out_dir)
+    if existing and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} already holds a run (up to {existing[-1].name}): continue it with --resume, "
+                "or replace it with --overwrite"
+            )
+        for checkpoint in existing:
+            shutil.rmtree(checkpoint)
+        (out_dir / LATEST).unlink(missing_ok=True)
+
+
 def train(
     model: Llama,
     train_data: TokenData,
@@ -208,6 +282,7 @@ def train(
     rank: int = 0,
     world_size: int = 1,
     ddp_model: torch.nn.Module | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.steps`` steps; return the history of logged values.
 
@@ -215,13 +290,23 @@ def train(
     measured and ``on_eval(step, metrics)`` is called (to print a sample, say).
     Every ``checkpoint_every`` steps (and at the end) a checkpoint is written
     to ``out_dir``; ``resume=True`` continues from the latest one, and the
-    resumed run computes exactly what the uninterrupted run would have.
+    resumed run computes exactly what the uninterrupted run would have. A
+    folder that already holds checkpoints is refused unless ``resume`` or
+    ``overwrite`` (which deletes them) says what to do with it.
+
+    Ctrl-C or SIGTERM stops the run after the current step, with a checkpoint
+    (:class:`TrainingStopped`); a non-finite loss stops it with a ``ValueError``
+    before anything of that step is saved.
 
     For several processes, pass ``rank``, ``world_size`` and the
-    ``DistributedDataParallel`` wrapper as ``ddp_model``: each process trains on
-    its slice of every global batch; only rank 0 evaluates and writes.
+    ``DistributedDataParallel`` wrapper of :func:`.distributed.wrap_model` as
+    ``ddp_model``: each process trains on its slice of every global batch;
+    only rank 0 evaluates and writes.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
+    is_main = rank == 0
+    if out_dir is not None and is_main:
+        prepare_run_dir(out_dir, resume, overwrite)
     optimizer = configure_optimizer(model, config)
     history: list[dict[str, float]] = []
     start = 0
@@ -230,46 +315,68 @@ def train(
             raise FileNotFoundError(f"resume=True but {out_dir} holds no checkpoint to resume from")
         start, history = load_training_state(latest_checkpoint(out_dir), model, optimizer, config)
     forward = ddp_model if ddp_model is not None else model
-    is_main = rank == 0
     model.train()
+
+    def save(step: int) -> None:
+        if is_main and out_dir is not None:
+            save_training_checkpoint(out_dir, model, optimizer, step, config, history, extra_files)
 
     tokens_per_step = config.batch_size * config.grad_accum * config.seq_len * world_size
     quiet = not is_main or bool(os.environ.get("TQDM_DISABLE"))  # tqdm's notebook bar ignores TQDM_DISABLE
-    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
-    clock = time.perf_counter()
-    for step in progress:
-        micro_batches = [
-            get_batch(
-                train_data,
-                step * config.grad_accum + m,
-                config.batch_size,
-                config.seq_len,
-                config.seed,
-                rank,
-                world_size,
-            )
-            for m in range(config.grad_accum)
-        ]
-        loss, grad_norm = train_step(forward, optimizer, micro_batches, learning_rate(step, config), config.grad_clip)
-        now = time.perf_counter()
-        record = {
-            "step": step,
-            "loss": loss,
-            "lr": learning_rate(step, config),
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_step / (now - clock),
-        }
-        clock = now
-        progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
-        last = step == config.steps - 1
-        if is_main and val_data is not None and ((step + 1) % config.eval_every == 0 or last):
-            metrics = evaluate(model, val_data, config)
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            if on_eval is not None:
-                on_eval(step + 1, metrics)
-            clock = time.perf_counter()  # evaluation time is not training throughput
-        history.append(record)
-        if is_main and out_dir is not None and ((step + 1) % config.checkpoint_every == 0 or last):
-            save_training_checkpoint(out_dir, model, optimizer, step + 1, config, history, extra_files)
-            clock = time.perf_counter()
+    with stop_requests() as stop_requested:  # before the progress bar: once it shows, Ctrl-C is handled
+        progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
+        clock = time.perf_counter()
+        for step in progress:
+            micro_batches = [
+                get_batch(
+                    train_data,
+                    step * config.grad_accum + m,
+                    config.batch_size,
+                    config.seq_len,
+                    config.seed,
+                    rank,
+                    world_size,
+                )
+                for m in range(config.grad_accum)
+            ]
+            lr = learning_rate(step, config)
+            loss, grad_norm = train_step(forward, optimizer, micro_batches, lr, config.grad_clip)
+            if not math.isfinite(loss):
+                kept = latest_checkpoint(out_dir) if out_dir is not None else None
+                raise ValueError(
+                    f"step {step}: the loss is {loss}: training stopped, nothing of this step was saved"
+                    + (f" (the newest checkpoint, {kept}, is intact)" if kept else "")
+                    + f"; try a lower learning rate than {config.lr}"
+                )
+            now = time.perf_counter()
+            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+            record["tokens_per_s"] = tokens_per_step / (now - clock)
+            clock = now
+            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+            last = step == config.steps - 1
+            if is_main and val_data is not None and ((step + 1) % config.eval_every == 0 or last):
+                metrics = evaluate(model, val_data, config)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                if on_eval is not None:
+                    on_eval(step + 1, metrics)
+                clock = time.perf_counter()  # evaluation time is not training throughput
+            history.append(record)
+            scheduled = (step + 1) % config.checkpoint_every == 0 or last
+            if scheduled:
+                save(step + 1)
+                clock = time.perf_counter()
+            if not last and _any_rank(stop_requested(), world_size, model.device):
+                if not scheduled:
+                    save(step + 1)
+                where = f"; checkpoint step-{step + 1:07d} in {out_dir}, continue with --resume" if out_dir else ""
+                raise TrainingStopped(f"stopped after step {step + 1} of {config.steps}{where}")
     return history
+
+
+def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """``flag`` of this process, or of any process of the group: all of them stop at the same step."""
+    if world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
