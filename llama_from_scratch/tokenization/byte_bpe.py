@@ -11,24 +11,26 @@ vocabulary, so nothing is ever unknown. Encoding takes four steps:
    space, runs of digits or punctuation, and whitespace: ``"Hello world!!"`` -> ``"Hello", " world", "!!"``.
    Merges never cross a chunk boundary, so a piece never mixes a word with the punctuation after it.
    The patterns use Unicode classes (``\\p{L}`` letters, ``\\p{N}`` numbers) that Python's ``re`` lacks;
-   the ``regex`` package has them.
+   the ``regex`` package has them. Patterns read from a file run under a time limit (:func:`pre_tokenize`).
 3. **Bytes as characters.** Each chunk's UTF-8 bytes are written as printable characters with GPT-2's
    byte-to-unicode table (:func:`bytes_to_unicode`): printable ASCII and Latin-1 bytes stand for themselves,
    the others are shifted to U+0100 and up, so the space byte is ``Ġ`` and the newline ``Ċ``. Vocabularies
    (``tokenizer.json``, GGUF) store pieces in this alphabet: ``"Ġworld"`` is the token for ``" world"``.
 4. **Merge by rank.** The vocabulary comes with an ordered list of merge rules (``"Ġ w"``, ``"o r"``, ...).
    Repeatedly find the neighbouring pair whose rule comes *first* in the list, and merge it, until no
-   neighbouring pair has a rule. The result pieces are looked up in the vocabulary.
+   neighbouring pair has a rule. The result pieces are looked up in the vocabulary. A heap of candidate
+   pairs does this in near-linear time (:meth:`ByteLevelBPE.bpe`), even for one long word without spaces.
 
 Decoding maps each token back to its bytes and decodes the whole byte string as UTF-8.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .bpe import merge, pair_counts
+from .bpe import merge_by_priority
 
 try:
     import regex
@@ -50,6 +52,18 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "starcoder": (r"\p{N}", GPT2_PATTERN),
     "llama-bpe": (LLAMA3_PATTERN,),  # Llama 3
 }
+
+# Patterns come from tokenizer files, which are untrusted. One that backtracks catastrophically, such as
+# ``(a|a)+$``, takes time exponential in the length of the text it fails on (minutes for 30 characters) and
+# would hang ``encode``. So matching a text runs under a time limit: a generous budget per character,
+# 20 µs, where patterns like those above need about 0.5 µs (1 MB of Shakespeare in 0.5 s, the limit on),
+# plus half a second, so that neither a large legitimate text (1 MB gets 20 s) nor a short one on a busy
+# machine ever runs out, while a catastrophic pattern is stopped within about a second on a short text.
+# The patterns above are known to run in linear time and go without the limit: ``regex`` checks the clock
+# at every match, which costs about a microsecond each (70% more time for Shakespeare).
+MATCH_SECONDS = 0.5
+MATCH_SECONDS_PER_CHARACTER = 20e-6
+KNOWN_PATTERNS = frozenset(p for patterns in PRE_TOKENIZERS.values() for p in patterns)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -79,15 +93,29 @@ def pre_tokenize(text: str, patterns: Sequence[str]) -> list[str]:
 
     ``pre_tokenize("Hello world 2024!", PRE_TOKENIZERS["smollm"])``
     -> ``["Hello", " world", " ", "2", "0", "2", "4", "!"]``.
+
+    All the matching for ``text`` with patterns other than the known ones shares one time limit (see
+    :data:`MATCH_SECONDS`); a pattern that runs out of it raises ``ValueError``: it backtracks catastrophically.
     """
     _require_regex()
+    budget = MATCH_SECONDS + MATCH_SECONDS_PER_CHARACTER * len(text)
+    deadline = time.monotonic() + budget
     chunks = [text] if text else []
     for pattern in patterns:
-        compiled = _compile(pattern)
+        compiled, limited = _compile(pattern), pattern not in KNOWN_PATTERNS
         split = []
         for chunk in chunks:
+            timeout = max(deadline - time.monotonic(), 1e-3) if limited else None
+            try:
+                matches = list(compiled.finditer(chunk, timeout=timeout))
+            except TimeoutError:
+                raise ValueError(
+                    f"pre-tokenizer pattern {pattern!r} backtracks catastrophically: matching it on a text of "
+                    f"{len(text):,} characters ran past the time limit of {budget:.1f} s (the usual patterns need "
+                    f"about 0.5 µs a character); fix or remove this Split pattern in the tokenizer file"
+                ) from None
             end = 0
-            for match in compiled.finditer(chunk):
+            for match in matches:
                 if match.start() > end:
                     split.append(chunk[end : match.start()])  # a gap no alternative matched: kept as it is
                 if match.end() > match.start():
@@ -145,16 +173,28 @@ class ByteLevelBPE:
     # -- encoding ------------------------------------------------------------------------------------------------
 
     def bpe(self, chunk: str) -> list[str]:
-        """Merge one chunk (already in the byte alphabet) by rank: ``"Ġworld" -> ["Ġworld"]``."""
+        """Merge one chunk (already in the byte alphabet) by rank: ``"Ġworld" -> ["Ġworld"]``.
+
+        The definition, the loop notebook 01 writes (there on byte ids) with :func:`.bpe.merge`::
+
+            symbols = list(chunk)
+            while len(symbols) > 1:
+                best = min(pair_counts(symbols), key=lambda pair: self.ranks.get(pair, float("inf")))
+                if best not in self.ranks:
+                    break  # no neighbouring pair has a merge rule: done
+                symbols = merge(symbols, best, best[0] + best[1])  # every occurrence, left to right
+
+        Each pass scans every pair to apply one rule, and a chunk of ``n`` symbols can need about ``n`` passes:
+        ``O(n^2)``. That is harmless for words of ten letters, and hangs on one pasted word of 100,000 (over
+        150 s). :func:`.bpe.merge_by_priority` gives the same pieces with a heap of candidate pairs keyed by
+        ``(rank, position)``, in ``O(n log n)``: it pops the pairs of the best rule present left to right, and an
+        occurrence that overlaps one merged to its left is stale when popped, just as :func:`.bpe.merge`
+        skips it. (The two differ only for a merge list in which a rule comes before a rule that builds one of
+        its sides, which training never produces; there the heap does what Hugging Face ``tokenizers`` does.)
+        """
         if self.ignore_merges and chunk in self.vocab:
             return [chunk]
-        symbols = list(chunk)
-        while len(symbols) > 1:
-            best = min(pair_counts(symbols), key=lambda pair: self.ranks.get(pair, float("inf")))
-            if best not in self.ranks:
-                break  # no neighbouring pair has a merge rule: done
-            symbols = merge(symbols, best, best[0] + best[1])  # every occurrence, left to right
-        return symbols
+        return merge_by_priority(chunk, self.ranks.get)
 
     def _encode_chunk(self, chunk: str) -> list[int]:
         ids = self._cache.get(chunk)

@@ -23,10 +23,10 @@ the dummy prefix's space at the start.
 
 from __future__ import annotations
 
-import heapq
 import re
 from pathlib import Path
 
+from .bpe import merge_by_priority
 from .sentencepiece_model import Piece, PieceType, SentencePieceModel, read_model, write_model
 
 SPACE = "\u2581"  # ▁, how SentencePiece writes a space
@@ -58,9 +58,12 @@ class SentencePieceTokenizer:
             if p.type in (PieceType.NORMAL, PieceType.USER_DEFINED, PieceType.UNUSED)
         }
         self._scores = [p.score for p in model.pieces]
-        self._user_defined = sorted(
-            (p.piece for p in model.pieces if p.type == PieceType.USER_DEFINED), key=len, reverse=True
-        )
+        self._unused = [t == PieceType.UNUSED for t in types]
+        # User-defined pieces are cut out of the text whole, the longest where several start at one place
+        # (a regular expression tries its alternatives in order), in one scan of the text.
+        self._user_defined = {p.piece for p in model.pieces if p.type == PieceType.USER_DEFINED and p.piece}
+        alternatives = sorted(self._user_defined, key=len, reverse=True)
+        self._user_defined_pattern = re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
         self._bytes = {
             int(p.piece[3:5], 16): i
             for i, p in enumerate(model.pieces)
@@ -99,55 +102,47 @@ class SentencePieceTokenizer:
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
-    def _symbols(self, text: str) -> list[tuple[str, bool]]:
-        """Split normalised text into initial symbols: user-defined pieces whole (frozen), else characters."""
-        symbols, i = [], 0
-        while i < len(text):
-            match = next((u for u in self._user_defined if text.startswith(u, i)), None)
-            symbols.append((match, True) if match else (text[i], False))
-            i += len(match) if match else 1
+    def _symbols(self, text: str) -> list[str]:
+        """Split normalised text into initial symbols: user-defined pieces whole, else characters."""
+        if self._user_defined_pattern is None:
+            return list(text)
+        symbols, end = [], 0
+        for match in self._user_defined_pattern.finditer(text):
+            symbols.extend(text[end : match.start()])
+            symbols.append(match.group())
+            end = match.end()
+        symbols.extend(text[end:])
         return symbols
 
     def _merge(self, text: str) -> list[str]:
-        """Step 2: merge neighbouring symbols, highest-scoring resulting piece first, until none is a piece."""
-        symbols = self._symbols(text)
-        pieces = [s for s, _ in symbols]
-        frozen = [f for _, f in symbols]
-        prev = list(range(-1, len(pieces) - 1))  # a doubly linked list over the symbols still alive
-        nxt = list(range(1, len(pieces) + 1))
-        nxt[-1:] = [-1]
-        heap: list[tuple[float, int, str]] = []  # (-score, left position, merged piece): a max-heap by score
+        """Step 2: merge neighbouring symbols, highest-scoring resulting piece first, until none is a piece.
+
+        The heap and linked list of :func:`.bpe.merge_by_priority` make this ``O(n log n)`` for ``n``
+        characters, however long the text runs without a space; the priority of a pair is minus the score of
+        the piece it makes (a heap pops the lowest first), so the leftmost of equal scores wins, as in
+        ``sentencepiece``.
+        """
         unmerge: dict[str, tuple[str, str]] = {}  # how each *unused* piece was made, to split it again at the end
 
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0 or frozen[left] or frozen[right]:
-                return
-            merged = pieces[left] + pieces[right]
+        def priority(pair: tuple[str, str]) -> float | None:
+            left, right = pair
+            if left in self._user_defined or right in self._user_defined:
+                return None  # user-defined pieces are frozen: they never merge with a neighbour
+            merged = left + right
             piece_id = self._spellable.get(merged)
-            if piece_id is not None:
-                heapq.heappush(heap, (-self._scores[piece_id], left, merged))
-                if self.model.pieces[piece_id].type == PieceType.UNUSED:
-                    unmerge[merged] = (pieces[left], pieces[right])
+            if piece_id is None:
+                return None
+            if self._unused[piece_id]:
+                unmerge[merged] = pair  # the last pair pushed wins, as in sentencepiece
+            return -self._scores[piece_id]
 
-        for i in range(len(pieces) - 1):
-            push(i, i + 1)
-        while heap:
-            _, left, merged = heapq.heappop(heap)
-            right = nxt[left]
-            if not pieces[left] or right < 0 or pieces[left] + pieces[right] != merged:
-                continue  # stale: one of its symbols was merged into something else since
-            pieces[left], pieces[right] = merged, ""
-            nxt[left] = nxt[right]
-            if nxt[left] >= 0:
-                prev[nxt[left]] = left
-            push(prev[left], left)
-            push(left, nxt[left])
+        pieces = merge_by_priority(self._symbols(text), priority)
 
         def resegment(piece: str) -> list[str]:
             halves = unmerge.get(piece)
             return [piece] if halves is None else resegment(halves[0]) + resegment(halves[1])
 
-        return [q for p in pieces if p for q in resegment(p)]
+        return [q for p in pieces for q in resegment(p)]
 
     def _to_ids(self, piece: str) -> list[int]:
         """Step 3: a piece's id, or else its bytes (byte fallback), or else <unk>."""
