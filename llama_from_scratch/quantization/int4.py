@@ -1,0 +1,111 @@
+"""INT4 weight-only quantization, group-wise: a scale (and a minimum) per ``group_size`` weights.
+
+Sixteen levels are too few for a whole row: one large weight would stretch the scale and round
+every small weight of the row to zero. So each row of ``(out_features, in_features)`` is cut into
+groups of ``group_size`` consecutive inputs (32, 64 or 128), each with its own scale: an outlier
+costs precision only in its group. Smaller groups: lower error, more scales to store.
+
+Asymmetric (default; "scale and minimum", as llama.cpp's Q4_1): the group's range ``[lo, hi]``
+is cut into 15 steps::
+
+    scale = (hi - lo) / 15,   q = round((w - lo) / scale) in 0..15,   w ~ scale * q + lo
+
+Symmetric (as GPTQ's default, llama.cpp's Q4_0 is a variant): ``0`` maps to ``0``::
+
+    scale = max|w| / 7,       q = round(w / scale) in -7..7,          w ~ scale * q
+
+stored as ``q + 8`` in 1..15 (the code 0, i.e. -8, stays unused so that the range is symmetric).
+Either way the rounding error is at most ``scale / 2``. The asymmetric scale is always the finer,
+``(hi - lo) / 15 <= 2 max|w| / 15 < max|w| / 7``, paid for with a stored minimum per group. Two codes share a byte
+(:mod:`.packing`). Storage at ``group_size`` 64 with float32 scales: 0.5 byte per weight +
+8 bytes per 64 weights (4 symmetric), i.e. 5 (4.5) bits per weight, ~6.4x (7.1x) less than float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .linear import QuantizedEmbedding, QuantizedLinear
+from .packing import pack_int4, unpack_int4
+
+GROUP_SIZES = (32, 64, 128)
+
+
+def check_group_size(in_features: int, group_size: int) -> None:
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
+    if in_features % group_size != 0:
+        raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
+
+
+def quantize_int4(
+    weight: torch.Tensor, group_size: int, symmetric: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(out, in)`` float -> packed uint8 ``(out, in // 2)``, ``scales`` and ``mins``.
+
+    ``scales`` and ``mins`` are float32 ``(out, in // group_size)``; ``mins`` is None when ``symmetric``.
+    """
+    out_features, in_features = weight.shape
+    check_group_size(in_features, group_size)
+    groups = weight.float().reshape(out_features, in_features // group_size, group_size)
+    if symmetric:
+        scales = groups.abs().amax(dim=-1) / 7
+        lo = None
+        shifted = groups
+    else:
+        lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
+        scales = (hi - lo) / 15
+        shifted = groups - lo[..., None]
+    divisor = torch.where(scales == 0, torch.ones_like(scales), scales)  # a constant group: q = 0 (+ lo)
+    q = torch.round(shifted / divisor[..., None])
+    q = q.clamp(-7, 7) + 8 if symmetric else q.clamp(0, 15)
+    return pack_int4(q.to(torch.uint8).reshape(out_features, in_features)), scales, lo
+
+
+def dequantize_int4(
+    packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, group_size: int
+) -> torch.Tensor:
+    """``scale * q + min`` (asymmetric) or ``scale * (q - 8)`` (symmetric) in float32: ``(out, in)``."""
+    q = unpack_int4(packed).float()
+    rows, in_features = q.shape
+    groups = q.view(rows, in_features // group_size, group_size)
+    w = scales[..., None] * (groups if mins is not None else groups - 8)
+    if mins is not None:
+        w = w + mins[..., None]
+    return w.view(rows, in_features)
+
+
+class Int4Linear(QuantizedLinear):
+    """``nn.Linear`` with group-wise 4-bit weights: buffers ``qweight`` (uint8, two per byte), ``scales``
+    and, unless ``symmetric``, ``mins``."""
+
+    scheme = "int4"
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 64, symmetric: bool = False):
+        super().__init__(in_features, out_features)
+        check_group_size(in_features, group_size)
+        self.group_size = group_size
+        self.symmetric = symmetric
+        n_groups = in_features // group_size
+        self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.empty(out_features, n_groups, dtype=torch.float32))
+        # a symmetric layer has no minimums: a None buffer is left out of the state_dict
+        self.register_buffer("mins", None if symmetric else torch.empty(out_features, n_groups, dtype=torch.float32))
+
+    def settings(self) -> dict:
+        return {"group_size": self.group_size, "symmetric": self.symmetric}
+
+    def quantize_(self, weight: torch.Tensor) -> None:
+        qweight, scales, mins = quantize_int4(weight, self.group_size, self.symmetric)
+        self.qweight, self.scales = qweight, scales
+        if mins is not None:
+            self.mins = mins
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        pick = slice(None) if rows is None else rows
+        mins = None if self.mins is None else self.mins[pick]
+        return dequantize_int4(self.qweight[pick], self.scales[pick], mins, self.group_size)
+
+
+class Int4Embedding(QuantizedEmbedding, Int4Linear):
+    """An embedding table stored as :class:`Int4Linear` stores a weight: groups along each token's row."""

@@ -1,0 +1,125 @@
+"""A quantized model on disk: one safetensors file, integers and scales as they are, plus a JSON header.
+
+safetensors stores named tensors of any dtype (int8, uint8, float32, ...) and a string-to-string
+metadata map; nothing else is needed. The file ``model.safetensors`` holds:
+
+* every tensor of the quantized model's ``state_dict`` under its own name: for a quantized layer
+  ``layers.0.attention.wq.qweight`` (int8, or uint8 with two 4-bit codes per byte),
+  ``layers.0.attention.wq.scales`` (float32) and, for asymmetric int4, ``...wq.mins``; the layers
+  left in floating point (norms, embedding, output head) as usual ``...weight``;
+* in the metadata, under ``"llama_from_scratch.quantization"``, a JSON header saying how each
+  quantized layer was made, which the tensors alone cannot tell (is a uint8 matrix int4 with group
+  size 32 or 64? symmetric or not?)::
+
+      {"version": 1,
+       "layers": {"layers.0.attention.wq": {"scheme": "int4", "group_size": 64}, ...}}
+
+:func:`load_quantized` reads the header first, builds the model on the ``meta`` device with those
+layers swapped in (empty, right shapes and dtypes), then fills it through
+:func:`~llama_from_scratch.checkpoints.load.assemble`, which checks every tensor's name, shape and
+dtype against that model: a truncated tensor, a wrong dtype or a header whose group size does not
+match the tensors is an error naming the tensor. Nothing is dequantized on the way: the loaded
+buffers equal the saved ones bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..checkpoints.atomic import atomic_write
+from ..checkpoints.load import assemble
+from ..checkpoints.save import model_tensors
+from ..config import LlamaConfig
+from ..errors import FormatError
+from ..model import Llama
+from .int4 import Int4Linear
+from .swap import layer_class, quantized_layers, scheme_of
+
+HEADER_KEY = "llama_from_scratch.quantization"
+VERSION = 1
+
+
+def quantization_header(model: nn.Module) -> dict:
+    """The JSON header for ``model``: each quantized layer's scheme and settings."""
+    layers = {}
+    for name, layer in quantized_layers(model).items():
+        entry = {"scheme": scheme_of(layer)}
+        if isinstance(layer, Int4Linear):
+            entry["group_size"] = layer.group_size
+        layers[name] = entry
+    return {"version": VERSION, "layers": layers}
+
+
+def save_quantized(model: Llama, path: str | Path) -> Path:
+    """Write ``model`` (quantized by :func:`~.swap.quantize`) to the safetensors file ``path``, atomically."""
+    path = Path(path)
+    metadata = {"format": "pt", HEADER_KEY: json.dumps(quantization_header(model))}
+    with atomic_write(path) as file:
+        save_file(model_tensors(model), str(file), metadata=metadata)
+    return path
+
+
+def read_header(path: Path, metadata: dict[str, str] | None) -> dict[str, dict]:
+    """The ``layers`` of a file's quantization header, each entry's fields and types checked."""
+    if not metadata or HEADER_KEY not in metadata:
+        raise FormatError(f"{path}: no {HEADER_KEY!r} entry in the safetensors metadata: not a quantized model file")
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+    except json.JSONDecodeError as error:
+        raise FormatError(f"{path}: the quantization header is not valid JSON ({error})") from None
+    if not isinstance(header, dict) or header.get("version") != VERSION or not isinstance(header.get("layers"), dict):
+        raise FormatError(f"{path}: the quantization header must be {{'version': {VERSION}, 'layers': {{...}}}}")
+    for name, entry in header["layers"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("scheme"), str):
+            raise FormatError(f"{path}: layer {name!r} in the quantization header has no 'scheme'")
+        group_size = entry.get("group_size")
+        if group_size is not None and (type(group_size) is not int):
+            raise FormatError(f"{path}: layer {name!r}: group_size must be an integer, got {group_size!r}")
+    return header["layers"]
+
+
+def quantized_skeleton(config: LlamaConfig, layers: dict[str, dict], path: Path) -> Llama:
+    """``Llama(config)`` on the ``meta`` device with the header's layers swapped for empty quantized ones."""
+    with torch.device("meta"):
+        model = Llama(config)
+        for name, entry in layers.items():
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                module = None
+            if not isinstance(module, (nn.Linear, nn.Embedding)):
+                raise FormatError(f"{path}: the quantization header names {name!r}, not a linear layer of this model")
+            embedding = isinstance(module, nn.Embedding)
+            if config.tie_embeddings and name in ("tok_embeddings", "output"):
+                raise FormatError(f"{path}: {name!r} is quantized, but this config ties it to the other head")
+            try:
+                cls, settings = layer_class(entry["scheme"], embedding)
+                if issubclass(cls, Int4Linear):
+                    settings["group_size"] = entry.get("group_size")
+                out_features, in_features = module.weight.shape
+                model.set_submodule(name, cls(in_features, out_features, **settings))
+            except ValueError as error:
+                raise FormatError(f"{path}: layer {name!r} in the quantization header: {error}") from None
+    return model
+
+
+def load_quantized(
+    path: str | Path, config: LlamaConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Llama:
+    """Load a model written by :func:`save_quantized`; ``dtype`` applies to its floating-point tensors."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            layers = read_header(path, f.metadata())
+            model = quantized_skeleton(config, layers, path)
+            tensors = ((str(path), name, f.get_tensor(name)) for name in f.keys())
+            description = f"loading {path.name}"
+            return assemble(config, tensors, device, dtype, model=model, description=description, source=str(path))
+    except SafetensorError as error:
+        raise FormatError(f"{path}: not a readable safetensors file ({error})") from None
