@@ -1,0 +1,38 @@
+"""Long context: RoPE scaling, a from-scratch FlashAttention, KV-cache memory, the Llama 3 family.
+
+* ``rope_scaling``: linear interpolation, dynamic NTK, YaRN and Llama 3.1's scaling, as pure functions on
+  RoPE's inverse frequencies; :class:`RopeScaling` and the Hugging Face reader and writer;
+* ``flash_attention``: tiled attention with an online softmax, never holding the ``(seq, kv_seq)`` scores;
+* ``presets``: Llama 3, 3.1 and 3.2 configs with their published parameter counts and RoPE scaling.
+"""
+
+from .flash_attention import flash_attention
+from .presets import LLAMA3_PRESETS, LLAMA3_ROPE_SCALING
+from .rope_scaling import (
+    RopeScaling,
+    dynamic_ntk_theta,
+    linear_scaling,
+    llama3_scaling,
+    rope_cos_sin_scaled,
+    rope_parameters_to_hf,
+    rope_scaling_from_hf,
+    scaled_rope_frequencies,
+    yarn_attention_factor,
+    yarn_scaling,
+)
+
+__all__ = [
+    "LLAMA3_PRESETS",
+    "LLAMA3_ROPE_SCALING",
+    "RopeScaling",
+    "dynamic_ntk_theta",
+    "flash_attention",
+    "linear_scaling",
+    "llama3_scaling",
+    "rope_cos_sin_scaled",
+    "rope_parameters_to_hf",
+    "rope_scaling_from_hf",
+    "scaled_rope_frequencies",
+    "yarn_attention_factor",
+    "yarn_scaling",
+]
