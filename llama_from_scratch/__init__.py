@@ -12,7 +12,11 @@ in subpackages named after what it is:
   written in one module; ``load_checkpoint``, ``load_pretrained``, ``save_checkpoint``;
 * ``training``: the corpus, token files and batches, the training loop,
   training checkpoints, data parallelism, recipes;
-* ``course``: exercise checks, exercise generation, pictures.
+* ``course``: exercise checks, exercise generation, pictures;
+* ``quantization``: int8 / int4 weights swapped in from outside the model,
+  and GGUF's block formats written from scratch;
+* ``long_context``: RoPE scaling (linear, NTK, YaRN, Llama 3.1) as functions
+  on the frequencies, FlashAttention's tiled online softmax, the Llama 3 presets.
 
 ``cli`` is the command line (``python -m llama_from_scratch``); ``errors``
 holds :class:`FormatError`, raised by every reader for a broken file.
