@@ -15,7 +15,12 @@ teaching models that run in seconds on a laptop CPU.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+
+# The largest size of any one dimension. PyTorch indexes tensors with 64-bit integers, so a matrix of two
+# such dimensions never overflows; a real model's largest dimension is its vocabulary (262,144 at most so far).
+MAX_SIZE = 2**31 - 1
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
@@ -82,15 +87,18 @@ class LlamaConfig:
                 f"LlamaConfig.n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}) "
                 "so that each key-value head serves the same number of query heads"
             )
-        if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
-            raise ValueError(f"LlamaConfig.ffn_dim_multiplier must be positive, got {self.ffn_dim_multiplier}")
+        if self.ffn_dim_multiplier is not None:
+            _require_positive_number("ffn_dim_multiplier", self.ffn_dim_multiplier)
         if self.hidden_dim is None:
             self.hidden_dim = ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
         _require_positive_int("hidden_dim", self.hidden_dim)
-        if not self.norm_eps > 0:
-            raise ValueError(f"LlamaConfig.norm_eps must be positive, got {self.norm_eps}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"LlamaConfig.rope_theta must be positive, got {self.rope_theta}")
+        _require_positive_number("norm_eps", self.norm_eps)
+        _require_positive_number("rope_theta", self.rope_theta)
+        if not isinstance(self.tie_embeddings, bool):  # bool("false") is True: only a real bool will do
+            raise ValueError(
+                f"LlamaConfig.tie_embeddings must be True or False, got {self.tie_embeddings!r} "
+                f"({type(self.tie_embeddings).__name__})"
+            )
 
     @property
     def n_rep(self) -> int:
@@ -124,8 +132,15 @@ class LlamaConfig:
 def _require_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"LlamaConfig.{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"LlamaConfig.{name} must be positive, got {value}")
+    if not 0 < value <= MAX_SIZE:
+        raise ValueError(f"LlamaConfig.{name} must be positive and at most {MAX_SIZE}, got {value}")
+
+
+def _require_positive_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"LlamaConfig.{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not (value > 0 and math.isfinite(value)):  # NaN fails both
+        raise ValueError(f"LlamaConfig.{name} must be positive and finite, got {value}")
 
 
 # LLaMA 1 (Touvron et al., 2023a, table 2): 2,048-token context, norm eps 1e-6.

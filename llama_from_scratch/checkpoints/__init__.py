@@ -5,7 +5,9 @@ One module per format, each holding its reading *and* its writing, tokenizer and
 ``consolidated.NN.pth`` shards) and :mod:`.gguf` (llama.cpp: one file, quantized or not). :mod:`.names`
 is the one table of tensor names in all three spellings. :mod:`.load` builds a model from any of them
 (``load_checkpoint``, ``load_pretrained``), :mod:`.save` writes any of them (``save_checkpoint``), both
-through :mod:`.atomic` so that nothing is ever half-written.
+through :mod:`.atomic` so that nothing is ever half-written. :mod:`.files` holds the rules every reader
+follows with files that may be damaged or hostile: regular files only, JSON parsed with its faults named,
+every value's type checked.
 """
 
 from .load import Pretrained, assemble, expected_shapes, latest_checkpoint, load_checkpoint, load_pretrained

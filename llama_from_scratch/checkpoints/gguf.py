@@ -22,7 +22,10 @@ The tokenizer travels in the same file, as ``tokenizer.ggml.*`` metadata
 so does the chat template (``tokenizer.chat_template``). This module reads and
 writes all of it: :func:`read_gguf_tensors` / :func:`config_from_gguf` /
 :func:`read_gguf_tokenizer` and :func:`write_gguf`. Every metadata value is
-read through :func:`gguf_field`.
+read through :func:`gguf_field`, with its type checked.
+
+The ``gguf`` package's reader trusts the file, so :func:`open_gguf` first checks its layout
+(:mod:`.gguf_layout`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from ..errors import FormatError
 from ..tokenization.byte_bpe import PRE_TOKENIZERS, ByteLevelBPE
 from ..tokenization.load import token_text
 from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
-from ..tokenization.sentencepiece_model import Piece, PieceType, SentencePieceModel
+from ..tokenization.sentencepiece_model import Piece, PieceType, SentencePieceModel, check_pieces
+from .files import check_type
+from .gguf_layout import check_gguf_layout
 from .names import GGUF_NAMES
 
 
@@ -53,9 +58,14 @@ def meta_to_gguf_name(name: str) -> str | None:
 
 
 def open_gguf(path: str | Path):
-    """Parse a GGUF file's header and tensor table (the data stays memory-mapped): a ``gguf.GGUFReader``."""
+    """Parse a GGUF file's header and tensor table (the data stays memory-mapped): a ``gguf.GGUFReader``.
+
+    The layout is checked first (:func:`check_gguf_layout`), so that a damaged or crafted file is a
+    :class:`FormatError` naming the field, never a reader that runs out of memory.
+    """
     from gguf import GGUFReader
 
+    check_gguf_layout(path)
     try:
         return GGUFReader(str(path))
     except Exception as error:  # the reader raises many types on a damaged file
@@ -65,17 +75,29 @@ def open_gguf(path: str | Path):
 _MISSING = object()
 
 
-def gguf_field(reader, key: str, default: object = _MISSING, source: str | Path = "GGUF file") -> object:
+def gguf_field(
+    reader,
+    key: str,
+    default: object = _MISSING,
+    source: str | Path = "GGUF file",
+    kind: str | None = None,
+    items: str | None = None,
+) -> object:
     """The value of metadata ``key`` (a number, a string or a list); ``default`` if absent.
 
-    Without a default, a missing key is a :class:`FormatError` naming ``source`` and the key.
+    Without a default, a missing key is a :class:`FormatError` naming ``source`` and the key. ``kind`` (and
+    ``items`` for a list's elements): the type the value must have, as in :func:`.files.check_type`.
     """
     field = reader.fields.get(key)
     if field is None:
         if default is _MISSING:
             raise FormatError(f"{source}: missing metadata {key}")
         return default
-    return field.contents()
+    try:
+        value = field.contents()
+    except (ValueError, IndexError) as error:  # UnicodeDecodeError is a ValueError
+        raise FormatError(f"{source}: metadata {key} cannot be read ({error})") from None
+    return value if kind is None else check_type(value, kind, f"{source}: metadata {key}", items)
 
 
 def _float32_decimal(value: float) -> float:
@@ -86,34 +108,44 @@ def _float32_decimal(value: float) -> float:
 def config_from_gguf(reader, source: str | Path) -> LlamaConfig:
     """Translate a GGUF file's ``llama.*`` metadata into a :class:`LlamaConfig`."""
 
-    def get(key: str, default: object = _MISSING) -> object:
-        return gguf_field(reader, key, default, source)
+    def get(key: str, default: object = _MISSING, kind: str = "int") -> object:
+        return gguf_field(reader, key, default, source, kind)
 
-    arch = get("general.architecture", None)
+    arch = get("general.architecture", None, "str")
     if arch != "llama":
         raise FormatError(f"{source}: general.architecture is {arch!r}; this package loads 'llama' models")
-    if get("llama.rope.scaling.type", "none") not in ("none", None):
-        raise ValueError(f"{source}: RoPE scaling {get('llama.rope.scaling.type')!r} is not supported")
-    dim, n_heads = get("llama.embedding_length"), get("llama.attention.head_count")
-    n_layers, hidden_dim = get("llama.block_count"), get("llama.feed_forward_length")
-    vocab_size = get("llama.vocab_size", None) or len(get("tokenizer.ggml.tokens"))
+    if get("llama.rope.scaling.type", "none", "str") != "none":
+        raise ValueError(f"{source}: RoPE scaling {get('llama.rope.scaling.type', kind='str')!r} is not supported")
+    n_heads = get("llama.attention.head_count")
+    vocab_size = get("llama.vocab_size", None) or len(get("tokenizer.ggml.tokens", kind="list"))
     names = {tensor.name for tensor in reader.tensors}
+    fields = dict(
+        dim=get("llama.embedding_length"),
+        n_layers=get("llama.block_count"),
+        n_heads=n_heads,
+        n_kv_heads=get("llama.attention.head_count_kv", n_heads),
+        vocab_size=vocab_size,
+        hidden_dim=get("llama.feed_forward_length"),
+        head_dim=get("llama.attention.key_length", get("llama.rope.dimension_count", None)),
+        norm_eps=_float32_decimal(get("llama.attention.layer_norm_rms_epsilon", 1e-5, "float")),
+        rope_theta=_float32_decimal(get("llama.rope.freq_base", 10000.0, "float")),
+        max_seq_len=get("llama.context_length", 2048),
+        tie_embeddings="output.weight" not in names,  # no output matrix: the embedding is reused
+    )
     try:
-        return LlamaConfig(
-            dim=dim,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=get("llama.attention.head_count_kv", n_heads),
-            vocab_size=vocab_size,
-            hidden_dim=hidden_dim,
-            head_dim=get("llama.attention.key_length", get("llama.rope.dimension_count", None)),
-            norm_eps=_float32_decimal(get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=_float32_decimal(get("llama.rope.freq_base", 10000.0)),
-            max_seq_len=get("llama.context_length", 2048),
-            tie_embeddings="output.weight" not in names,  # no output matrix: the embedding is reused
-        )
+        return LlamaConfig(**fields)
     except (TypeError, ValueError) as error:
         raise FormatError(f"{source}: {error}") from None
+
+
+def gguf_tensor_shapes(reader) -> dict[str, tuple[int, ...]]:
+    """The shape of every Llama weight in the file, under this package's names, ``(out, in)`` order."""
+    shapes = {}
+    for tensor in reader.tensors:
+        name = gguf_to_meta_name(tensor.name)
+        if name is not None:
+            shapes[name] = tuple(int(n) for n in reversed(tensor.shape))
+    return shapes
 
 
 def dequantized(tensor) -> torch.Tensor:
@@ -126,6 +158,9 @@ def dequantized(tensor) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))
 
 
+_INTEGER_TYPES = ("I8", "I16", "I32", "I64")  # GGML's plain integer tensors: never the weights of a model
+
+
 def read_gguf_tensors(path: Path, reader) -> Iterator[tuple[str, str, torch.Tensor]]:
     """Yield ``(file name, Meta name, float32 tensor)`` for every tensor in the file."""
     for tensor in reader.tensors:
@@ -134,10 +169,16 @@ def read_gguf_tensors(path: Path, reader) -> Iterator[tuple[str, str, torch.Tens
             if tensor.name == "rope_freqs.weight":
                 continue  # RoPE frequencies: recomputed from the metadata
             raise FormatError(f"{path}: tensor {tensor.name!r} is not a weight of a Llama model")
+        where = f"{path}: tensor {tensor.name!r} ({tensor.tensor_type.name})"
+        if tensor.tensor_type.name in _INTEGER_TYPES:
+            raise FormatError(f"{where} holds integers; a weight is floating-point or quantized")
         try:
-            yield path.name, name, dequantized(tensor)
-        except (NotImplementedError, ValueError) as error:
-            raise FormatError(f"{path}: tensor {tensor.name!r} ({tensor.tensor_type.name}): {error}") from None
+            weight = dequantized(tensor)
+        except NotImplementedError as error:
+            raise NotImplementedError(f"{where}: {error}") from None
+        except ValueError as error:
+            raise FormatError(f"{where}: {error}") from None
+        yield path.name, name, weight
 
 
 def read_gguf_tokenizer(path: str | Path, reader=None) -> SentencePieceTokenizer | ByteLevelBPE:
@@ -147,50 +188,76 @@ def read_gguf_tokenizer(path: str | Path, reader=None) -> SentencePieceTokenizer
     ``pre`` names the pre-tokenizer), ``"llama"`` is SentencePiece (``tokens``, ``scores``, ``token_type``).
     Token types use SentencePiece's numbering: 3 (control) and 4 (user-defined) are special tokens.
     Pass an open ``reader`` (:func:`open_gguf`) to avoid parsing the file twice when the weights are read too.
+    ``token_type`` and ``scores`` must list as many entries as ``tokens``.
     """
     path = Path(path)
     reader = reader or open_gguf(path)
 
-    def get(key: str, default: object = _MISSING) -> object:
-        return gguf_field(reader, key, default, path)
+    def get(key: str, default: object = _MISSING, kind: str | None = None, items: str | None = None) -> object:
+        return gguf_field(reader, key, default, path, kind, items)
 
-    kind = get("tokenizer.ggml.model", None)
+    kind = get("tokenizer.ggml.model", None, "str")
     if kind is None:
         raise FormatError(f"{path} holds no tokenizer (no tokenizer.ggml.model in its metadata)")
-    tokens = get("tokenizer.ggml.tokens")
-    types = get("tokenizer.ggml.token_type", [1] * len(tokens))
-    special_ids = {
-        f"{name}_id": get(f"tokenizer.ggml.{key}_token_id", None)
-        for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))
-    }
+    tokens = get("tokenizer.ggml.tokens", kind="list", items="str")
+
+    def per_token(key: str, items: str, default: object) -> list:
+        values = get(key, None, "list", items)
+        if values is None:
+            return [default] * len(tokens)
+        if len(values) != len(tokens):
+            raise FormatError(f"{path}: metadata {key} has {len(values)} entries, tokenizer.ggml.tokens {len(tokens)}")
+        return values
+
+    types = per_token("tokenizer.ggml.token_type", "int", int(PieceType.NORMAL))
+    special_ids = {}
+    for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        token_id = get(f"tokenizer.ggml.{key}_token_id", None, "int")
+        if token_id is not None and not 0 <= token_id < len(tokens):
+            raise FormatError(
+                f"{path}: metadata tokenizer.ggml.{key}_token_id is {token_id}, not one of the {len(tokens)} tokens"
+            )
+        special_ids[f"{name}_id"] = token_id
     if kind == "gpt2":
-        pre = get("tokenizer.ggml.pre", "gpt2")
+        pre = get("tokenizer.ggml.pre", "gpt2", "str")
         if pre not in PRE_TOKENIZERS:
             raise NotImplementedError(
                 f"{path}: pre-tokenizer {pre!r} is not supported; known: {sorted(PRE_TOKENIZERS)}"
             )
-        merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+        merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges", kind="list", items="str")]
+        for i, merge in enumerate(merges):
+            if len(merge) != 2:
+                raise FormatError(f'{path}: metadata tokenizer.ggml.merges[{i}] is {merge[0]!r:.60}, not "left right"')
         special = {t: i for i, (t, kind_) in enumerate(zip(tokens, types)) if kind_ in (3, 4)}
+        if "" in special:  # it would match between every two characters of every text
+            raise FormatError(f"{path}: metadata tokenizer.ggml.tokens[{special['']}] is an empty special token")
         vocab = {t: i for i, t in enumerate(tokens)}
         return ByteLevelBPE(vocab, merges, PRE_TOKENIZERS[pre], special, **special_ids)
     if kind == "llama":
-        scores = get("tokenizer.ggml.scores", [0.0] * len(tokens))
-        pieces = [Piece(t, float(s), PieceType(int(k))) for t, s, k in zip(tokens, scores, types)]
+        scores = per_token("tokenizer.ggml.scores", "float", 0.0)
+        for i, token_type in enumerate(types):
+            if token_type not in PieceType._value2member_map_:
+                raise FormatError(f"{path}: metadata tokenizer.ggml.token_type[{i}] is {token_type}, expected 1 to 6")
+        pieces = [Piece(t, float(s), PieceType(k)) for t, s, k in zip(tokens, scores, types)]
         model = SentencePieceModel(
             pieces,
             model_type="bpe",
             normalizer_name="identity",
             byte_fallback=any(p.type == PieceType.BYTE for p in pieces),
-            add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)),
+            add_dummy_prefix=get("tokenizer.ggml.add_space_prefix", True, "bool"),
             remove_extra_whitespaces=False,
         )
-        return SentencePieceTokenizer(model)
+        try:
+            check_pieces(pieces)
+            return SentencePieceTokenizer(model)
+        except ValueError as error:
+            raise FormatError(f"{path}: metadata tokenizer.ggml.tokens: {error}") from None
     raise NotImplementedError(f"{path}: tokenizer model {kind!r} is not supported (only 'gpt2' and 'llama')")
 
 
 def read_gguf_chat_template(path: str | Path, reader=None) -> str | None:
     """The chat template stored in the file (``tokenizer.chat_template``), or None."""
-    return gguf_field(reader or open_gguf(path), "tokenizer.chat_template", None, path)
+    return gguf_field(reader or open_gguf(path), "tokenizer.chat_template", None, path, "str")
 
 
 # -- writing ---------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ chat template. This module reads and writes all of them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from ..rope import half_to_interleaved, interleaved_to_half
 from ..tokenization.byte_bpe import GPT2_PATTERN, ByteLevelBPE
 from ..tokenization.load import token_text
 from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
+from .files import REQUIRED, check_type, json_field, plain_file_name, read_json, regular_file
 from .names import HF_NAMES
 
 
@@ -71,6 +73,8 @@ def permute_qk(
 
 def hf_to_meta_tensor(meta_name: str, tensor: torch.Tensor, config: LlamaConfig) -> torch.Tensor:
     """Undo Hugging Face's RoPE row permutation on ``wq`` / ``wk``; other tensors pass unchanged."""
+    if tensor.ndim != 2:
+        return tensor  # not a matrix: the wrong shape, which ``assemble`` reports with the expected one
     return permute_qk(meta_name, tensor, config, half_to_interleaved)
 
 
@@ -91,18 +95,26 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     """Translate a Hugging Face Llama ``config.json`` (already parsed) into a :class:`LlamaConfig`.
 
     Raises ``ValueError`` naming ``source`` and the field for anything this
-    package does not implement (another architecture, biases, RoPE scaling).
+    package does not implement (another architecture, biases, RoPE scaling),
+    and :class:`FormatError` for a field of the wrong type: ``"tie_word_embeddings": "false"``
+    is a string, not false.
     """
-    model_type = hf.get("model_type")
+
+    def field(key: str, kind: str, default: object = None, nullable: bool = False) -> object:
+        return json_field(hf, key, kind, source, default, nullable)
+
+    model_type = field("model_type", "str")
     if model_type != "llama":
         raise ValueError(f"{source}: model_type is {model_type!r}; this package loads 'llama' models")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{source}: hidden_act is {hf['hidden_act']!r}; LLaMA's SwiGLU needs 'silu'")
-    for field in ("attention_bias", "mlp_bias"):
-        if hf.get(field):
-            raise ValueError(f"{source}: {field} is true; LLaMA has no biases")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    hidden_act = field("hidden_act", "str", "silu")
+    if hidden_act != "silu":
+        raise ValueError(f"{source}: hidden_act is {hidden_act!r}; LLaMA's SwiGLU needs 'silu'")
+    for name in ("attention_bias", "mlp_bias"):
+        if field(name, "bool", False):
+            raise ValueError(f"{source}: {name} is true; LLaMA has no biases")
+    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    rope = field(key, "dict", {}, nullable=True)
+    rope_type = json_field(rope, "rope_type", "str", f"{source}: {key}", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"{source}: RoPE scaling {rope_type!r} is not supported; only the default RoPE is")
     missing = [
@@ -112,20 +124,23 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     ]
     if missing:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+    n_heads = field("num_attention_heads", "int")
+    rope_theta = json_field(rope, "rope_theta", "float", f"{source}: {key}", None)
+    fields = dict(
+        dim=field("hidden_size", "int"),
+        n_layers=field("num_hidden_layers", "int"),
+        n_heads=n_heads,
+        n_kv_heads=field("num_key_value_heads", "int", n_heads, nullable=True),
+        vocab_size=field("vocab_size", "int"),
+        hidden_dim=field("intermediate_size", "int"),
+        head_dim=field("head_dim", "int", nullable=True),
+        norm_eps=field("rms_norm_eps", "float", 1e-6),
+        rope_theta=float(rope_theta if rope_theta is not None else field("rope_theta", "float", 10000.0)),
+        max_seq_len=field("max_position_embeddings", "int", 2048),
+        tie_embeddings=field("tie_word_embeddings", "bool", False),
+    )
     try:
-        return LlamaConfig(
-            dim=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"],
-            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            vocab_size=hf["vocab_size"],
-            hidden_dim=hf["intermediate_size"],
-            head_dim=hf.get("head_dim"),
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            max_seq_len=hf.get("max_position_embeddings", 2048),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        )
+        return LlamaConfig(**fields)
     except (TypeError, ValueError) as error:
         raise FormatError(f"{source}: {error}") from None
 
@@ -152,17 +167,6 @@ def config_to_hf(config: LlamaConfig) -> dict:
     }
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; :class:`FormatError` naming the file if it is not one."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FormatError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise FormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def read_hf_config(directory: Path) -> LlamaConfig:
     """Read and translate ``directory/config.json``."""
     path = directory / "config.json"
@@ -170,14 +174,16 @@ def read_hf_config(directory: Path) -> LlamaConfig:
 
 
 def safetensors_files(directory: Path) -> list[Path]:
-    """The weight files of a Hugging Face directory: one file, or the shards its index lists."""
+    """The weight files of a Hugging Face directory: one file, or the shards its index lists.
+
+    The index may only name files inside ``directory``: a name such as ``../../secret`` is refused.
+    """
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise FormatError(f"{index}: not a safetensors index with a 'weight_map' object")
-        files = [directory / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = json_field(read_json(index), "weight_map", "dict", index, REQUIRED)
+        names = [plain_file_name(name, f"{index}: weight_map[{t!r}]", directory) for t, name in weight_map.items()]
+        files = [directory / name for name in dict.fromkeys(names)]
     elif single.exists():
         files = [single]
     else:
@@ -187,16 +193,12 @@ def safetensors_files(directory: Path) -> list[Path]:
     for file in files:
         if not file.exists():
             raise FileNotFoundError(f"{file}: listed in {index.name} but missing")
+        regular_file(file)
     return files
 
 
-def read_hf_tensors(directory: Path, config: LlamaConfig) -> Iterator[tuple[str, str, torch.Tensor]]:
-    """Yield ``(file name, Meta name, tensor)`` for every weight, already in this package's layout.
-
-    Old checkpoints also saved RoPE's ``rotary_emb.inv_freq``: it is
-    recomputed from the config, so it is skipped. Any other unknown tensor
-    raises an error rather than being ignored.
-    """
+def _safetensors_entries(directory: Path, read: Callable) -> Iterator[tuple[Path, str, str, object]]:
+    """``(file, Hugging Face name, Meta name, read(f, name))`` for every weight of every safetensors file."""
     for file in safetensors_files(directory):
         try:
             with safe_open(str(file), framework="pt") as f:
@@ -206,13 +208,30 @@ def read_hf_tensors(directory: Path, config: LlamaConfig) -> Iterator[tuple[str,
                     meta_name = hf_to_meta_name(hf_name)
                     if meta_name is None:
                         raise FormatError(f"{file}: tensor {hf_name!r} is not a weight of a Llama model")
-                    try:
-                        tensor = hf_to_meta_tensor(meta_name, f.get_tensor(hf_name), config)
-                    except ValueError as error:
-                        raise FormatError(f"{file}: tensor {hf_name!r}: {error}") from None
-                    yield file.name, meta_name, tensor
-        except SafetensorError as error:
+                    yield file, hf_name, meta_name, read(f, hf_name)
+        except (SafetensorError, TypeError) as error:  # TypeError: a dtype that PyTorch has no type for
             raise FormatError(f"{file}: not a readable safetensors file ({error})") from None
+
+
+def hf_tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight (under this package's names), read from the file headers alone."""
+    entries = _safetensors_entries(directory, lambda f, name: tuple(f.get_slice(name).get_shape()))
+    return {meta_name: shape for _, _, meta_name, shape in entries}
+
+
+def read_hf_tensors(directory: Path, config: LlamaConfig) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """Yield ``(file name, Meta name, tensor)`` for every weight, already in this package's layout.
+
+    Old checkpoints also saved RoPE's ``rotary_emb.inv_freq``: it is
+    recomputed from the config, so it is skipped. Any other unknown tensor
+    raises an error rather than being ignored.
+    """
+    for file, hf_name, meta_name, tensor in _safetensors_entries(directory, lambda f, name: f.get_tensor(name)):
+        try:
+            tensor = hf_to_meta_tensor(meta_name, tensor, config)
+        except ValueError as error:
+            raise FormatError(f"{file}: tensor {hf_name!r}: {error}") from None
+        yield file.name, meta_name, tensor
 
 
 def write_hf(config: LlamaConfig, weights: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype) -> None:
@@ -228,41 +247,93 @@ def write_hf(config: LlamaConfig, weights: dict[str, torch.Tensor], directory: P
 def read_tokenizer_config(directory: Path) -> dict:
     """``tokenizer_config.json`` of a directory (special tokens, chat template), or {} if there is none."""
     path = Path(directory) / "tokenizer_config.json"
-    return read_json(path) if path.is_file() else {}
+    return read_json(path) if path.exists() else {}
 
 
-def _patterns_from_hf(pre_tokenizer: dict | None, path: Path) -> tuple[list[str], bool]:
+def read_chat_template(directory: Path) -> str | None:
+    """The chat template in a directory's ``tokenizer_config.json``, or None.
+
+    It is a Jinja string, or a list of named templates (``[{"name": "default", "template": ...}, ...]``),
+    of which the one named ``default`` is used, as ``transformers`` does.
+    """
+    path = Path(directory) / "tokenizer_config.json"
+    template = read_tokenizer_config(directory).get("chat_template")
+    if isinstance(template, list):
+        named = {}
+        for i, entry in enumerate(template):
+            check_type(entry, "dict", f"{path}: chat_template[{i}]")
+            named[json_field(entry, "name", "str", f"{path}: chat_template[{i}]", REQUIRED)] = entry
+        if "default" not in named:
+            return None
+        template = named["default"].get("template")
+        return check_type(template, "str", f"{path}: the default chat_template's template")
+    return template if template is None else check_type(template, "str", f"{path}: chat_template")
+
+
+def _compiled(pattern: object, where: str) -> str:
+    """``pattern`` if it is a regular expression the ``regex`` package compiles."""
+    import regex
+
+    check_type(pattern, "str", where)
+    try:
+        regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError) as error:
+        raise FormatError(f"{where} is not a valid regular expression ({error})") from None
+    return pattern
+
+
+def _patterns_from_hf(pre_tokenizer: dict | None, path: Path, where: str = "pre_tokenizer") -> tuple[list[str], bool]:
     """The regex patterns of a ``pre_tokenizer`` entry, and whether a ByteLevel step is among them."""
     if pre_tokenizer is None:
         return [], False
-    kind = pre_tokenizer.get("type")
+    check_type(pre_tokenizer, "dict", f"{path}: {where}")
+
+    def field(key: str, kind: str, default: object = None) -> object:
+        return json_field(pre_tokenizer, key, kind, f"{path}: {where}", default)
+
+    kind = field("type", "str")
     if kind == "Sequence":
         patterns, byte_level = [], False
-        for step in pre_tokenizer["pretokenizers"]:
-            p, b = _patterns_from_hf(step, path)
+        for i, step in enumerate(field("pretokenizers", "list", REQUIRED)):
+            p, b = _patterns_from_hf(step, path, f"{where}.pretokenizers[{i}]")
             patterns += p
             byte_level |= b
         return patterns, byte_level
     if kind == "ByteLevel":
-        if pre_tokenizer.get("add_prefix_space"):
+        if field("add_prefix_space", "bool"):
             raise NotImplementedError(f"{path}: ByteLevel with add_prefix_space=true is not supported")
-        return ([GPT2_PATTERN] if pre_tokenizer.get("use_regex", True) else []), True
+        return ([GPT2_PATTERN] if field("use_regex", "bool", True) else []), True
     if kind == "Digits":
-        return [r"\p{N}" if pre_tokenizer.get("individual_digits") else r"\p{N}+"], False
+        return [r"\p{N}" if field("individual_digits", "bool") else r"\p{N}+"], False
     if kind == "Split":
-        pattern = pre_tokenizer["pattern"]
+        pattern = field("pattern", "dict", REQUIRED)
         behavior = pre_tokenizer.get("behavior")
-        if behavior != "Isolated" or pre_tokenizer.get("invert"):
+        if behavior != "Isolated" or field("invert", "bool"):
             raise NotImplementedError(
                 f"{path}: Split pre-tokenizer with behavior={behavior!r}, "
                 f"invert={pre_tokenizer.get('invert')} is not supported (only Isolated)"
             )
-        return [pattern["Regex"] if "Regex" in pattern else re.escape(pattern["String"])], False
+        if "Regex" in pattern:
+            return [_compiled(pattern["Regex"], f"{path}: {where}.pattern.Regex")], False
+        literal = json_field(pattern, "String", "str", f"{path}: {where}.pattern", REQUIRED)
+        return [re.escape(literal)], False
     raise NotImplementedError(f"{path}: pre-tokenizer type {kind!r} is not supported")
 
 
-def _added_token_content(value: object) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value  # "<s>" or {"content": "<s>", ...}
+def _special_token_text(config: dict, name: str, path: Path) -> str | None:
+    """``tokenizer_config.json``'s ``bos_token`` (or eos, pad, unk): ``"<s>"`` or ``{"content": "<s>", ...}``."""
+    value = config.get(f"{name}_token")
+    if isinstance(value, dict):
+        return json_field(value, "content", "str", f"{path}: {name}_token", REQUIRED)
+    return json_field(config, f"{name}_token", "str", path, nullable=True)
+
+
+def _merge_rule(merge: object, where: str) -> tuple[str, str]:
+    """A merge rule written as ``"a b"`` or as ``["a", "b"]``."""
+    pair = merge.split(" ", 1) if isinstance(merge, str) else merge
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+        raise FormatError(f'{where} must be "left right" or a list of two strings, got {merge!r:.60}')
+    return pair[0], pair[1]
 
 
 def read_tokenizer_json(path: str | Path) -> ByteLevelBPE:
@@ -284,16 +355,31 @@ def read_tokenizer_json(path: str | Path) -> ByteLevelBPE:
             f"{path} is not a byte-level BPE tokenizer (no ByteLevel pre-tokenizer); for a "
             f"SentencePiece-style model, load its tokenizer.model instead"
         )
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    special = {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
+    vocab = json_field(model, "vocab", "dict", f"{path}: model", REQUIRED)
+    for piece, i in vocab.items():
+        if not (isinstance(i, int) and not isinstance(i, bool) and i >= 0):
+            raise FormatError(f"{path}: model.vocab[{piece!r}] must be a token id (an integer >= 0), got {i!r:.60}")
+    merges = [
+        _merge_rule(m, f"{path}: model.merges[{i}]")
+        for i, m in enumerate(json_field(model, "merges", "list", f"{path}: model", REQUIRED))
+    ]
+    special = {}
+    for i, token in enumerate(json_field(spec, "added_tokens", "list", path, [], nullable=True)):
+        where = f"{path}: added_tokens[{i}]"
+        check_type(token, "dict", where)
+        content = json_field(token, "content", "str", where, REQUIRED)
+        token_id = json_field(token, "id", "int", where, REQUIRED)
+        if not content or token_id < 0:
+            raise FormatError(f"{where} is {content!r} with id {token_id}; expected a non-empty text and an id >= 0")
+        special[content] = token_id
     config = read_tokenizer_config(path.parent)
+    config_path = path.parent / "tokenizer_config.json"
     ids = {}
     for name in ("bos", "eos", "pad", "unk"):
-        text = _added_token_content(config.get(f"{name}_token"))
-        ids[f"{name}_id"] = special.get(text, model["vocab"].get(text)) if text is not None else None
-    return ByteLevelBPE(
-        model["vocab"], merges, patterns, special, ignore_merges=bool(model.get("ignore_merges", False)), **ids
-    )
+        text = _special_token_text(config, name, config_path)
+        ids[f"{name}_id"] = special.get(text, vocab.get(text)) if text is not None else None
+    ignore_merges = json_field(model, "ignore_merges", "bool", f"{path}: model", False, nullable=True)
+    return ByteLevelBPE(vocab, merges, patterns, special, ignore_merges=ignore_merges, **ids)
 
 
 def hf_tokenizer_json(tokenizer: ByteLevelBPE) -> dict:

@@ -11,10 +11,13 @@ saved with the weights, too.
 
 Every reader yields ``(file, name, tensor)`` in this package's names and
 layout; :func:`assemble` then checks that exactly the expected tensors, with
-the expected shapes, arrived, before anything is handed back. A checkpoint
-that is incomplete, has extra tensors, or has the wrong shapes raises a
-``FormatError`` (a ``ValueError``) naming the file and the tensor; nothing
-half-loaded is returned.
+the expected shapes and dtypes, arrived, before anything is handed back. A
+checkpoint that is incomplete, has extra tensors, or has the wrong shapes
+raises a ``FormatError`` (a ``ValueError``) naming the file and the tensor;
+nothing half-loaded is returned. Before any model is built, the config is
+checked against the tensors the files hold (:func:`.names.check_config_fits`):
+a ``config.json`` that claims 100,000 layers would otherwise cost minutes and
+gigabytes before the first tensor is compared.
 
 The model is built on PyTorch's ``meta`` device (shapes only, no memory) and
 the loaded tensors are assigned into it, so loading a model costs its
@@ -36,9 +39,18 @@ from ..device import default_device, default_dtype
 from ..errors import FormatError
 from ..model import Llama
 from ..tokenization.load import Tokenizer, load_tokenizer
-from .gguf import config_from_gguf, open_gguf, read_gguf_chat_template, read_gguf_tensors, read_gguf_tokenizer
-from .hf import read_hf_config, read_hf_tensors, read_tokenizer_config
+from .files import plain_file_name, regular_file
+from .gguf import (
+    config_from_gguf,
+    gguf_tensor_shapes,
+    open_gguf,
+    read_gguf_chat_template,
+    read_gguf_tensors,
+    read_gguf_tokenizer,
+)
+from .hf import hf_tensor_shapes, read_chat_template, read_hf_config, read_hf_tensors
 from .meta import read_meta_checkpoint
+from .names import check_config_fits
 
 
 def expected_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -68,13 +80,17 @@ def assemble(
     total: int | None = None,
     description: str = "loading",
     model: torch.nn.Module | None = None,
+    source: str = "checkpoint",
 ) -> Llama:
-    """Fill a model from ``(file, name, tensor)`` triples, checking names, shapes and integer dtypes.
+    """Fill a model from ``(file, name, tensor)`` triples, checking names, shapes and dtypes.
 
     The model is ``Llama(config)`` built on the ``meta`` device (shapes only, no memory), or ``model`` if
     given (already on the meta device, e.g. with quantized linears swapped in). Floating-point tensors are
-    converted to ``dtype``; integer ones (packed quantized weights) must arrive in the expected type. Each
-    tensor is moved to ``device`` as it arrives, so at most one extra copy of a single tensor exists at once.
+    converted to ``dtype``; a tensor the model holds in floating point must arrive in floating point (an
+    int8, bool or complex weight, or float32 bytes relabelled int32, would load as nonsense), and integer
+    ones (packed quantized weights) in exactly the expected type. Each tensor is moved to ``device`` as it
+    arrives, so at most one extra copy of a single tensor exists at once. ``source`` names the checkpoint
+    in the message about missing tensors.
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
@@ -106,7 +122,7 @@ def assemble(
     missing = [name for name in expected if name not in state]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FormatError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
+        raise FormatError(f"{source}: the checkpoint is missing {len(missing)} tensor(s): {shown}")
 
     if config.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
@@ -117,6 +133,9 @@ def assemble(
 
 
 LATEST = "latest"  # in a training run's folder: the name of its newest complete checkpoint
+# The names each format gives the config fields that check_config_fits compares with the tensors.
+HF_FIELDS = {"n_layers": "num_hidden_layers", "vocab_size": "vocab_size", "dim": "hidden_size"}
+GGUF_FIELDS = {"n_layers": "llama.block_count", "vocab_size": "llama.vocab_size", "dim": "llama.embedding_length"}
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -124,7 +143,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / LATEST
     if not pointer.exists():
         return None
-    checkpoint = Path(run_dir) / pointer.read_text().strip()
+    name = regular_file(pointer).read_text(encoding="utf-8", errors="replace").strip()
+    checkpoint = Path(run_dir) / plain_file_name(name, str(pointer), run_dir)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{pointer} names {checkpoint.name}, which does not exist")
     return checkpoint
@@ -146,19 +166,25 @@ def load_checkpoint(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        regular_file(path)  # a FIFO or a device is no checkpoint, and reading one could block forever
     if path.is_dir() and (path / LATEST).exists():
         path = latest_checkpoint(path)  # a training run's folder: its newest checkpoint
+    # The config is checked against the tensors present before a model is built (the Meta reader does it itself).
+    description = f"loading {path.name}"
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
-        return assemble(config, read_hf_tensors(path, config), device, dtype, description=f"loading {path.name}")
+        check_config_fits(config, hf_tensor_shapes(path), path / "config.json", HF_FIELDS)
+        return assemble(config, read_hf_tensors(path, config), device, dtype, None, description, source=str(path))
     if path.is_dir() and (path / "params.json").exists():
         config, tensors = read_meta_checkpoint(path)
-        return assemble(config, tensors, device, dtype, description=f"loading {path.name}")
+        return assemble(config, tensors, device, dtype, None, description, source=str(path))
     if path.is_file() and path.suffix == ".gguf":
         reader = reader or open_gguf(path)
         config = config_from_gguf(reader, str(path))
+        check_config_fits(config, gguf_tensor_shapes(reader), path, GGUF_FIELDS)
         tensors = read_gguf_tensors(path, reader)
-        return assemble(config, tensors, device, dtype, total=len(reader.tensors), description=f"loading {path.name}")
+        return assemble(config, tensors, device, dtype, len(reader.tensors), description, source=str(path))
     raise FormatError(
         f"{path}: not a checkpoint this package can read; expected a Hugging Face model directory "
         "(config.json + model.safetensors), a Meta directory (params.json + consolidated.00.pth) or a .gguf file"
@@ -188,5 +214,4 @@ def load_pretrained(path: str | Path, device=None, dtype=None) -> Pretrained:
         return Pretrained(model, read_gguf_tokenizer(path, reader), read_gguf_chat_template(path, reader))
     model = load_checkpoint(path, device, dtype)
     directory = path.parent if path.is_file() else (latest_checkpoint(path) or path)
-    template = read_tokenizer_config(directory).get("chat_template")
-    return Pretrained(model, load_tokenizer(directory), template)
+    return Pretrained(model, load_tokenizer(directory), read_chat_template(directory))

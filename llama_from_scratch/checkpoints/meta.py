@@ -33,7 +33,8 @@ import torch
 
 from ..config import LlamaConfig, ffn_hidden_dim
 from ..errors import FormatError
-from .hf import read_json
+from .files import json_field, read_json, regular_file
+from .names import check_config_fits
 
 COLUMN_PARALLEL = (
     "attention.wq.weight",
@@ -71,28 +72,46 @@ def meta_shards(directory: Path) -> list[Path]:
 
 def load_shard(path: Path) -> dict[str, torch.Tensor]:
     """One shard's tensors, memory-mapped, without executing any code from the pickle."""
+    regular_file(path)
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as error:
             if "mmap" not in str(error):
                 raise
             # A file in PyTorch's legacy (pre-1.6) format cannot be memory-mapped: read it whole.
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise FormatError(f"{path}: refused to load: the file is not plain tensors ({error})") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise FormatError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged file makes torch.load raise many types (zip, pickle, storage errors)
+        raise FormatError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise FormatError(f"{path}: expected a dict of tensors by name, got {type(state).__name__}")
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise FormatError(
+                f"{path}: expected a dict of tensors by name, got {type(tensor).__name__} under {name!r:.60}"
+            )
+    return state
+
+
+# params.json's fields are LlamaConfig's: (kind, may be null) from the dataclass's annotations ("int | None").
+PARAMS_FIELDS = {
+    name: (field.type.split(" | ")[0], "None" in field.type) for name, field in LlamaConfig.__dataclass_fields__.items()
+}
 
 
 def read_meta_config(directory: Path, vocab_size: int | None = None) -> LlamaConfig:
     """Read ``params.json``. LLaMA 1 stores ``vocab_size: -1``; pass the real size (from the embedding)."""
     path = directory / "params.json"
     params = read_json(path)
-    known = set(LlamaConfig.__dataclass_fields__)
-    unknown = sorted(set(params) - known)
+    unknown = sorted(set(params) - set(PARAMS_FIELDS))
     if unknown:
         raise FormatError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    for name, (kind, nullable) in PARAMS_FIELDS.items():
+        json_field(params, name, kind, path, nullable=nullable)
     if params.get("vocab_size", -1) <= 0:
         params["vocab_size"] = vocab_size
     params.setdefault("max_seq_len", 4096)  # not recorded by Meta: Llama 2's context
@@ -102,20 +121,42 @@ def read_meta_config(directory: Path, vocab_size: int | None = None) -> LlamaCon
         raise FormatError(f"{path}: {error}") from None
 
 
+def merged_shapes(shards: list[Path], states: list[dict[str, torch.Tensor]]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor once its slices are joined, after checking that the shards fit together.
+
+    Every shard must hold the same tensors, and the slices of one tensor the same shape except along the
+    dimension it was split on (:func:`shard_dim`); replicated tensors (norms) the same shape.
+    """
+    first = states[0]
+    shapes = {name: tuple(tensor.shape) for name, tensor in first.items()}
+    for path, state in zip(shards[1:], states[1:]):
+        if list(state) != list(first):
+            diff = sorted(set(first) ^ set(state))[:3]
+            raise FormatError(f"{path}: holds different tensors from {shards[0].name} (e.g. {diff})")
+        for name, tensor in state.items():
+            dim, shape, want = shard_dim(name), tuple(tensor.shape), tuple(first[name].shape)
+            fits = len(shape) == len(want) and all(a == b for k, (a, b) in enumerate(zip(shape, want)) if k != dim)
+            if not fits or (dim is not None and len(shape) <= dim):
+                along = f" except along dimension {dim}" if dim is not None else ""
+                raise FormatError(
+                    f"{path}: tensor {name!r} has shape {shape}, which does not match {shards[0].name}'s {want}{along}"
+                )
+            if dim is not None:
+                shapes[name] = (*shapes[name][:dim], shapes[name][dim] + shape[dim], *shapes[name][dim + 1 :])
+    return shapes
+
+
 def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[str, str, torch.Tensor]]]:
     """The config and the merged tensors of a Meta checkpoint directory."""
     shards = meta_shards(directory)
     states = [load_shard(path) for path in shards]
-    embedding = states[0].get("tok_embeddings.weight")
-    config = read_meta_config(directory, vocab_size=embedding.shape[0] if embedding is not None else None)
+    shapes = merged_shapes(shards, states)
+    embedding = shapes.get("tok_embeddings.weight")
+    config = read_meta_config(directory, vocab_size=embedding[0] if embedding else None)
+    check_config_fits(config, shapes, directory / "params.json", {f: f for f in ("n_layers", "vocab_size", "dim")})
 
     def tensors() -> Iterator[tuple[str, str, torch.Tensor]]:
-        names = list(states[0])
-        for path, state in zip(shards[1:], states[1:]):
-            if list(state) != names:
-                diff = sorted(set(names) ^ set(state))[:3]
-                raise FormatError(f"{path}: holds different tensors from {shards[0].name} (e.g. {diff})")
-        for name in names:
+        for name in states[0]:
             if name == "rope.freqs":
                 continue  # RoPE frequencies: recomputed from the config
             dim = shard_dim(name)

@@ -12,6 +12,10 @@ both directions (:data:`HF_NAMES`, :data:`GGUF_NAMES`).
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from ..config import LlamaConfig
+from ..errors import FormatError
 
 
 def _pattern(template: str) -> re.Pattern[str]:
@@ -59,3 +63,30 @@ TENSOR_NAMES: dict[str, tuple[str, str]] = {
 }
 HF_NAMES = NameMap({hf: meta for meta, (hf, _) in TENSOR_NAMES.items()})
 GGUF_NAMES = NameMap({gguf: meta for meta, (_, gguf) in TENSOR_NAMES.items()})
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def check_config_fits(
+    config: LlamaConfig, shapes: dict[str, tuple[int, ...]], source: str | Path, fields: dict[str, str]
+) -> None:
+    """Check a config against the tensors a checkpoint holds (``shapes``, Meta's names) *before* building a model.
+
+    Building a model costs time and memory in proportion to its number of layers, so a config that claims
+    100,000 layers must be caught first: the layer indices in the tensor names must be exactly
+    ``0 .. n_layers - 1``, and the embedding's shape ``(vocab_size, dim)``. ``fields`` maps ``n_layers``,
+    ``vocab_size`` and ``dim`` to the file's own names for them, for the message.
+    """
+    layers = {int(match.group(1)) for name in shapes if (match := _LAYER.match(name))}
+    if layers != set(range(config.n_layers)):
+        found = f"{len(layers)} layer(s)"
+        if layers and layers != set(range(len(layers))):
+            found += f" numbered from {min(layers)} to {max(layers)}"
+        raise FormatError(f"{source}: {fields['n_layers']} is {config.n_layers}, but the weights hold {found}")
+    embedding = shapes.get("tok_embeddings.weight")
+    if embedding is not None and embedding != (config.vocab_size, config.dim):
+        raise FormatError(
+            f"{source}: ({fields['vocab_size']}, {fields['dim']}) is ({config.vocab_size}, {config.dim}), "
+            f"but the weights' tok_embeddings.weight has shape {embedding}"
+        )

@@ -46,34 +46,46 @@ class Tokenizer(Protocol):
 def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
     """Load a tokenizer from a SentencePiece ``.model``, a ``tokenizer.json`` (or its directory) or a ``.gguf``.
 
-    The format is recognised by the file's first bytes, not its name: a GGUF file starts with ``GGUF``,
-    a JSON file with ``{``, anything else is tried as a SentencePiece model.
+    The format is recognised by the file's first bytes: a GGUF file starts with ``GGUF``, a JSON file with
+    ``{`` (a ``.json`` file is read as JSON whatever it starts with), anything else is tried as a
+    SentencePiece model.
     """
     path = Path(path)
     if path.is_dir():
         candidates = [path / "tokenizer.json", path / "tokenizer.model"]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = next((c for c in candidates if c.exists()), None)  # checked to be a regular file below
         if found is None:
             raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in the directory {path}")
         path = found
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no tokenizer file at {path}")
+    from ..checkpoints.files import regular_file
+
+    regular_file(path)  # a FIFO would block the read below forever
     with path.open("rb") as f:
         head = f.read(4)
     if head == b"GGUF":
         from ..checkpoints.gguf import read_gguf_tokenizer  # each checkpoint format reads its own tokenizer
 
         return read_gguf_tokenizer(path)
-    if head.lstrip()[:1] == b"{":
+    if head.lstrip()[:1] == b"{" or path.suffix == ".json":
         from ..checkpoints.hf import read_tokenizer_json
 
         return read_tokenizer_json(path)
     try:
-        return SentencePieceTokenizer(read_model(path))
+        model = read_model(path)
     except FormatError:
+        if path.suffix == ".model":
+            raise  # a SentencePiece model, damaged: its error says where
         raise FormatError(
             f"{path} is not a tokenizer file: neither GGUF, nor tokenizer.json, nor a SentencePiece .model"
         ) from None
+    try:
+        return SentencePieceTokenizer(model)
+    except ValueError as error:
+        raise FormatError(f"{path}: {error}") from None
+    except NotImplementedError as error:
+        raise NotImplementedError(f"{path}: {error}") from None
 
 
 def token_text(tokenizer: SentencePieceTokenizer | ByteLevelBPE, token_id: int | None) -> str | None:

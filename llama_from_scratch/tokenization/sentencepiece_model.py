@@ -23,6 +23,7 @@ the ones this module needs are written into :class:`SentencePieceModel` below.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -153,37 +154,70 @@ def _field(number: int, value: int | bool | float | str | bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(value)) + value
 
 
+def _expect(value: int | bytes, kind: type, what: str) -> int | bytes:
+    """``value`` if it came with the wire type the schema gives ``what`` (a varint, or length-prefixed bytes)."""
+    if not isinstance(value, kind):
+        wire = "a varint" if kind is int else "bytes"
+        raise ValueError(f"{what} must be {wire}, got {type(value).__name__}")
+    return value
+
+
+def _text(value: int | bytes, what: str) -> str:
+    return _expect(value, bytes, what).decode("utf-8")
+
+
+def _message(value: int | bytes, names: dict[int, str], what: str) -> dict[str, int | bytes]:
+    """The known fields of a nested message (trainer_spec, normalizer_spec) by name."""
+    return {names[n]: v for n, v in read_fields(_expect(value, bytes, what)) if n in names}
+
+
+def check_pieces(pieces: list[Piece]) -> None:
+    """Raise ``ValueError`` for pieces no tokenizer can use: a byte piece that is not ``<0x00>`` ... ``<0xFF>``
+    (decoding reads the byte from its text), an empty user-defined piece (it would match everywhere)."""
+    for i, p in enumerate(pieces):
+        if p.type == PieceType.BYTE and not re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", p.piece):
+            raise ValueError(f"piece {i} is a byte piece, so its text must be <0x00> ... <0xFF>, got {p.piece!r:.60}")
+        if p.type == PieceType.USER_DEFINED and not p.piece:
+            raise ValueError(f"piece {i} is an empty user-defined piece")
+
+
 def _parse_model(data: bytes) -> SentencePieceModel:
     pieces, trainer, normalizer = [], {}, {}
     for number, value in read_fields(data):
         if number == 1:  # repeated SentencePiece {1: piece, 2: score, 3: type}
             entry = Piece("")
-            for n, v in read_fields(value):
+            what = f"piece {len(pieces)}"
+            for n, v in read_fields(_expect(value, bytes, what)):
                 if n == 1:
-                    entry.piece = v.decode("utf-8")
+                    entry.piece = _text(v, f"the text of {what}")
                 elif n == 2:
-                    entry.score = struct.unpack("<f", v)[0]
+                    entry.score = struct.unpack("<f", _expect(v, bytes, f"the score of {what}"))[0]
                 elif n == 3:
-                    entry.type = PieceType(v)
+                    entry.type = PieceType(_expect(v, int, f"the type of {what}"))
             pieces.append(entry)
         elif number == 2:
-            trainer = {_TRAINER_FIELDS[n]: v for n, v in read_fields(value) if n in _TRAINER_FIELDS}
+            trainer = _message(value, _TRAINER_FIELDS, "trainer_spec")
         elif number == 3:
-            normalizer = {_NORMALIZER_FIELDS[n]: v for n, v in read_fields(value) if n in _NORMALIZER_FIELDS}
+            normalizer = _message(value, _NORMALIZER_FIELDS, "normalizer_spec")
     if not pieces:
         raise ValueError("the model has no pieces")
+    check_pieces(pieces)
+
+    def flag(fields: dict, name: str, default: bool) -> bool:
+        return bool(_expect(fields.get(name, default), int, name))
+
     return SentencePieceModel(
         pieces=pieces,
-        model_type=_MODEL_TYPES.get(trainer.get("model_type", 1), "unknown"),
-        byte_fallback=bool(trainer.get("byte_fallback", False)),
-        split_digits=bool(trainer.get("split_digits", False)),
-        unk_surface=trainer["unk_surface"].decode("utf-8") if "unk_surface" in trainer else " \u2047 ",
-        treat_whitespace_as_suffix=bool(trainer.get("treat_whitespace_as_suffix", False)),
-        normalizer_name=normalizer.get("name", b"").decode("utf-8"),
-        precompiled_charsmap=normalizer.get("precompiled_charsmap", b""),
-        add_dummy_prefix=bool(normalizer.get("add_dummy_prefix", True)),
-        remove_extra_whitespaces=bool(normalizer.get("remove_extra_whitespaces", True)),
-        escape_whitespaces=bool(normalizer.get("escape_whitespaces", True)),
+        model_type=_MODEL_TYPES.get(_expect(trainer.get("model_type", 1), int, "model_type"), "unknown"),
+        byte_fallback=flag(trainer, "byte_fallback", False),
+        split_digits=flag(trainer, "split_digits", False),
+        unk_surface=_text(trainer["unk_surface"], "unk_surface") if "unk_surface" in trainer else " \u2047 ",
+        treat_whitespace_as_suffix=flag(trainer, "treat_whitespace_as_suffix", False),
+        normalizer_name=_text(normalizer.get("name", b""), "normalizer_spec.name"),
+        precompiled_charsmap=_expect(normalizer.get("precompiled_charsmap", b""), bytes, "precompiled_charsmap"),
+        add_dummy_prefix=flag(normalizer, "add_dummy_prefix", True),
+        remove_extra_whitespaces=flag(normalizer, "remove_extra_whitespaces", True),
+        escape_whitespaces=flag(normalizer, "escape_whitespaces", True),
     )
 
 
@@ -191,11 +225,14 @@ def read_model(path: str | Path) -> SentencePieceModel:
     """Read a SentencePiece ``.model`` file (such as Llama's ``tokenizer.model``).
 
     Raises ``FileNotFoundError`` if there is no such file and :class:`FormatError`, naming the file,
-    if it is not a SentencePiece model.
+    if it is not a SentencePiece model (or not a regular file: a FIFO would block the read forever).
     """
+    from ..checkpoints.files import regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no SentencePiece model file at {path}")
+    regular_file(path)  # a FIFO would block the read below forever
     try:
         return _parse_model(path.read_bytes())
     except (ValueError, UnicodeDecodeError, struct.error) as error:

@@ -1,0 +1,127 @@
+"""Reading files that may be damaged or hostile: regular files only, JSON with every fault named.
+
+A checkpoint comes from the internet. Its files can be truncated, bit-flipped or crafted, and every one of
+them must end in a clear :class:`FormatError` naming the file and the field, never in a hang, a runaway
+allocation or a traceback from deep inside a library. Three rules keep the readers of this package safe:
+
+* **Only regular files are opened.** A FIFO named ``config.json`` blocks ``open`` until someone writes
+  into it, forever; ``/dev/zero`` named ``model.safetensors`` never ends. :func:`regular_file` checks
+  ``stat.S_ISREG`` before anything opens the file.
+* **JSON is parsed with its failures caught**: invalid UTF-8, invalid syntax, integers of more than 4300
+  digits and nesting deep enough to exhaust Python's recursion all become a ``FormatError``
+  (:func:`read_json`).
+* **Every value read from a file has its type checked** before it is used (:func:`check_type`):
+  ``"tie_word_embeddings": "false"`` is a string, and ``bool("false")`` is ``True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+from ..errors import FormatError
+
+_KINDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+    "list": "a list",
+    "dict": "an object",
+}
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def regular_file(path: str | Path) -> Path:
+    """``path``, after checking that it is a regular file (symbolic links are followed).
+
+    Raises ``FileNotFoundError`` if nothing is there and :class:`FormatError` for a directory, a FIFO, a
+    device or a socket, which would block or never end when read.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise FormatError(f"{path}: expected a regular file, got {kind}")
+    return path
+
+
+def plain_file_name(name: object, where: str, directory: str | Path) -> str:
+    """``name`` if it names an entry directly inside ``directory``: no ``/``, no ``..``, not absolute.
+
+    A file that names another file (a safetensors index, a training run's ``latest``) must not reach outside
+    its folder: ``../../home/me/.ssh/id_rsa`` is refused. ``where`` names the file and field for the error.
+    """
+    check_type(name, "str", where)
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise FormatError(f"{where} is {name!r:.80}; expected the name of an entry inside {directory}")
+    return name
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from the regular file ``path``; :class:`FormatError` naming the file if it is not one."""
+    path = regular_file(path)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise FormatError(f"{path}: not UTF-8 text ({error})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: JSON nested deeper than Python can parse") from None
+    except ValueError as error:  # JSONDecodeError, and integers too long to convert
+        raise FormatError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is(value: object, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"bool": bool, "str": str, "list": list, "dict": dict}[kind])
+
+
+def check_type(value: object, kind: str, where: str, items: str | None = None) -> object:
+    """``value`` if it is of ``kind`` (``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"list"`` or ``"dict"``).
+
+    Booleans are not numbers here and floats must be finite. ``items``: the kind of every element of a list.
+    ``where`` names the file and the field (``"config.json: vocab_size"``) for the :class:`FormatError`.
+    """
+    if not _is(value, kind):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise FormatError(f"{where} must be {_KINDS[kind]}, got {shown} ({type(value).__name__})")
+    if items is not None:
+        for i, item in enumerate(value):
+            if not _is(item, items):
+                check_type(item, items, f"{where}[{i}]")
+    return value
+
+
+REQUIRED = object()  # the default of a field that must be present
+
+
+def json_field(
+    mapping: dict, key: str, kind: str, source: str | Path, default: object = None, nullable: bool = False, items=None
+) -> object:
+    """``mapping[key]`` checked by :func:`check_type`; ``default`` if the key is absent (or null, if ``nullable``).
+
+    With ``default=REQUIRED`` an absent key is a :class:`FormatError` naming ``source`` and the key.
+    """
+    if key not in mapping or (nullable and mapping[key] is None):
+        if default is REQUIRED:
+            raise FormatError(f"{source}: missing {key}")
+        return default
+    return check_type(mapping[key], kind, f"{source}: {key}", items)
