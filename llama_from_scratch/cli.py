@@ -55,7 +55,8 @@ def command_train(args: argparse.Namespace) -> None:
     from .generate import generate
     from .model import Llama
     from .training.distributed import init_distributed, wrap_model
-    from .training.train import prepare_run_dir, train
+    from .training.checkpoint import prepare_run_dir
+    from .training.train import train
 
     recipe = RECIPES[args.recipe]
     changes = {

@@ -2,7 +2,8 @@
 
 :mod:`.corpus` (Shakespeare's plays, split by play), :mod:`.dataset` (token files and the batches a step
 reads), :mod:`.train` (AdamW, the learning-rate schedule, clipping, the loop, evaluation),
-:mod:`.checkpoint` (training checkpoints that a crash cannot corrupt, exact resumption),
+:mod:`.checkpoint` (training checkpoints that a crash cannot corrupt, exact resumption, the run folder),
+:mod:`.signals` (Ctrl-C and SIGTERM stop a run after a step, with a checkpoint),
 :mod:`.distributed` (several processes with ``torchrun``) and :mod:`.recipes` (named runs: data, model,
 hyper-parameters).
 """

@@ -24,6 +24,7 @@ import io
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -156,3 +157,27 @@ def _differences(saved: dict, current, skip: tuple[str, ...] = ()) -> str:
         for key in sorted(set(saved) | set(now))
         if key not in skip and saved.get(key) != now.get(key)
     )
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check, before any training, that checkpoints can be written to ``out_dir`` and what it holds.
+
+    A folder that already holds a run is continued (``resume``) or replaced (``overwrite``), never mixed
+    with a new run; half-written checkpoints of a killed process are removed.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: --out names a file; checkpoints need a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir):
+        pass  # a read-only folder fails here, not after the training
+    remove_stale_staging(out_dir)
+    existing = checkpoints_of(out_dir)
+    if existing and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} already holds a run (up to {existing[-1].name}): continue it with --resume, "
+                "or replace it with --overwrite"
+            )
+        for checkpoint in existing:
+            shutil.rmtree(checkpoint)
+        (out_dir / LATEST).unlink(missing_ok=True)

@@ -56,3 +56,12 @@ class LanguageModelLoss(torch.nn.Module):
 def wrap_model(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
     """The gradient-averaging wrapper around the loss of a model already on ``device``."""
     return DistributedDataParallel(LanguageModelLoss(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """``flag`` of this process, or of any process of the group: all of them stop at the same step."""
+    if world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())

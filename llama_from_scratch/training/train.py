@@ -23,12 +23,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import signal
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +33,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..checkpoints.load import LATEST, latest_checkpoint
+from ..checkpoints.load import latest_checkpoint
 from .dataset import EVAL, TokenData, get_batch
 from ..model import Llama
-from .checkpoint import checkpoints_of, load_training_state, remove_stale_staging, save_training_checkpoint
+from .checkpoint import load_training_state, prepare_run_dir, save_training_checkpoint
+from .distributed import any_rank
+from .signals import TrainingStopped, stop_requests
 
 
 @dataclass
@@ -215,61 +213,6 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
     return _loss_and_bits_per_byte(total / count, data)
 
 
-class TrainingStopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped a run between two steps; the message says where its checkpoint is."""
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[Callable[[], bool]]:
-    """Turn Ctrl-C (SIGINT) and SIGTERM into a *request* that the loop honours between two steps.
-
-    A signal that arrives mid-step would otherwise stop the process with half an optimizer step applied
-    and nothing saved. The handler only records the request; the loop finishes its step, saves a
-    checkpoint and stops. A second signal stops at once, as usual. Signal handlers can only be set in
-    the main thread: elsewhere no request is ever made.
-    """
-    requested: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum: int, frame) -> None:
-        if requested:
-            raise KeyboardInterrupt  # asked twice: stop now
-        requested.append(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: bool(requested)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Check, before any training, that checkpoints can be written to ``out_dir`` and what it holds.
-
-    A folder that already holds a run is continued (``resume``) or replaced (``overwrite``), never mixed
-    with a new run; half-written checkpoints of a killed process are removed.
-    """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir}: --out names a file; checkpoints need a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out_dir):
-        pass  # a read-only folder fails here, not after the training
-    remove_stale_staging(out_dir)
-    existing = checkpoints_of(out_dir)
-    if existing and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir} already holds a run (up to {existing[-1].name}): continue it with --resume, "
-                "or replace it with --overwrite"
-            )
-        for checkpoint in existing:
-            shutil.rmtree(checkpoint)
-        (out_dir / LATEST).unlink(missing_ok=True)
-
-
 def train(
     model: Llama,
     train_data: TokenData,
@@ -365,18 +308,9 @@ def train(
             if scheduled:
                 save(step + 1)
                 clock = time.perf_counter()
-            if not last and _any_rank(stop_requested(), world_size, model.device):
+            if not last and any_rank(stop_requested(), world_size, model.device):
                 if not scheduled:
                     save(step + 1)
                 where = f"; checkpoint step-{step + 1:07d} in {out_dir}, continue with --resume" if out_dir else ""
                 raise TrainingStopped(f"stopped after step {step + 1} of {config.steps}{where}")
     return history
-
-
-def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
-    """``flag`` of this process, or of any process of the group: all of them stop at the same step."""
-    if world_size == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
