@@ -15,8 +15,9 @@ teaching models that run in seconds on a laptop CPU.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
+
+from .errors import is_finite_number, is_int
 
 # The largest size of any one dimension. PyTorch indexes tensors with 64-bit integers, so a matrix of two
 # such dimensions never overflows; a real model's largest dimension is its vocabulary (262,144 at most so far).
@@ -130,7 +131,7 @@ class LlamaConfig:
 
 
 def _require_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise ValueError(f"LlamaConfig.{name} must be an int, got {value!r} ({type(value).__name__})")
     if not 0 < value <= MAX_SIZE:
         raise ValueError(f"LlamaConfig.{name} must be positive and at most {MAX_SIZE}, got {value}")
@@ -139,7 +140,7 @@ def _require_positive_int(name: str, value: object) -> None:
 def _require_positive_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"LlamaConfig.{name} must be a number, got {value!r} ({type(value).__name__})")
-    if not (value > 0 and math.isfinite(value)):  # NaN fails both
+    if not (is_finite_number(value) and value > 0):
         raise ValueError(f"LlamaConfig.{name} must be positive and finite, got {value}")
 
 

@@ -17,12 +17,11 @@ allocation or a traceback from deep inside a library. Three rules keep the reade
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 from pathlib import Path
 
-from ..errors import FormatError
+from ..errors import FormatError, is_finite_number, is_int
 
 _KINDS = {
     "int": "an integer",
@@ -88,9 +87,9 @@ def read_json(path: str | Path) -> dict:
 
 def _is(value: object, kind: str) -> bool:
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return is_finite_number(value)
     return isinstance(value, {"bool": bool, "str": str, "list": list, "dict": dict}[kind])
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..errors import is_finite_number
 from ..rope import rope_frequencies
 
 # The parameters each type needs, and those it may take; any other parameter is an error.
@@ -100,25 +101,21 @@ class RopeScaling:
         )
         is_int = isinstance(context, int) and not isinstance(context, bool)
         self._check("original_max_position_embeddings", "a positive int", is_int and context > 0)
-        self._check("factor", "a number >= 1", _is_number(factor) and factor >= 1)
-        self._check("low_freq_factor", "a positive number", _is_number(low) and low > 0)
-        self._check("high_freq_factor", f"a number > low_freq_factor ({low})", _is_number(high) and high > low)
+        self._check("factor", "a number >= 1", is_finite_number(factor) and factor >= 1)
+        self._check("low_freq_factor", "a positive number", is_finite_number(low) and low > 0)
+        self._check("high_freq_factor", f"a number > low_freq_factor ({low})", is_finite_number(high) and high > low)
         slow, fast = self.beta_slow, self.beta_fast
-        self._check("beta_slow", "a positive number", _is_number(slow) and slow > 0)
-        self._check("beta_fast", f"a number > beta_slow ({slow or 1})", _is_number(fast) and fast > (slow or 1))
+        self._check("beta_slow", "a positive number", is_finite_number(slow) and slow > 0)
+        self._check("beta_fast", f"a number > beta_slow ({slow or 1})", is_finite_number(fast) and fast > (slow or 1))
         if fast is None and slow is not None and slow >= 32:
             raise ValueError(f"RopeScaling.beta_slow must be below beta_fast (32 when not given), got {slow}")
         attention = self.attention_factor
-        self._check("attention_factor", "a positive number", _is_number(attention) and attention > 0)
+        self._check("attention_factor", "a positive number", is_finite_number(attention) and attention > 0)
 
     def _check(self, name: str, expected: str, ok: bool) -> None:
         value = getattr(self, name)
         if value is not None and not ok:
             raise ValueError(f"RopeScaling.{name} must be {expected}, got {value!r}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- the methods, each a pure function on the inverse frequencies ----------------------------------------------------

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..checkpoints.load import latest_checkpoint
+from ..errors import is_finite_number, is_int
 from .dataset import EVAL, TokenData, get_batch
 from ..model import Llama
 from .checkpoint import load_training_state, prepare_run_dir, save_training_checkpoint
@@ -64,16 +65,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be an int of at least 1, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         # A NaN or infinite rate would train into NaN weights and fail far from the cause; grad_clip may be
         # infinite (no clipping), never NaN.
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
             value = getattr(self, name)
-            finite = math.isfinite(value) if isinstance(value, (int, float)) else False
-            if isinstance(value, bool) or not (finite or (name == "grad_clip" and value == math.inf)):
+            if not (is_finite_number(value) or (name == "grad_clip" and value == math.inf)):
                 raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainConfig needs 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
