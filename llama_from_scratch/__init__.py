@@ -3,7 +3,7 @@
 The model core sits at the top, in the order of the course: ``config``,
 ``rmsnorm``, ``rope``, ``feedforward``, ``attention``, ``kv_cache``,
 ``model`` (with ``cross_entropy``, the training loss it computes),
-``generate`` (with ``chat`` on top of it), ``device``. Everything else lives
+``generate`` (with ``chat`` on top of it, and ``speculative`` decoding), ``device``. Everything else lives
 in subpackages named after what it is:
 
 * ``tokenization``: BPE (the merge operation, a trainer), Llama's SentencePiece
@@ -29,7 +29,16 @@ from .cross_entropy import linear_cross_entropy
 from .device import default_device, default_dtype
 from .errors import FormatError
 from .feedforward import SwiGLU
-from .generate import decode_one_token, generate, generate_stream, next_token_probabilities, prefill, sample_next_token
+from .generate import (
+    decode_one_token,
+    generate,
+    generate_batch,
+    generate_stream,
+    left_pad,
+    next_token_probabilities,
+    prefill,
+    sample_next_token,
+)
 from .kv_cache import KVCache, kv_cache_bytes
 from .model import Llama, TransformerBlock, count_parameters, parameters_by_component
 from .rmsnorm import RMSNorm, rms_norm
@@ -72,10 +81,12 @@ __all__ = [
     "default_dtype",
     "ffn_hidden_dim",
     "generate",
+    "generate_batch",
     "generate_stream",
     "half_to_interleaved",
     "interleaved_to_half",
     "kv_cache_bytes",
+    "left_pad",
     "linear_cross_entropy",
     "load_checkpoint",
     "load_pretrained",

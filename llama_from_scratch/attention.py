@@ -61,6 +61,23 @@ def causal_mask(seq: int, kv_seq: int, device: torch.device | str | None = None)
     return key_pos <= query_pos
 
 
+def padded_causal_mask(attention_mask: torch.Tensor, seq: int) -> torch.Tensor:
+    """The causal mask of a left-padded batch: ``(batch, 1, seq, kv_seq)`` boolean, True where allowed.
+
+    ``attention_mask`` is ``(batch, kv_seq)``, True for a real token and False for padding (Hugging Face's
+    ``attention_mask``, as booleans); the ``seq`` queries are the last ``seq`` positions, as in
+    :func:`causal_mask`. A real query sees the real keys up to its own position and never a padding key.
+    A padding query would then see no key at all, and a softmax over nothing is NaN, which would leak
+    into every later layer through its key and value (0 weight times NaN is NaN): it may see itself.
+    Its output is never used. The size-1 dimension broadcasts over the heads.
+    """
+    batch, kv_seq = attention_mask.shape
+    allowed = causal_mask(seq, kv_seq, attention_mask.device)[None] & attention_mask[:, None, :]  # (batch, seq, kv_seq)
+    itself = torch.arange(kv_seq - seq, kv_seq, device=attention_mask.device)  # each query's own position
+    allowed[:, torch.arange(seq, device=attention_mask.device), itself] = True
+    return allowed[:, None]  # (batch, 1, seq, kv_seq)
+
+
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(head_dim))`` with masked positions set to zero weight.
 
@@ -113,12 +130,16 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         start_pos: int = 0,
         cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` ``(batch, seq, dim)`` at positions ``start_pos ... start_pos + seq - 1``.
 
         ``cos``/``sin`` are the RoPE tables for those positions, ``(seq, head_dim // 2)``.
         With a ``cache``, the new keys/values are stored in it and the queries
-        attend to every cached position as well. Returns ``(batch, seq, dim)``,
+        attend to every cached position as well. ``attention_mask``, for a
+        left-padded batch, is ``(batch, start_pos + seq)``: True for real
+        tokens, False for padding, which no real token then attends to
+        (:func:`padded_causal_mask`). Returns ``(batch, seq, dim)``,
         computed by PyTorch's fused ``scaled_dot_product_attention``, which
         never hands out the attention weights (:meth:`weights` computes them).
         """
@@ -127,7 +148,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start_pos, k, v)
         kv_seq = k.shape[2]
-        if seq == kv_seq:
+        if attention_mask is not None:
+            mask = padded_causal_mask(attention_mask, seq)  # (batch, 1, seq, kv_seq)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
+        elif seq == kv_seq:
             # No cached past: the plain lower-triangular mask, which the fused kernel builds itself.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_rep > 1)
         else:

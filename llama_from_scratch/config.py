@@ -7,9 +7,14 @@ are. Hugging Face calls the same numbers ``hidden_size``,
 ``num_hidden_layers``, ``num_attention_heads`` and so on; see
 ``checkpoints/hf.py`` for that translation.
 
+``rope_scaling`` (chapter 11) stretches a model's context by changing RoPE's
+frequencies; ``None``, the default, is plain RoPE. The scaling methods live in
+``long_context/rope_scaling.py``.
+
 Named presets reproduce the published models: LLaMA 7B-65B (Touvron et al.,
-2023a), Llama 2 7B-70B (Touvron et al., 2023b), SmolLM2-135M, and two tiny
-teaching models that run in seconds on a laptop CPU.
+2023a), Llama 2 7B-70B (Touvron et al., 2023b), Llama 3, 3.1 and 3.2 (Meta,
+2024), SmolLM2-135M, and two tiny teaching models that run in seconds on a
+laptop CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import is_finite_number, is_int
+from .long_context.rope_scaling import RopeScaling, meta_llama3_scaling
 
 # The largest size of any one dimension. PyTorch indexes tensors with 64-bit integers, so a matrix of two
 # such dimensions never overflows; a real model's largest dimension is its vocabulary (262,144 at most so far).
@@ -51,7 +57,8 @@ class LlamaConfig:
     given directly (Hugging Face configs store it as ``intermediate_size``);
     when left as ``None`` it follows Meta's rule from ``multiple_of`` and
     ``ffn_dim_multiplier``. ``head_dim`` likewise defaults to
-    ``dim // n_heads``.
+    ``dim // n_heads``. ``rope_scaling``: a :class:`RopeScaling` (linear,
+    dynamic NTK, YaRN, Llama 3.1's ``llama3``) or ``None`` for plain RoPE.
     """
 
     dim: int = 4096
@@ -67,6 +74,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
     tie_embeddings: bool = False
+    rope_scaling: RopeScaling | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -99,6 +107,16 @@ class LlamaConfig:
             raise ValueError(
                 f"LlamaConfig.tie_embeddings must be True or False, got {self.tie_embeddings!r} "
                 f"({type(self.tie_embeddings).__name__})"
+            )
+        if isinstance(self.rope_scaling, dict):  # as dataclasses.asdict writes it
+            try:
+                self.rope_scaling = RopeScaling(**self.rope_scaling)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"LlamaConfig.rope_scaling: {error}") from None
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ValueError(
+                f"LlamaConfig.rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r:.80} "
+                f"({type(self.rope_scaling).__name__})"
             )
 
     @property
@@ -144,6 +162,33 @@ def _require_positive_number(name: str, value: object) -> None:
         raise ValueError(f"LlamaConfig.{name} must be positive and finite, got {value}")
 
 
+def _llama3(
+    dim: int,
+    n_layers: int,
+    n_heads: int,
+    multiple_of: int,
+    ffn_dim_multiplier: float,
+    scaling_factor: float | None = None,
+    tie_embeddings: bool = False,
+) -> LlamaConfig:
+    """A Llama 3 config; with ``scaling_factor``, Llama 3.1's RoPE scaling of the 8,192-token context."""
+    scaling = None if scaling_factor is None else meta_llama3_scaling(scaling_factor)
+    return LlamaConfig(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=8,
+        vocab_size=128256,
+        multiple_of=multiple_of,
+        ffn_dim_multiplier=ffn_dim_multiplier,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_seq_len=8192 if scaling is None else 131072,
+        tie_embeddings=tie_embeddings,
+        rope_scaling=scaling,
+    )
+
+
 # LLaMA 1 (Touvron et al., 2023a, table 2): 2,048-token context, norm eps 1e-6.
 # Llama 2 (Touvron et al., 2023b): 4,096-token context, norm eps 1e-5, GQA for 70B.
 PRESETS: dict[str, LlamaConfig] = {
@@ -156,6 +201,18 @@ PRESETS: dict[str, LlamaConfig] = {
     "llama2-70b": LlamaConfig(
         dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3, max_seq_len=4096
     ),
+    # Llama 3 (Meta, 2024): a 128,256-token vocabulary (tiktoken-based BPE instead of SentencePiece's 32,000),
+    # GQA with 8 key/value heads in every size, RoPE base 500,000 instead of 10,000 (slower rotations, for an
+    # 8,192-token context) and Meta's FFN rule with its own multiple_of / ffn_dim_multiplier: 14,336 (8B),
+    # 28,672 (70B), 53,248 (405B), 8,192 (1B, 3B). From 3.1, a 131,072-token context through ``llama3`` RoPE
+    # scaling (factor 8; 32 for the 3.2 models, distilled from 3.1); the 3.2 models tie their embeddings.
+    "llama3-8b": _llama3(4096, 32, 32, 1024, 1.3),
+    "llama3-70b": _llama3(8192, 80, 64, 4096, 1.3),
+    "llama3.1-8b": _llama3(4096, 32, 32, 1024, 1.3, scaling_factor=8.0),
+    "llama3.1-70b": _llama3(8192, 80, 64, 4096, 1.3, scaling_factor=8.0),
+    "llama3.1-405b": _llama3(16384, 126, 128, 4096, 1.2, scaling_factor=8.0),
+    "llama3.2-1b": _llama3(2048, 16, 32, 256, 1.5, scaling_factor=32.0, tie_embeddings=True),
+    "llama3.2-3b": _llama3(3072, 28, 24, 256, 1.0, scaling_factor=32.0, tie_embeddings=True),
     # SmolLM2-135M: a small Llama-architecture model with GQA and tied embeddings.
     "smollm2-135m": LlamaConfig(
         dim=576,

@@ -14,7 +14,8 @@ vocabulary. *Decoding* picks one:
 The prompt goes through the model once (:func:`prefill`), filling the KV
 cache; each new token then costs one single-token forward pass
 (:func:`decode_one_token`). With ``compile=True`` those decode steps run
-through :func:`compiled_decode_step`.
+through :func:`compiled_decode_step`. :func:`generate_batch` decodes several
+prompts at once, left-padded to one length (:func:`left_pad`).
 """
 
 from __future__ import annotations
@@ -219,3 +220,77 @@ def generate(
     ``top_p``, ``stop_tokens``, ``seed``, ``use_cache``, ``compile``), checked there.
     """
     return list(generate_stream(model, prompt_tokens, max_new_tokens, **options))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one ``(batch, longest)`` tensor, padded on the left; and its mask.
+
+    Padding goes on the *left* so that every prompt ends in the last column: the next token of every row
+    is then predicted at the same position, and each decoding step appends one column to all rows.
+    Returns ``tokens`` and ``attention_mask``, both ``(batch, longest)``; the mask is True for real tokens.
+    ``pad_id`` can be any token id: padding is never attended to.
+    """
+    if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
+        raise ValueError(f"need at least one prompt and no empty prompt, got lengths {[len(p) for p in prompts]}")
+    longest = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(prompts), longest, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        tokens[row, longest - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        attention_mask[row, longest - len(prompt) :] = True
+    return tokens, attention_mask
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Iterable[int] = (),
+    seed: int | None = None,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """Generate after several prompts at once: the new token ids of each, as :func:`generate` would give them.
+
+    The prompts are left-padded to one length (:func:`left_pad`) and run as one batch: one prefill, then
+    one ``(batch, 1)`` forward pass per step, so the weights are read once per step for all rows. The
+    attention mask grows by one True column per step and keeps hiding the padding. A row that meets a
+    stop token is finished (the stop token is not returned) but keeps being fed until every row is done:
+    the batch moves in lockstep. Greedy rows give :func:`generate`'s tokens up to float rounding (the
+    padding shifts a row's positions, which RoPE ignores up to rounding). Sampling draws the rows in
+    order from one generator, so it is reproducible with ``seed`` but draws other numbers than
+    :func:`generate` would for each prompt alone.
+    """
+    rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+    tokens, attention_mask = left_pad(rows, pad_id)  # (batch, longest) each
+    for row in rows:
+        _check_arguments(model, row, max_new_tokens, temperature, top_k, top_p)
+    if tokens.shape[1] + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(
+            f"the longest prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context of max_seq_len={model.config.max_seq_len} tokens"
+        )
+    device, stop = model.device, set(stop_tokens)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    batch, start_pos = tokens.shape
+    tokens, attention_mask = tokens.to(device), attention_mask.to(device)
+    cache = model.new_kv_caches(batch, start_pos + max_new_tokens)
+    logits = model(tokens, 0, cache, attention_mask)[:, -1]  # prefill: (batch, vocab)
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    finished = [False] * batch
+    for step in range(max_new_tokens):
+        new = [sample_next_token(logits[row], temperature, top_k, top_p, generator) for row in range(batch)]
+        for row, token in enumerate(new):
+            finished[row] = finished[row] or token in stop
+            if not finished[row]:
+                outputs[row].append(token)
+        if all(finished) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)  # (batch, pos + 1)
+        column = torch.tensor(new, dtype=torch.long, device=device)[:, None]  # (batch, 1)
+        logits = model(column, start_pos, cache, attention_mask)[:, -1]
+        start_pos += 1
+    return outputs

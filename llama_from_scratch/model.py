@@ -26,8 +26,8 @@ from .config import LlamaConfig
 from .cross_entropy import linear_cross_entropy
 from .feedforward import SwiGLU
 from .kv_cache import KVCache
+from .long_context.rope_scaling import rope_cos_sin_scaled
 from .rmsnorm import RMSNorm
-from .rope import rope_cos_sin
 
 
 class TransformerBlock(nn.Module):
@@ -41,10 +41,16 @@ class TransformerBlock(nn.Module):
         self.feed_forward = SwiGLU(config.dim, config.hidden_dim)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(batch, seq, dim) -> (batch, seq, dim)``."""
-        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+        """``(batch, seq, dim) -> (batch, seq, dim)``; ``attention_mask`` as in :meth:`Llama.forward`."""
+        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, attention_mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -63,8 +69,13 @@ class Llama(nn.Module):
         self.reset_parameters()
 
     def tie_weights(self) -> None:
-        """Share one matrix between the token embedding and the output head (as SmolLM2 does)."""
-        self.output.weight = self.tok_embeddings.weight
+        """Share one matrix between the token embedding and the output head (as SmolLM2 does).
+
+        The head's tensors become the embedding's: ``output.weight`` *is* ``tok_embeddings.weight``
+        (and, in a quantized model, the head's integer codes and scales are the embedding's).
+        """
+        for name, tensor in self.tok_embeddings.state_dict(keep_vars=True).items():
+            setattr(self.output, name, tensor)
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -86,7 +97,13 @@ class Llama(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        cache: list[KVCache] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits for the next token after every position: ``(batch, seq)`` ids -> ``(batch, seq, vocab_size)``.
 
         ``tokens`` holds the tokens at positions ``start_pos ... start_pos + seq - 1``. The logits come in
@@ -96,22 +113,39 @@ class Llama(nn.Module):
         these tokens are stored, and earlier positions are read from the caches instead of being
         recomputed: feed the prompt once with ``start_pos=0``, then one token at a time with ``start_pos``
         = the number of tokens seen so far.
+
+        ``attention_mask`` (for a batch of prompts of different lengths, left-padded to one length) is a
+        ``(batch, start_pos + seq)`` boolean tensor covering every position so far: True for a real token,
+        False for padding, which no real token attends to. The positions stay those of the columns, so a
+        row with ``p`` padding tokens has its text at positions ``p, p + 1, ...`` instead of ``0, 1, ...``:
+        RoPE makes attention depend only on the offset between two tokens (chapter 03), so shifting a whole
+        row changes its logits by float rounding only, and no per-row positions are needed.
         """
-        logits = self.output(self.hidden_states(tokens, start_pos, cache))
+        logits = self.output(self.hidden_states(tokens, start_pos, cache, attention_mask))
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def hidden_states(
-        self, tokens: torch.Tensor, start_pos: int = 0, cache: list[KVCache] | None = None
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        cache: list[KVCache] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Everything but the output head: ``(batch, seq)`` ids -> ``(batch, seq, dim)`` after the final norm."""
         if not torch.compiler.is_compiling():  # the checks read values: a graph break under torch.compile
             self._check_tokens(tokens, start_pos)
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache must hold one KVCache per layer ({len(self.layers)}), got {len(cache)}")
+        expected_mask = (tokens.shape[0], start_pos + tokens.shape[1])
+        if attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.shape != expected_mask):
+            raise ValueError(
+                f"attention_mask must be a boolean tensor of shape (batch, start_pos + seq) = {expected_mask}, "
+                f"got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+            )
         cos, sin = self._rope(tokens, start_pos)
         x = self.tok_embeddings(tokens)  # (batch, seq, dim)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, start_pos, cache[i] if cache is not None else None)
+            x = layer(x, cos, sin, start_pos, cache[i] if cache is not None else None, attention_mask)
         return self.norm(x)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -142,8 +176,10 @@ class Llama(nn.Module):
         return maps
 
     def _rope(self, tokens: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(start_pos, start_pos + tokens.shape[1], device=tokens.device)
-        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        """RoPE's cos and sin for these positions: ``rope.rope_cos_sin`` unless the config scales RoPE (chapter 11)."""
+        c, seq_len = self.config, start_pos + tokens.shape[1]
+        positions = torch.arange(start_pos, seq_len, device=tokens.device)
+        return rope_cos_sin_scaled(positions, c.head_dim, c.rope_theta, c.rope_scaling, seq_len)
 
     def _check_tokens(self, tokens: torch.Tensor, start_pos: int) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):

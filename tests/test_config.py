@@ -10,6 +10,14 @@ PUBLISHED_PARAMETERS = {
     "llama2-7b": 6.74e9,
     "llama2-13b": 13.02e9,
     "llama2-70b": 68.98e9,
+    # Llama 3 (Meta, 2024): exact published counts; 3.2 ties its embeddings
+    "llama3-8b": 8_030_261_248,
+    "llama3-70b": 70_553_706_496,
+    "llama3.1-8b": 8_030_261_248,
+    "llama3.1-70b": 70_553_706_496,
+    "llama3.1-405b": 405_853_388_800,
+    "llama3.2-1b": 1_235_814_400,
+    "llama3.2-3b": 3_212_749_824,
     "smollm2-135m": 134.5e6,
 }
 

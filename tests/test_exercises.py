@@ -7,7 +7,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from llama_from_scratch.course.exercises import exercise_notebook, generate_exercises, graded_cells
+from llama_from_scratch.cli import main
+from llama_from_scratch.course.exercises import (
+    WORKING_FOLDER,
+    copy_exercise,
+    exercise_notebook,
+    generate_exercises,
+    graded_cells,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -41,7 +48,8 @@ def test_generator_hides_solutions_and_hidden_tests():
         "nbformat": 4,
         "nbformat_minor": 5,
     }
-    cells = exercise_notebook(solution, "test")["cells"]
+    note, *cells = exercise_notebook(solution, "solutions/09_test.ipynb")["cells"]
+    assert "make exercise N=09" in "".join(note["source"])
     assert "".join(cells[0]["source"]) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
     assert cells[0]["outputs"] == [] and cells[0]["execution_count"] is None
     assert "".join(cells[1]["source"]) == "assert f(1) == 2\n"
@@ -79,3 +87,55 @@ def test_unsolved_exercise_fails_every_graded_cell(solution):
         if not any(output.get("output_type") == "error" for output in cell.get("outputs", []))
     ]
     assert not passing, f"graded cells pass without a solution: {passing}"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_every_exercise_says_where_to_answer(solution):
+    first = "".join(json.loads((ROOT / "exercises" / solution.name).read_text())["cells"][0]["source"])
+    number = solution.name[:2]
+    assert f"make exercise N={number}" in first and f"{WORKING_FOLDER}/{solution.name}" in first
+
+
+def test_the_working_copy_is_git_ignored():
+    ignored = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()]
+    assert f"{WORKING_FOLDER}/" in ignored
+
+
+def test_working_copy_keeps_the_answers(tmp_path, capsys):
+    """A learner's copy is made once, never overwritten, and regenerating exercises/ leaves it (and the sync) alone."""
+    (tmp_path / "solutions").mkdir()
+    solution = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": "def f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n",
+            }
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (tmp_path / "solutions" / "02_double.ipynb").write_text(json.dumps(solution))
+    generate_exercises(tmp_path)
+
+    assert main(["exercise", "2", "--root", str(tmp_path)]) == 0
+    copy = tmp_path / WORKING_FOLDER / "02_double.ipynb"
+    assert str(copy) in capsys.readouterr().out
+    assert copy.read_text() == (tmp_path / "exercises" / "02_double.ipynb").read_text()
+    answered = copy.read_text().replace("raise NotImplementedError()", "return 2 * x")
+    copy.write_text(answered)
+
+    assert copy_exercise(tmp_path, "02") == (copy, False)
+    assert main(["exercise", "02", "--root", str(tmp_path)]) == 0
+    assert "exists already" in capsys.readouterr().out
+    solution["cells"][0]["source"] += "# changed\n"
+    (tmp_path / "solutions" / "02_double.ipynb").write_text(json.dumps(solution))
+    assert generate_exercises(tmp_path) == [tmp_path / "exercises" / "02_double.ipynb"]
+    assert copy.read_text() == answered
+    assert generate_exercises(tmp_path, check=True) == []  # the sync test of `make test` ignores the copy
+
+    assert main(["exercise", "42", "--root", str(tmp_path)]) == 1
+    assert "no exercise 42" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import random_llama
@@ -32,6 +33,7 @@ from llama_from_scratch.quantization import (
     pack_int4,
     quantize,
     quantize_int4,
+    quantized_layers,
     quantize_int8,
     save_quantized,
     unpack_int4,
@@ -60,7 +62,8 @@ def weight_with_outliers(out_features: int = 48, in_features: int = 256, seed: i
 
 
 def test_pack_layout_by_hand():
-    assert pack_int4(torch.tensor([3, 10])).tolist() == [0xA3]  # q[0] in the low nibble, q[1] in the high one
+    # byte j holds q[j] in its low nibble and q[j + n/2] in its high one: 3 | 10 << 4 = 0xA3, 5 | 12 << 4 = 0xC5
+    assert pack_int4(torch.tensor([3, 5, 10, 12])).tolist() == [0xA3, 0xC5]
 
 
 def test_unpack_pack_is_identity_for_every_value_in_every_position():
@@ -133,9 +136,28 @@ def test_int4_asymmetric_steps_are_finer_than_symmetric_ones():
     assert (asymmetric <= symmetric).all()  # (hi - lo) / 15 <= 2 max|w| / 15 < max|w| / 7
 
 
-def test_int4_refuses_a_group_size_that_does_not_divide_the_row():
-    with pytest.raises(ValueError, match="in_features=96 is not a multiple of group_size=64"):
-        quantize_int4(torch.zeros(4, 96), 64)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_pads_a_partial_last_group_without_changing_its_scale(symmetric):
+    """576 = 4.5 groups of 128 (SmolLM2): the last group is padded with copies of the row's last weight, so its
+    range and scale are those of its 64 real weights, and the padding never reaches the output."""
+    w = weight_with_outliers(8, 576)
+    packed, scales, mins = quantize_int4(w, 128, symmetric)
+    assert packed.shape == (8, 5 * 64) and scales.shape == (8, 5)
+    last = w[:, 512:]
+    expected = last.abs().amax(-1) / 7 if symmetric else (last.amax(-1) - last.amin(-1)) / 15
+    assert torch.equal(scales[:, 4], expected)
+    full = quantize_int4(w[:, :512], 128, symmetric)  # the four whole groups are quantized as without padding
+    assert torch.equal(packed[:, :256], full[0]) and torch.equal(scales[:, :4], full[1])
+    back = dequantize_int4(packed, scales, mins, 128, in_features=576)
+    assert back.shape == (8, 576)
+    layer = Int4Linear.from_weight(w, group_size=128, symmetric=symmetric)
+    x = torch.randn(576, dtype=torch.float64)
+    bound = U * (x.abs() * back.abs().double()).sum(-1) + 1e-12  # as in the one-row kernel test below
+    assert ((layer.matmul_one_row(x) - back.double() @ x).abs() <= bound).all()
+    assert torch.equal(layer(torch.ones(1, 576)), torch.ones(1, 576) @ back.T)
+
+
+def test_int4_refuses_an_unknown_group_size():
     with pytest.raises(ValueError, match=r"group_size must be one of \(32, 64, 128\), got 48"):
         quantize_int4(torch.zeros(4, 96), 48)
 
@@ -203,19 +225,27 @@ def test_quantize_swaps_exactly_the_selected_modules(include_embeddings, include
     assert isinstance(model.tok_embeddings, Int4Embedding if include_embeddings else nn.Embedding)
 
 
-def test_quantize_refuses_to_split_a_tied_head_and_leaves_the_model_unchanged():
+@pytest.mark.parametrize("flag", ["include_embeddings", "include_output"])
+def test_a_tied_head_is_quantized_once_and_stays_tied(flag):
     model = random_llama(TIED)
-    for flags in ({"include_embeddings": True}, {"include_output": True}):
-        with pytest.raises(ValueError, match="ties its output head to its token embedding"):
-            quantize(model, "int8", **flags)
-        assert quantized_names(model) == set()
     quantize(model, "int8")  # the default leaves both in floating point, still one matrix
     assert model.output.weight is model.tok_embeddings.weight
+    quantize(model, "int4", 32, **{flag: True})  # either flag means the one shared matrix
+    assert isinstance(model.tok_embeddings, Int4Embedding) and type(model.output) is Int4Linear
+    for name in ("qweight", "scales", "mins"):  # one set of codes and scales, used by both modules
+        assert getattr(model.output, name) is getattr(model.tok_embeddings, name), name
+    plain = dequantize(copy.deepcopy(model))
+    assert plain.output.weight is plain.tok_embeddings.weight  # dequantized: one matrix again
+    tokens = torch.randint(0, TIED.vocab_size, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # same float32 matrix, same operations (see the bit-for-bit test below)
+        assert torch.equal(model(tokens), plain(tokens))
 
 
 def test_quantize_names_the_layer_it_cannot_quantize():
-    model = random_llama(LlamaConfig.from_preset("tiny", dim=96, n_heads=4, n_kv_heads=2))  # 96 = 3 x 32
-    with pytest.raises(ValueError, match=r"cannot quantize 'layers.0.attention.wq' \(int4\): in_features=96"):
+    model = random_llama(CONFIG)
+    with torch.no_grad():
+        model.layers[1].feed_forward.w2.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"cannot quantize 'layers.1.feed_forward.w2' \(int4\): .*NaN or infinite"):
         quantize(model, "int4", 64)
     assert quantized_names(model) == set()  # nothing swapped before the failure
     with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
@@ -246,6 +276,55 @@ def test_a_fully_quantized_model_generates_the_same_tokens_as_its_dequantized_tw
     assert generate(model, [1, 2, 3], 8) == generate(plain, [1, 2, 3], 8)
 
 
+# ---------------------------------------------------------------- the one-row kernels used under torch.compile
+
+
+@pytest.mark.parametrize("scheme, group_size", SCHEMES)
+def test_the_one_row_kernel_multiplies_by_the_dequantized_weight(scheme, group_size):
+    """matmul_one_row reads the packed codes directly; it must compute x @ dequantize().T.
+
+    Run in float64, its only difference from ``x @ W.T`` (W the float32 dequantized weight, made exact in
+    float64) is that it forms each weight in float64 rather than rounding it to float32: at most ``u |w|``
+    per weight, so at most ``u * sum_i |x_i| |w_i|`` per output, plus float64 rounding (about 1e-16
+    relative). A wrong nibble pairing or group scale moves outputs by O(|w||x|), far more.
+    """
+    cls, settings = {"int8": (Int8Linear, {}), "int4": (Int4Linear, {}), "int4-sym": (Int4Linear, {"symmetric": True})}[
+        scheme
+    ]
+    if cls is Int4Linear:
+        settings["group_size"] = group_size
+    layer = cls.from_weight(weight_with_outliers(48, 256), **settings)
+    x = torch.randn(256, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w = layer.dequantize().double()
+    bound = U * (x.abs() * w.abs()).sum(-1) + 1e-12
+    assert ((layer.matmul_one_row(x) - w @ x).abs() <= bound).all()
+
+
+def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels():
+    """generate(compile=True) on an int4 model (head included): Inductor compiles matmul_one_row, and the
+    greedy tokens equal the eager ones: the sums are reordered, so logits differ by float32 rounding only
+    (about 1e-6 here), and every step's best logit leads the second by far more (checked)."""
+    from llama_from_scratch import generate
+    from llama_from_scratch.generate import compiled_decode_step
+
+    model = quantize(random_llama(TIED), "int4", 32, include_output=True)
+    calls = []
+    original = Int4Linear.matmul_one_row
+    Int4Linear.matmul_one_row = lambda self, x: calls.append(1) or original(self, x)  # counts while tracing
+    try:
+        torch._dynamo.reset()
+        tokens = generate(model, [1, 2, 3], 6, compile=True)
+    finally:
+        Int4Linear.matmul_one_row = original
+    assert calls, "the compiled decode step never took the one-row path"
+    assert tokens == generate(model, [1, 2, 3], 6)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3, *tokens[:-1]]]))[0, 2:]  # the logits each token was chosen from
+    best_two = logits.topk(2).values
+    assert (best_two[:, 0] - best_two[:, 1]).min() > 1e-4  # a margin 100x the rounding: no near-tie to flip
+    assert compiled_decode_step(model) is model.__dict__["_compiled_decode_step"]
+
+
 # ---------------------------------------------------------------- saving and loading
 
 
@@ -269,13 +348,13 @@ def test_the_package_loaders_keep_the_integers(scheme, group_size):
 @pytest.mark.parametrize("config", [CONFIG, TIED], ids=["untied", "tied"])
 @pytest.mark.parametrize("scheme, group_size", SCHEMES)
 def test_save_and_load_quantized_round_trip_exactly(tmp_path, config, scheme, group_size):
-    flags = {} if config.tie_embeddings else {"include_embeddings": True, "include_output": True}
-    model = quantize(random_llama(config), scheme, group_size, **flags)
+    model = quantize(random_llama(config), scheme, group_size, include_embeddings=True, include_output=True)
     loaded = load_quantized(save_quantized(model, tmp_path / "model.safetensors"), config)
     assert_same_state(model, loaded)
     assert {n: type(m) for n, m in loaded.named_modules()} == {n: type(m) for n, m in model.named_modules()}
-    if config.tie_embeddings:
-        assert loaded.output.weight is loaded.tok_embeddings.weight
+    if config.tie_embeddings:  # saved once, shared again after loading
+        assert "output.qweight" not in safe_open(str(tmp_path / "model.safetensors"), framework="pt").keys()
+        assert loaded.output.qweight is loaded.tok_embeddings.qweight
     tokens = torch.randint(0, config.vocab_size, (1, 6))
     with torch.no_grad():
         assert torch.equal(model(tokens), loaded(tokens))
@@ -315,7 +394,7 @@ WQ = "layers.1.attention.wq"
         (None, lambda h: h["layers"][WQ].update(group_size=48), rf"layer '{WQ}'.*group_size must be one of"),
         (None, lambda h: h["layers"].update({"layers.1.attention": {"scheme": "int8"}}),
          r"names 'layers.1.attention', not a linear layer"),
-        (None, lambda h: h.update(version=2), "the quantization header must be"),
+        (None, lambda h: h.update(version=1), "the quantization header must be"),
     ],
     ids=["truncated", "wrong-int-dtype", "scales-not-float", "missing", "group-size", "symmetric",
          "unknown-scheme", "bad-group-size", "not-a-layer", "version"],
@@ -327,8 +406,91 @@ def test_a_damaged_file_is_an_error_naming_what_is_wrong(tmp_path, change_tensor
         load_quantized(path, CONFIG)
 
 
+def test_a_tied_file_whose_two_heads_disagree_is_refused(tmp_path):
+    path = save_quantized(quantize(random_llama(TIED), "int8", include_output=True), tmp_path / "model.safetensors")
+    rewrite(path, change_header=lambda h: h["layers"].pop("output"))
+    with pytest.raises(FormatError, match="ties the output head to the embedding, but the quantization header"):
+        load_quantized(path, TIED)
+
+
 def test_a_file_without_the_header_is_refused(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(path), metadata={"format": "pt"})
     with pytest.raises(FormatError, match="not a quantized model file"):
         load_quantized(path, CONFIG)
+
+
+# ---------------------------------------------------------------- checkpoints: our layout and quantized GGUF
+
+SP_TEXT = "To be, or not to be, that is the question.\nROMEO:\nWhat light\n" * 50
+
+
+@pytest.mark.parametrize("scheme, group_size", [("int8", 64), ("int4", 32)])
+def test_a_quantized_checkpoint_directory_loads_with_its_tokenizer(tmp_path, scheme, group_size):
+    from llama_from_scratch import load_checkpoint, train_bpe
+    from llama_from_scratch.checkpoints import load_pretrained
+    from llama_from_scratch.checkpoints.save import save_checkpoint
+
+    tokenizer = train_bpe(SP_TEXT, vocab_size=300)
+    config = TIED.replace(vocab_size=300)
+    model = quantize(random_llama(config), scheme, group_size, include_output=True)
+    save_checkpoint(model, tokenizer, tmp_path / "q", format="quantized", chat_template="{{ messages }}")
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["config.json", "quantized.safetensors",
+                                                                   "tokenizer.model", "tokenizer_config.json"]
+    loaded = load_pretrained(tmp_path / "q", device="cpu")
+    assert_same_state(model, loaded.model)  # codes and scales as they were: nothing dequantized on the way
+    assert loaded.tokenizer.encode("What light", bos=True) == tokenizer.encode("What light", bos=True)
+    assert loaded.chat_template == "{{ messages }}"
+    half = load_checkpoint(tmp_path / "q", device="cpu", dtype=torch.float16)  # dtype: for the parameters only
+    assert half.norm.weight.dtype == torch.float16
+    for name, layer in quantized_layers(half).items():  # codes and float32 scales untouched
+        assert_same_state(model.get_submodule(name), layer)
+
+
+def test_save_checkpoint_keeps_quantized_and_float_models_apart(tmp_path):
+    from llama_from_scratch.checkpoints.save import save_checkpoint
+
+    quantized, plain = quantize(random_llama(CONFIG), "int8"), random_llama(CONFIG)
+    for fmt in ("hf", "meta", "gguf"):
+        with pytest.raises(ValueError, match="holds quantized layers: save it with format='quantized'"):
+            save_checkpoint(quantized, None, tmp_path / fmt, format=fmt)
+    with pytest.raises(ValueError, match="format='quantized' saves a model quantized with"):
+        save_checkpoint(plain, None, tmp_path / "q", format="quantized")
+    with pytest.raises(ValueError, match="quant='q4_0' applies to the GGUF format only"):
+        save_checkpoint(plain, None, tmp_path / "hf", format="hf", quant="q4_0")
+    with pytest.raises(ValueError, match="unknown GGUF quantization 'q3_k'; choose one of q8_0, q4_0"):
+        save_checkpoint(plain, None, tmp_path / "m.gguf", format="gguf", quant="q3_k")
+    odd = random_llama(LlamaConfig.from_preset("tiny", hidden_dim=200))  # 200 is not a multiple of 32
+    with pytest.raises(ValueError, match=r"tensor 'layers.0.feed_forward.w2.weight': .*rows of 200 values; need a multiple of 32"):
+        save_checkpoint(odd, None, tmp_path / "odd.gguf", format="gguf", quant="q8_0")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
+def test_a_quantized_gguf_holds_ggufs_own_bytes_and_loads_back(tmp_path, quant):
+    """Every matrix in the file equals gguf.quants.quantize of our float weight, byte for byte; the norms
+    stay float32; and loading the file gives the model whose weights are those blocks dequantized."""
+    gguf = pytest.importorskip("gguf")
+    from llama_from_scratch import load_checkpoint
+    from llama_from_scratch.checkpoints.gguf import meta_to_gguf_name
+    from llama_from_scratch.checkpoints.save import model_tensors, save_checkpoint
+
+    model = random_llama(TIED)
+    path = save_checkpoint(model, None, tmp_path / "model.gguf", format="gguf", quant=quant)
+    block_type = gguf.GGMLQuantizationType[quant.upper()]
+    stored = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    weights = model_tensors(model)
+    assert len(stored) == len(weights)
+    for name, weight in weights.items():
+        tensor = stored[meta_to_gguf_name(name)]
+        if weight.ndim == 1:
+            assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, name
+            continue
+        assert tensor.tensor_type == block_type, name
+        expected = gguf.quants.quantize(weight.numpy(), block_type)
+        assert np.array_equal(np.asarray(tensor.data).reshape(expected.shape), expected), name
+    loaded = load_checkpoint(path, device="cpu")
+    for name, weight in weights.items():
+        if weight.ndim == 2:
+            expected = gguf.quants.dequantize(gguf.quants.quantize(weight.numpy(), block_type), block_type)
+            assert torch.equal(loaded.state_dict()[name], torch.from_numpy(expected)), name

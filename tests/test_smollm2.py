@@ -135,3 +135,42 @@ def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(pretrained, tmp_
         if len(theirs) == 32:
             break
     assert theirs == ours
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
+def test_a_quantized_gguf_export_runs_in_llama_cpp_and_chooses_our_tokens(pretrained, tmp_path, quant):
+    """Optional (llama-cpp-python). The file we quantize, llama.cpp runs; and it picks the tokens we pick.
+
+    Both sides use the same quantized weights (ours dequantize the file's blocks to float32), but llama.cpp also
+    rounds the *activations* to 8 bits before each block dot product, so its logits are not ours up to float
+    rounding. Along our greedy answer (teacher-forced, so both see the same prefix) we measure at each step the
+    spread of (their logit - ours) over our 10 best tokens: a shift common to all logits changes no choice, the
+    spread can. Wherever our winning margin exceeds that spread, llama.cpp's best token must be ours; and that
+    must hold for at least half of the 32 steps (a misread file gives logits far apart, and too few steps).
+    """
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional)")
+    import numpy as np
+
+    from llama_from_scratch.checkpoints.save import save_checkpoint
+
+    path = save_checkpoint(pretrained.model, pretrained.tokenizer, tmp_path / f"smollm2-{quant}.gguf", format="gguf",
+                           chat_template=pretrained.chat_template, quant=quant)
+    ours = load_checkpoint(path, device="cpu", dtype=torch.float32)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = pretrained.tokenizer.encode(render_chat(pretrained.chat_template, question))
+    answer = generate(ours, prompt, max_new_tokens=32)
+    sequence = prompt + answer[:-1]
+    with torch.no_grad():
+        mine = ours(torch.tensor([sequence]))[0, len(prompt) - 1 :]  # (steps, vocab): the logits each token won
+    cpp = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    cpp.eval(sequence)
+    theirs = torch.from_numpy(np.array(cpp.scores[len(prompt) - 1 : len(sequence)]))
+    checked = 0
+    for step, (a, b) in enumerate(zip(mine, theirs)):
+        best = a.topk(10)
+        difference = b[best.indices] - best.values
+        spread, margin = float(difference.max() - difference.min()), float(best.values[0] - best.values[1])
+        if margin > spread:
+            checked += 1
+            assert int(b.argmax()) == answer[step], f"step {step}: margin {margin:.3g} > spread {spread:.3g}"
+    assert checked >= 16, f"only {checked} of {len(answer)} steps decided beyond llama.cpp's deviation"

@@ -24,6 +24,9 @@ writes all of it: :func:`read_gguf_tensors` / :func:`config_from_gguf` /
 :func:`read_gguf_tokenizer` and :func:`write_gguf`. Every metadata value is
 read through :func:`gguf_field`, with its type checked.
 
+RoPE scaling travels as ``llama.rope.scaling.*`` metadata (linear, YaRN) or, for Llama 3.1, as a tensor
+``rope_freqs.weight`` of per-pair divisors: :func:`rope_scaling_from_gguf` and :func:`add_gguf_rope_scaling`.
+
 The ``gguf`` package's reader trusts the file, so :func:`open_gguf` first checks its layout
 (:mod:`.gguf_layout`).
 """
@@ -38,13 +41,22 @@ import torch
 
 from ..config import LlamaConfig
 from ..errors import FormatError
+from ..long_context.rope_scaling import (
+    LLAMA3_HIGH_FREQ_FACTOR,
+    LLAMA3_LOW_FREQ_FACTOR,
+    LLAMA3_ORIGINAL_CONTEXT,
+    RopeScaling,
+    meta_llama3_scaling,
+    rope_frequency_divisors,
+    yarn_attention_factor,
+)
 from ..tokenization.byte_bpe import PRE_TOKENIZERS, ByteLevelBPE
 from ..tokenization.load import token_text
 from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
 from ..tokenization.sentencepiece_model import Piece, PieceType, SentencePieceModel, check_pieces
 from .files import check_type
 from .gguf_layout import check_gguf_layout
-from .names import GGUF_NAMES
+from .names import GGUF_NAMES, GGUF_ROPE_FREQS
 
 
 def gguf_to_meta_name(name: str) -> str | None:
@@ -114,8 +126,6 @@ def config_from_gguf(reader, source: str | Path) -> LlamaConfig:
     arch = get("general.architecture", None, "str")
     if arch != "llama":
         raise FormatError(f"{source}: general.architecture is {arch!r}; this package loads 'llama' models")
-    if get("llama.rope.scaling.type", "none", "str") != "none":
-        raise ValueError(f"{source}: RoPE scaling {get('llama.rope.scaling.type', kind='str')!r} is not supported")
     n_heads = get("llama.attention.head_count")
     vocab_size = get("llama.vocab_size", None) or len(get("tokenizer.ggml.tokens", kind="list"))
     names = {tensor.name for tensor in reader.tensors}
@@ -133,9 +143,79 @@ def config_from_gguf(reader, source: str | Path) -> LlamaConfig:
         tie_embeddings="output.weight" not in names,  # no output matrix: the embedding is reused
     )
     try:
-        return LlamaConfig(**fields)
+        config = LlamaConfig(**fields)
     except (TypeError, ValueError) as error:
         raise FormatError(f"{source}: {error}") from None
+    return config.replace(rope_scaling=rope_scaling_from_gguf(reader, source, config.head_dim, config.rope_theta))
+
+
+def rope_scaling_from_gguf(reader, source: str | Path, head_dim: int, theta: float) -> RopeScaling | None:
+    """The RoPE scaling of a GGUF file: ``llama.rope.scaling.*`` metadata, or a ``rope_freqs`` tensor.
+
+    llama.cpp knows the types ``none``, ``linear`` (``factor``) and ``yarn`` (``factor``,
+    ``original_context_length``, optional ``yarn_beta_fast`` / ``yarn_beta_slow`` and ``attn_factor``, which
+    multiplies YaRN's own ``0.1 ln(factor) + 1``). Llama 3.1's scaling has no type there: its converter
+    stores the per-pair divisors as the tensor ``rope_freqs.weight`` instead
+    (:func:`..long_context.rope_scaling.rope_frequency_divisors`), which is read back as Meta's ``llama3``
+    scaling with the largest divisor as its factor, and must then equal that scaling's divisors.
+    """
+
+    def get(key: str, default: object = _MISSING, kind: str = "float") -> object:
+        return gguf_field(reader, f"llama.rope.scaling.{key}", default, source, kind)
+
+    rope_type = get("type", "none", "str")
+    freqs = next((t for t in reader.tensors if t.name == GGUF_ROPE_FREQS), None)
+    if freqs is not None and rope_type != "none":
+        raise FormatError(f"{source}: both metadata llama.rope.scaling.type {rope_type!r} and tensor {GGUF_ROPE_FREQS}")
+    if rope_type == "none":
+        if freqs is None:
+            return None
+        return _llama3_from_rope_freqs(freqs, source, head_dim, theta, get("original_context_length", None, "int"))
+    if rope_type not in ("linear", "yarn"):
+        raise NotImplementedError(
+            f"{source}: metadata llama.rope.scaling.type {rope_type!r} is not implemented (none, linear and yarn are)"
+        )
+    factor = _float32_decimal(get("factor"))
+    parameters = {}
+    if rope_type == "yarn":
+        if get("yarn_log_multiplier", 0.0):
+            raise NotImplementedError(f"{source}: metadata llama.rope.scaling.yarn_log_multiplier is not implemented")
+        parameters["original_max_position_embeddings"] = get("original_context_length", kind="int")
+        for key, name in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if (value := get(key, None)) is not None:
+                parameters[name] = _float32_decimal(value)
+        attn_factor = get("attn_factor", None)
+        if attn_factor is not None and attn_factor != 1.0:  # float32 keeps 7 significant digits: so does the product
+            parameters["attention_factor"] = float(f"{attn_factor * yarn_attention_factor(factor):.7g}")
+    try:
+        return RopeScaling(rope_type, factor=factor, **parameters)
+    except ValueError as error:
+        raise FormatError(f"{source}: metadata llama.rope.scaling: {error}") from None
+
+
+def _llama3_from_rope_freqs(
+    tensor, source: str | Path, head_dim: int, theta: float, original: int | None
+) -> RopeScaling:
+    where = f"{source}: tensor {tensor.name}"
+    divisors = dequantized(tensor)
+    if tuple(divisors.shape) != (head_dim // 2,):
+        raise FormatError(f"{where} has shape {tuple(divisors.shape)}, expected ({head_dim // 2},): one per RoPE pair")
+    try:
+        scaling = meta_llama3_scaling(_float32_decimal(float(divisors.max())), original or LLAMA3_ORIGINAL_CONTEXT)
+    except ValueError as error:
+        raise FormatError(f"{where}: {error}") from None
+    expected = rope_frequency_divisors(head_dim, theta, scaling)
+    # Both sides come from float32 frequencies through a few float32 or float64 operations: a relative 1e-6
+    # (eight float32 roundings) separates rounding from another scaling, which moves divisors by whole percents.
+    mismatch = (divisors - expected).abs() / expected
+    if mismatch.max() > 1e-6:
+        pair = int(mismatch.argmax())
+        raise NotImplementedError(
+            f"{where} is not Llama 3.1's scaling (factor {scaling.factor:g}, low_freq_factor 1, high_freq_factor 4, "
+            f"original context {scaling.original_max_position_embeddings}): pair {pair} is divided by "
+            f"{float(divisors[pair]):.7g}, that scaling divides it by {float(expected[pair]):.7g}"
+        )
+    return scaling
 
 
 def gguf_tensor_shapes(reader) -> dict[str, tuple[int, ...]]:
@@ -166,8 +246,8 @@ def read_gguf_tensors(path: Path, reader) -> Iterator[tuple[str, str, torch.Tens
     for tensor in reader.tensors:
         name = gguf_to_meta_name(tensor.name)
         if name is None:
-            if tensor.name == "rope_freqs.weight":
-                continue  # RoPE frequencies: recomputed from the metadata
+            if tensor.name == GGUF_ROPE_FREQS:
+                continue  # RoPE scaling, read into the config by rope_scaling_from_gguf
             raise FormatError(f"{path}: tensor {tensor.name!r} is not a weight of a Llama model")
         where = f"{path}: tensor {tensor.name!r} ({tensor.tensor_type.name})"
         if tensor.tensor_type.name in _INTEGER_TYPES:
@@ -304,6 +384,66 @@ def add_gguf_tokenizer(writer, tokenizer, chat_template: str | None = None) -> N
         writer.add_chat_template(chat_template)
 
 
+def add_gguf_rope_scaling(writer, config: LlamaConfig) -> None:
+    """Add the config's RoPE scaling to a ``gguf.GGUFWriter`` the way llama.cpp's converter does.
+
+    ``linear`` and ``yarn`` as ``llama.rope.scaling.*`` metadata; ``llama3`` as the ``rope_freqs.weight``
+    tensor of per-pair divisors (float32), with ``original_context_length`` only when it is not 8,192.
+    ``ValueError`` for what GGUF cannot hold: dynamic NTK (llama.cpp has no such type) and ``llama3`` with
+    frequency bounds other than Meta's 1 and 4 (the divisors are read back with those).
+    """
+    from gguf import RopeScalingType
+
+    scaling = config.rope_scaling
+    if scaling is None:
+        return
+    if scaling.type == "dynamic":
+        raise ValueError("GGUF cannot record dynamic NTK RoPE scaling: llama.cpp's types are none, linear and yarn")
+    if scaling.type == "linear":
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(scaling.factor)
+    elif scaling.type == "yarn":
+        writer.add_rope_scaling_type(RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(scaling.factor)
+        writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings)
+        if scaling.beta_fast is not None:
+            writer.add_rope_scaling_yarn_beta_fast(scaling.beta_fast)
+        if scaling.beta_slow is not None:
+            writer.add_rope_scaling_yarn_beta_slow(scaling.beta_slow)
+        if scaling.attention_factor is not None:  # llama.cpp multiplies its own 0.1 ln(factor) + 1 by this
+            writer.add_rope_scaling_attn_factors(scaling.attention_factor / yarn_attention_factor(scaling.factor))
+    else:  # llama3
+        bounds = (scaling.low_freq_factor, scaling.high_freq_factor)
+        if bounds != (LLAMA3_LOW_FREQ_FACTOR, LLAMA3_HIGH_FREQ_FACTOR):
+            raise ValueError(
+                f"GGUF records llama3 RoPE scaling only with Meta's low_freq_factor 1 and high_freq_factor 4, "
+                f"got {bounds[0]} and {bounds[1]}"
+            )
+        if scaling.original_max_position_embeddings != LLAMA3_ORIGINAL_CONTEXT:
+            writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings)
+        divisors = rope_frequency_divisors(config.head_dim, config.rope_theta, scaling)
+        writer.add_tensor(GGUF_ROPE_FREQS, divisors.numpy())
+
+
+GGUF_QUANT_NAMES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # the block formats write_gguf can write
+
+
+def gguf_quants() -> dict[str, tuple]:
+    """``quant`` name -> (GGML tensor type, llama.cpp file type, our block quantizer)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import LlamaFileType as F
+
+    from ..quantization import ggml_blocks as b
+
+    return {
+        "q8_0": (T.Q8_0, F.MOSTLY_Q8_0, b.quantize_q8_0),
+        "q4_0": (T.Q4_0, F.MOSTLY_Q4_0, b.quantize_q4_0),
+        "q4_1": (T.Q4_1, F.MOSTLY_Q4_1, b.quantize_q4_1),
+        "q5_0": (T.Q5_0, F.MOSTLY_Q5_0, b.quantize_q5_0),
+        "q5_1": (T.Q5_1, F.MOSTLY_Q5_1, b.quantize_q5_1),
+    }
+
+
 def write_gguf(
     config: LlamaConfig,
     weights: dict[str, torch.Tensor],
@@ -311,16 +451,23 @@ def write_gguf(
     dtype: torch.dtype,
     tokenizer=None,
     chat_template: str | None = None,
+    quant: str | None = None,
 ) -> None:
-    """Write ``weights`` (this package's names, float32) as one GGUF file, float32 or float16.
+    """Write ``weights`` (this package's names, float32) as one GGUF file: float32, float16, or quantized.
 
-    Norms stay float32, as llama.cpp writes them. A tied model has no ``output.weight``: llama.cpp then
-    reuses ``token_embd``, as SmolLM2's file does.
+    ``quant`` (``"q8_0"``, ``"q4_0"``, ``"q4_1"``, ``"q5_0"``, ``"q5_1"``) stores every matrix in that
+    block format, written by :mod:`~llama_from_scratch.quantization.ggml_blocks` (byte-for-byte what
+    ``gguf``'s own quantizer writes); ``dtype`` then applies to nothing. Norms stay float32, as llama.cpp
+    writes them. A tied model has no ``output.weight``: llama.cpp then reuses ``token_embd``, as SmolLM2's
+    file does. RoPE scaling: :func:`add_gguf_rope_scaling`.
     """
     from gguf import GGUFWriter
 
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"GGUF export writes float32 or float16, got {dtype}")
+    if quant is not None and quant not in GGUF_QUANT_NAMES:
+        raise ValueError(f"unknown GGUF quantization {quant!r}; choose one of {', '.join(GGUF_QUANT_NAMES)}")
+    block_formats = gguf_quants()
     writer = GGUFWriter(str(file), "llama")
     writer.add_name("llama-from-scratch model")
     writer.add_block_count(config.n_layers)
@@ -333,13 +480,21 @@ def write_gguf(
     writer.add_value_length(config.head_dim)
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_rope_freq_base(config.rope_theta)
+    add_gguf_rope_scaling(writer, config)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(0 if dtype == torch.float32 else 1)
+    writer.add_file_type(block_formats[quant][1] if quant else 0 if dtype == torch.float32 else 1)
     if tokenizer is not None:
         add_gguf_tokenizer(writer, tokenizer, chat_template)
     for name, tensor in weights.items():
         array = tensor.float().numpy()
+        if array.ndim == 2 and quant is not None:
+            block_type, _, quantize_blocks = block_formats[quant]
+            try:
+                writer.add_tensor(meta_to_gguf_name(name), quantize_blocks(array), raw_dtype=block_type)
+            except ValueError as error:
+                raise ValueError(f"tensor {name!r}: {error}") from None
+            continue
         if array.ndim == 2 and dtype == torch.float16:
             array = array.astype(np.float16)
         writer.add_tensor(meta_to_gguf_name(name), array)

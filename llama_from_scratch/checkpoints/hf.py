@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from ..config import LlamaConfig
 from ..errors import FormatError
+from ..long_context.rope_scaling import RopeScaling, rope_parameters_to_hf, rope_scaling_from_hf
 from ..rope import half_to_interleaved, interleaved_to_half
 from ..tokenization.byte_bpe import GPT2_PATTERN, ByteLevelBPE
 from ..tokenization.load import token_text
@@ -94,8 +95,9 @@ def meta_to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConf
 def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     """Translate a Hugging Face Llama ``config.json`` (already parsed) into a :class:`LlamaConfig`.
 
+    RoPE scaling is read in both spellings (:func:`..long_context.rope_scaling.rope_scaling_from_hf`).
     Raises ``ValueError`` naming ``source`` and the field for anything this
-    package does not implement (another architecture, biases, RoPE scaling),
+    package does not implement (another architecture, biases, Phi-3's longrope),
     and :class:`FormatError` for a field of the wrong type: ``"tie_word_embeddings": "false"``
     is a string, not false.
     """
@@ -112,11 +114,15 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     for name in ("attention_bias", "mlp_bias"):
         if field(name, "bool", False):
             raise ValueError(f"{source}: {name} is true; LLaMA has no biases")
+    for spelling in ("rope_scaling", "rope_parameters"):
+        field(spelling, "dict", {}, nullable=True)  # each an object (or null), whichever is read
     key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     rope = field(key, "dict", {}, nullable=True)
-    rope_type = json_field(rope, "rope_type", "str", f"{source}: {key}", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"{source}: RoPE scaling {rope_type!r} is not supported; only the default RoPE is")
+    rope_scaling = rope_scaling_from_hf(hf, str(source))
+    if hf.get("rope_parameters") and hf.get("rope_scaling"):  # both spellings (as this package writes them)
+        v4 = rope_scaling_from_hf({k: v for k, v in hf.items() if k != "rope_parameters"}, str(source))
+        if v4 != rope_scaling:
+            raise FormatError(f"{source}: rope_scaling and rope_parameters describe different RoPE scalings")
     missing = [
         f
         for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
@@ -126,6 +132,9 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
     n_heads = field("num_attention_heads", "int")
     rope_theta = json_field(rope, "rope_theta", "float", f"{source}: {key}", None)
+    top_theta = field("rope_theta", "float", None, nullable=True)
+    if rope_theta is not None and top_theta is not None and rope_theta != top_theta:
+        raise FormatError(f"{source}: rope_theta is {top_theta} but {key}.rope_theta is {rope_theta}")
     fields = dict(
         dim=field("hidden_size", "int"),
         n_layers=field("num_hidden_layers", "int"),
@@ -135,18 +144,45 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
         hidden_dim=field("intermediate_size", "int"),
         head_dim=field("head_dim", "int", nullable=True),
         norm_eps=field("rms_norm_eps", "float", 1e-6),
-        rope_theta=float(rope_theta if rope_theta is not None else field("rope_theta", "float", 10000.0)),
+        rope_theta=float(rope_theta if rope_theta is not None else top_theta if top_theta is not None else 10000.0),
         max_seq_len=field("max_position_embeddings", "int", 2048),
         tie_embeddings=field("tie_word_embeddings", "bool", False),
+        rope_scaling=rope_scaling,
     )
+    if rope_scaling is not None and rope_scaling.type == "dynamic":
+        # transformers reads a dynamic model's *original* context from max_position_embeddings; the context
+        # the scaling stretches it to is factor times that.
+        fields["max_seq_len"] = dynamic_context(rope_scaling)
     try:
         return LlamaConfig(**fields)
     except (TypeError, ValueError) as error:
         raise FormatError(f"{source}: {error}") from None
 
 
+def dynamic_context(scaling: RopeScaling) -> int:
+    """The context of a model with ``dynamic`` scaling as read from a ``config.json``: factor x the original."""
+    return int(scaling.factor * scaling.original_max_position_embeddings)
+
+
 def config_to_hf(config: LlamaConfig) -> dict:
-    """The ``config.json`` dictionary of a Hugging Face ``LlamaForCausalLM`` with this shape."""
+    """The ``config.json`` dictionary of a Hugging Face ``LlamaForCausalLM`` with this shape.
+
+    RoPE is written in both spellings, so that transformers 4.x (``rope_scaling``, ``rope_theta`` at the top
+    level) and 5.x (``rope_parameters``) read the same model. A ``dynamic`` model's ``max_position_embeddings``
+    is its original context (transformers takes it from there), so only a ``max_seq_len`` of factor times
+    that can be written: any other would come back changed, and is a ``ValueError`` instead.
+    """
+    scaling, max_position_embeddings = config.rope_scaling, config.max_seq_len
+    if scaling is not None and scaling.type == "dynamic":
+        if config.max_seq_len != dynamic_context(scaling):
+            raise ValueError(
+                f"config.json cannot record max_seq_len={config.max_seq_len} with dynamic RoPE scaling: it stores "
+                f"the original context ({scaling.original_max_position_embeddings}), which is read back as "
+                f"factor x original = {dynamic_context(scaling)}"
+            )
+        max_position_embeddings = scaling.original_max_position_embeddings
+    rope_parameters = rope_parameters_to_hf(scaling, config.rope_theta)
+    rope_scaling = None if scaling is None else {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -159,7 +195,9 @@ def config_to_hf(config: LlamaConfig) -> dict:
         "vocab_size": config.vocab_size,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "max_position_embeddings": config.max_seq_len,
+        "rope_scaling": rope_scaling,
+        "rope_parameters": rope_parameters,
+        "max_position_embeddings": max_position_embeddings,
         "tie_word_embeddings": config.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,
@@ -234,10 +272,15 @@ def read_hf_tensors(directory: Path, config: LlamaConfig) -> Iterator[tuple[str,
         yield file.name, meta_name, tensor
 
 
-def write_hf(config: LlamaConfig, weights: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (``weights`` in this package's names) into ``directory``."""
+def write_hf_config(config: LlamaConfig, directory: Path, dtype: torch.dtype) -> None:
+    """Write ``config.json`` into ``directory``."""
     hf_config = {**config_to_hf(config), "torch_dtype": str(dtype).removeprefix("torch.")}
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+
+
+def write_hf(config: LlamaConfig, weights: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (``weights`` in this package's names) into ``directory``."""
+    write_hf_config(config, directory, dtype)
     save_file(meta_to_hf_state_dict(weights, config), directory / "model.safetensors", metadata={"format": "pt"})
 
 

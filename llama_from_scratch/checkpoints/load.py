@@ -61,7 +61,7 @@ def expected_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     expected = model.state_dict()
     if getattr(model, "config", None) is not None and model.config.tie_embeddings:
-        del expected["output.weight"]
+        expected = {name: t for name, t in expected.items() if not name.startswith("output.")}
     return expected
 
 
@@ -85,10 +85,11 @@ def assemble(
     """Fill a model from ``(file, name, tensor)`` triples, checking names, shapes and dtypes.
 
     The model is ``Llama(config)`` built on the ``meta`` device (shapes only, no memory), or ``model`` if
-    given (already on the meta device, e.g. with quantized linears swapped in). Floating-point tensors are
-    converted to ``dtype``; a tensor the model holds in floating point must arrive in floating point (an
-    int8, bool or complex weight, or float32 bytes relabelled int32, would load as nonsense), and integer
-    ones (packed quantized weights) in exactly the expected type. Each tensor is moved to ``device`` as it
+    given (already on the meta device, e.g. with quantized linears swapped in). Parameters are converted
+    to ``dtype``; buffers (a quantized layer's codes and float32 scales) keep the model's dtype. A tensor
+    the model holds in floating point must arrive in floating point (an int8, bool or complex weight, or
+    float32 bytes relabelled int32, would load as nonsense), and integer ones (packed quantized weights)
+    in exactly the expected type. Each tensor is moved to ``device`` as it
     arrives, so at most one extra copy of a single tensor exists at once. ``source`` names the checkpoint
     in the message about missing tensors.
     """
@@ -98,6 +99,7 @@ def assemble(
         with torch.device("meta"):
             model = Llama(config)
     expected = expected_tensors(model)
+    parameters = {name for name, _ in model.named_parameters()}
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     quiet = bool(os.environ.get("TQDM_DISABLE"))  # honoured here too: tqdm's notebook bar ignores it
@@ -117,21 +119,24 @@ def assemble(
             not want.is_floating_point() and tensor.dtype != want.dtype
         ):
             raise FormatError(f"{file}: tensor {name!r} is {tensor.dtype}, expected {want.dtype}")
-        state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        # Parameters take ``dtype``; buffers (a quantized layer's codes and float32 scales) keep their own.
+        state[name] = tensor.to(device=device, dtype=dtype if name in parameters else want.dtype)
         source[name] = file
     missing = [name for name in expected if name not in state]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise FormatError(f"{source}: the checkpoint is missing {len(missing)} tensor(s): {shown}")
 
-    if config.tie_embeddings:
-        state["output.weight"] = state["tok_embeddings.weight"]
+    if config.tie_embeddings:  # the head's tensors are the embedding's, under the head's names
+        for name in model.output.state_dict():
+            state[f"output.{name}"] = state[f"tok_embeddings.{name}"]
     model.load_state_dict(state, assign=True, strict=True)
     if config.tie_embeddings:
         model.tie_weights()  # assign=True replaced both parameters; make them one again
     return model.eval()
 
 
+QUANTIZED_WEIGHTS = "quantized.safetensors"  # a quantized model's directory: config.json + this (format="quantized")
 LATEST = "latest"  # in a training run's folder: the name of its newest complete checkpoint
 # The names each format gives the config fields that check_config_fits compares with the tensors.
 HF_FIELDS = {"n_layers": "num_hidden_layers", "vocab_size": "vocab_size", "dim": "hidden_size"}
@@ -172,6 +177,10 @@ def load_checkpoint(
         path = latest_checkpoint(path)  # a training run's folder: its newest checkpoint
     # The config is checked against the tensors present before a model is built (the Meta reader does it itself).
     description = f"loading {path.name}"
+    if path.is_dir() and (path / "config.json").exists() and (path / QUANTIZED_WEIGHTS).exists():
+        from ..quantization.safetensors_format import load_quantized  # it builds on this module
+
+        return load_quantized(path / QUANTIZED_WEIGHTS, read_hf_config(path), device, dtype)
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
         check_config_fits(config, hf_tensor_shapes(path), path / "config.json", HF_FIELDS)

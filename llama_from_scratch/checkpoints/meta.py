@@ -14,7 +14,8 @@ to glue along depends on how the layer was split:
   dimension: concatenate along dim 1;
 * norms are small and copied to every GPU: take any one.
 
-``params.json`` holds the hyper-parameters under this package's own names.
+``params.json`` holds the hyper-parameters under this package's own names
+(Llama 3.1's RoPE scaling as the flag ``use_scaled_rope``).
 This module reads such a directory (:func:`read_meta_checkpoint`) and writes
 one (:func:`write_meta`), cut into as many shards as asked for.
 The ``.pth`` files are Python pickles; they are read with
@@ -33,8 +34,9 @@ import torch
 
 from ..config import LlamaConfig, ffn_hidden_dim
 from ..errors import FormatError
+from ..long_context.rope_scaling import meta_llama3_scaling
 from .files import json_field, read_json, regular_file
-from .names import check_config_fits
+from .names import META_ROPE_FREQS, check_config_fits
 
 COLUMN_PARALLEL = (
     "attention.wq.weight",
@@ -97,24 +99,42 @@ def load_shard(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-# params.json's fields are LlamaConfig's: (kind, may be null) from the dataclass's annotations ("int | None").
+# params.json's fields are LlamaConfig's: (kind, may be null) from the dataclass's annotations ("int | None"),
+# except RoPE scaling, which Meta writes as a flag (below).
 PARAMS_FIELDS = {
-    name: (field.type.split(" | ")[0], "None" in field.type) for name, field in LlamaConfig.__dataclass_fields__.items()
+    name: (field.type.split(" | ")[0], "None" in field.type)
+    for name, field in LlamaConfig.__dataclass_fields__.items()
+    if name != "rope_scaling"
 }
+# Llama 3.1's params.json says "use_scaled_rope": true, and Meta's code applies llama3 scaling with fixed
+# bounds and factor 8; Meta's llama-models code reads another factor (3.2's 32) from "rope_scaling_factor".
+SCALING_FIELDS = {"use_scaled_rope": "bool", "rope_scaling_factor": "float"}
+DEFAULT_SCALING_FACTOR = 8.0
 
 
 def read_meta_config(directory: Path, vocab_size: int | None = None) -> LlamaConfig:
     """Read ``params.json``. LLaMA 1 stores ``vocab_size: -1``; pass the real size (from the embedding)."""
     path = directory / "params.json"
     params = read_json(path)
-    unknown = sorted(set(params) - set(PARAMS_FIELDS))
+    unknown = sorted(set(params) - set(PARAMS_FIELDS) - set(SCALING_FIELDS))
     if unknown:
         raise FormatError(f"{path}: unknown field(s) {', '.join(unknown)}")
     for name, (kind, nullable) in PARAMS_FIELDS.items():
         json_field(params, name, kind, path, nullable=nullable)
+    scaled = json_field(params, "use_scaled_rope", "bool", path, False, nullable=True)
+    factor = json_field(params, "rope_scaling_factor", "float", path, None, nullable=True)
+    if factor is not None and not scaled:
+        raise FormatError(f"{path}: rope_scaling_factor is {factor}, but use_scaled_rope is not true")
+    params = {k: v for k, v in params.items() if k not in SCALING_FIELDS}
+    if scaled:
+        try:
+            params["rope_scaling"] = meta_llama3_scaling(float(factor or DEFAULT_SCALING_FACTOR))
+        except ValueError as error:
+            raise FormatError(f"{path}: rope_scaling_factor: {error}") from None
     if params.get("vocab_size", -1) <= 0:
         params["vocab_size"] = vocab_size
-    params.setdefault("max_seq_len", 4096)  # not recorded by Meta: Llama 2's context
+    # not recorded by Meta: Llama 2's context, or Llama 3.1's
+    params.setdefault("max_seq_len", 131072 if scaled else 4096)
     try:
         return LlamaConfig(**params)
     except (TypeError, ValueError) as error:
@@ -157,7 +177,7 @@ def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[s
 
     def tensors() -> Iterator[tuple[str, str, torch.Tensor]]:
         for name in states[0]:
-            if name == "rope.freqs":
+            if name == META_ROPE_FREQS:
                 continue  # RoPE frequencies: recomputed from the config
             dim = shard_dim(name)
             slices = [state[name] for state in states]
@@ -188,6 +208,15 @@ def meta_params(config: LlamaConfig) -> dict:
         params["head_dim"] = c.head_dim
     if c.tie_embeddings:
         params["tie_embeddings"] = True
+    if c.rope_scaling is not None:
+        if c.rope_scaling != meta_llama3_scaling(c.rope_scaling.factor):
+            raise ValueError(
+                "params.json records only Llama 3.1's RoPE scaling (use_scaled_rope: llama3 with low_freq_factor 1, "
+                f"high_freq_factor 4, original context 8192), got {c.rope_scaling}"
+            )
+        params["use_scaled_rope"] = True
+        if c.rope_scaling.factor != DEFAULT_SCALING_FACTOR:
+            params["rope_scaling_factor"] = c.rope_scaling.factor
     return params
 
 

@@ -61,6 +61,11 @@ TENSOR_NAMES: dict[str, tuple[str, str]] = {
     "layers.{i}.feed_forward.w2.weight": ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
     "layers.{i}.feed_forward.w3.weight": ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
 }
+# Not weights: RoPE tables some checkpoints carry. Meta's LLaMA 1 files hold the inverse frequencies as
+# "rope.freqs" (recomputed from the config instead); Llama 3.1 GGUF files hold llama3 scaling's per-pair
+# divisors as "rope_freqs.weight" (read into the config's rope_scaling).
+META_ROPE_FREQS = "rope.freqs"
+GGUF_ROPE_FREQS = "rope_freqs.weight"
 HF_NAMES = NameMap({hf: meta for meta, (hf, _) in TENSOR_NAMES.items()})
 GGUF_NAMES = NameMap({gguf: meta for meta, (_, gguf) in TENSOR_NAMES.items()})
 

@@ -7,7 +7,11 @@
 * ``"meta"``: ``params.json`` + ``consolidated.NN.pth``, optionally cut into
   ``n_shards`` model-parallel shards exactly as Meta's released files are
   (:mod:`.meta`).
-* ``"gguf"``: one llama.cpp file, float32 or float16 (:mod:`.gguf`).
+* ``"gguf"``: one llama.cpp file, float32, float16 or quantized in one of llama.cpp's block formats
+  (``quant="q8_0"``, ``"q4_0"``, ...; :mod:`.gguf`).
+* ``"quantized"``: a model quantized by :func:`~llama_from_scratch.quantization.quantize`, as it is:
+  a directory with ``config.json``, the tokenizer and ``quantized.safetensors`` (integer codes and scales,
+  :mod:`~llama_from_scratch.quantization.safetensors_format`).
 
 The tokenizer and chat template travel with the weights. Every format is
 written through :func:`.atomic.atomic_write`, so an interrupted save never
@@ -23,25 +27,26 @@ import torch
 from ..model import Llama
 from .atomic import atomic_write
 from .gguf import write_gguf
-from .hf import write_hf, write_hf_tokenizer
+from .hf import write_hf, write_hf_config, write_hf_tokenizer
 from .meta import write_meta
 
-FORMATS = ("hf", "meta", "gguf")
+FORMATS = ("hf", "meta", "gguf", "quantized")
 
 
 def model_tensors(model: Llama, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of ``model.state_dict()`` on the CPU, the floating-point ones in ``dtype``.
+    """Every tensor of ``model.state_dict()`` on the CPU, the floating-point parameters in ``dtype``.
 
-    Buffers count as well as parameters, and integer tensors (quantized weights) keep their type. A tied
-    output matrix is the embedding: it is listed once, as ``tok_embeddings.weight``.
+    Buffers count as well as parameters and keep their type (a quantized layer's integer codes and float32
+    scales), as :func:`.load.assemble` expects. A tied output matrix is the embedding: it is listed once,
+    as ``tok_embeddings.weight`` (or the embedding's quantized codes).
     """
-    tensors = {
-        name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).to("cpu").contiguous()
+    tied = model.config.tie_embeddings
+    parameters = {name for name, _ in model.named_parameters()}
+    return {
+        name: (t.to(dtype) if dtype is not None and name in parameters else t).to("cpu").contiguous()
         for name, t in model.state_dict().items()
+        if not (tied and name.startswith("output."))
     }
-    if model.config.tie_embeddings:
-        del tensors["output.weight"]
-    return tensors
 
 
 def save_checkpoint(
@@ -53,30 +58,45 @@ def save_checkpoint(
     dtype: torch.dtype = torch.float32,
     n_shards: int = 1,
     overwrite: bool = False,
+    quant: str | None = None,
 ) -> Path:
-    """Write ``model`` and its ``tokenizer`` to ``path``: a directory for "hf" and "meta", a ``.gguf`` file for "gguf".
+    """Write ``model`` and its ``tokenizer`` to ``path``: a ``.gguf`` file for "gguf", else a directory.
 
     ``tokenizer`` (a :class:`SentencePieceTokenizer` or :class:`ByteLevelBPE`, or None for weights alone) and
     ``chat_template`` are written as the format expects, so that ``load_pretrained(path)`` gives back the
-    model, the tokenizer and the template.
+    model, the tokenizer and the template. ``quant`` (GGUF only) names a llama.cpp block format.
     """
     path = Path(path)
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if n_shards != 1 and format != "meta":
         raise ValueError("n_shards applies to the Meta format only")
+    if quant is not None and format != "gguf":
+        raise ValueError(f"quant={quant!r} applies to the GGUF format only (use format='gguf')")
+    quantized = any(name.endswith(".qweight") for name in model.state_dict())
+    if quantized != (format == "quantized"):
+        raise ValueError(
+            "this model holds quantized layers: save it with format='quantized', or dequantize() it first"
+            if quantized
+            else "format='quantized' saves a model quantized with quantization.quantize(); this one is not"
+        )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     config = model.config
     if format == "gguf":
         with atomic_write(path) as file:
-            write_gguf(config, model_tensors(model, torch.float32), file, dtype, tokenizer, chat_template)
+            write_gguf(config, model_tensors(model, torch.float32), file, dtype, tokenizer, chat_template, quant)
         return path
     with atomic_write(path, directory=True) as directory:
         if format == "hf":
             write_hf(config, model_tensors(model, dtype), directory, dtype)
-        else:
+        elif format == "meta":
             write_meta(config, model_tensors(model, dtype), directory, n_shards)
+        else:
+            from ..quantization.safetensors_format import QUANTIZED_WEIGHTS, save_quantized
+
+            write_hf_config(config, directory, dtype)
+            save_quantized(model, directory / QUANTIZED_WEIGHTS, dtype)
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, directory, chat_template)
     return path

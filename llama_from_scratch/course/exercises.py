@@ -13,9 +13,15 @@ nbgrader's format, so an instructor can also hand it to ``nbgrader`` itself:
 * graded cells carry nbgrader metadata (``grade``, ``grade_id``, ``points``,
   ``solution``, ``locked``), which is kept.
 
-Outputs and execution counts are cleared, so an exercise starts blank. Run
+Outputs and execution counts are cleared, so an exercise starts blank, and a
+first cell tells the learner to work in a copy. Run
 ``python -m llama_from_scratch exercises`` after changing a solution;
 ``--check`` reports exercises that are out of date without writing them.
+
+Learners answer in their own copy, ``my_exercises/NN_name.ipynb``
+(:func:`copy_exercise`, ``python -m llama_from_scratch exercise NN``): git
+ignores that folder, regenerating never touches it, and ``exercises/`` stays
+exactly what the generator writes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,20 @@ from pathlib import Path
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+WORKING_FOLDER = "my_exercises"  # the learners' copies; in .gitignore
+
+
+def working_copy_note(name: str) -> dict:
+    """The first cell of every exercise: where to answer it, so that answers survive updates of the course."""
+    number = name.split("_", 1)[0]
+    text = (
+        "> **Answer in your own copy, not in this file.** `exercises/` is generated from `solutions/`: a `git pull`\n"
+        f"> or a regeneration would overwrite your answers. `make exercise N={number}` (or\n"
+        f"> `python -m llama_from_scratch exercise {number}`) copies this notebook to `{WORKING_FOLDER}/{name}`,\n"
+        "> a folder git ignores; open it from JupyterLab's file browser. If you are reading this in\n"
+        f"> `{WORKING_FOLDER}/`, you are in your copy already."
+    )
+    return {"cell_type": "markdown", "id": "working-copy", "metadata": {}, "source": text.splitlines(keepends=True)}
 
 
 def _strip_block(lines: list[str], begin: str, end: str, replacement: list[str], source: str) -> list[str]:
@@ -70,9 +90,10 @@ def exercise_cell(cell: dict, source: str) -> dict:
 
 
 def exercise_notebook(solution: dict, source: str) -> dict:
-    """The learner's version of a whole solution notebook."""
+    """The learner's version of a whole solution notebook, opened by the note on working in a copy."""
     notebook = dict(solution)
-    notebook["cells"] = [exercise_cell(cell, f"{source}, cell {i}") for i, cell in enumerate(solution["cells"])]
+    cells = [exercise_cell(cell, f"{source}, cell {i}") for i, cell in enumerate(solution["cells"])]
+    notebook["cells"] = [working_copy_note(Path(source).name), *cells]
     return notebook
 
 
@@ -112,3 +133,31 @@ def graded_cells(notebook: dict) -> list[tuple[int, dict]]:
         and cell.get("metadata", {}).get("nbgrader", {}).get("grade")
         and not cell["metadata"]["nbgrader"].get("solution")
     ]
+
+
+def find_exercise(root: Path, number: str) -> Path:
+    """``exercises/NN_*.ipynb`` for a chapter number such as ``"02"`` or ``"2"``."""
+    exercises = root / "exercises"
+    if not number.isdigit():
+        raise ValueError(f"exercise number: expected a chapter number such as 02, got {number!r}")
+    matches = sorted(exercises.glob(f"{int(number):02d}_*.ipynb"))
+    if not matches:
+        available = ", ".join(p.name.split("_", 1)[0] for p in sorted(exercises.glob("*.ipynb")))
+        raise ValueError(f"no exercise {int(number):02d} in {exercises} (there are: {available or 'none'})")
+    return matches[0]
+
+
+def copy_exercise(root: Path, number: str) -> tuple[Path, bool]:
+    """Copy ``exercises/NN_*.ipynb`` to ``my_exercises/``; never overwrite a copy that exists.
+
+    Returns the copy's path and whether it was written now (``False``: it was there, with the
+    learner's answers, and is left alone).
+    """
+    source = find_exercise(root, number)
+    target = root / WORKING_FOLDER / source.name
+    if target.exists():
+        return target, False
+    target.parent.mkdir(exist_ok=True)
+    with open(target, "x", encoding="utf-8") as file:  # "x": fails rather than overwrite a copy made meanwhile
+        file.write(source.read_text(encoding="utf-8"))
+    return target, True

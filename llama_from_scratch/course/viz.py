@@ -195,3 +195,66 @@ def stacked_barh(
     if as_percent:
         ax.set_xlim(0, 100)
     return parts
+
+
+def architecture_diagram(config, title: str | None = None) -> Figure:
+    """The LLaMA block diagram for ``config`` (a :class:`~llama_from_scratch.LlamaConfig`), with every shape.
+
+    Bottom to top, as the data flows: token ids, the embedding lookup, one pre-norm block (drawn once,
+    framed, with ``x n_layers``) whose two sub-layers each add their result to the residual stream (the
+    ``+`` circles), the final norm and the output head. Shapes name the config's numbers, so the same
+    picture reads for every size: ``(batch, seq, dim)`` with ``dim`` filled in. Returns the figure.
+    """
+    c = config
+    q_width, kv_width = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    attention = (
+        f"Attention: {c.n_heads} query heads, {c.n_kv_heads} key/value heads of {c.head_dim}\n"
+        f"wq {c.dim}->{q_width}, wk and wv {c.dim}->{kv_width}, RoPE, causal softmax, wo {q_width}->{c.dim}"
+    )
+    feed_forward = f"SwiGLU feed-forward: w2(silu(w1 x) * w3 x)\nw1, w3 {c.dim}->{c.hidden_dim}, w2 {c.hidden_dim}->{c.dim}"
+    output = f"output head {c.dim}->{c.vocab_size}" + (" (tied to the embedding)" if c.tie_embeddings else "")
+    # (label, shape after it, colour, y): bottom to top
+    boxes = [
+        ("token ids", "(batch, seq) integers", "#eeeeee", 0.0),
+        (f"tok_embeddings: a {c.vocab_size} x {c.dim} table", f"(batch, seq, {c.dim})", "#d8e7f5", 1.0),
+        ("attention_norm: RMSNorm", None, "#fde9c9", 2.2),
+        (attention, None, "#cfe8d5", 3.1),
+        ("ffn_norm: RMSNorm", None, "#fde9c9", 4.6),
+        (feed_forward, None, "#f3d6d6", 5.5),
+        ("norm: RMSNorm", f"(batch, seq, {c.dim})", "#fde9c9", 7.0),
+        (output, f"(batch, seq, {c.vocab_size}) logits", "#d8e7f5", 8.0),
+    ]
+    fig, ax = plt.subplots(figsize=(10, 8.6))
+    ax.set_xlim(0, 10.5)
+    ax.set_ylim(-0.6, 8.8)
+    ax.axis("off")
+    x0, width, height = 1.2, 6.2, 0.62
+    for label, shape, colour, y in boxes:
+        tall = height * (1.45 if "\n" in label else 1.0)
+        ax.add_patch(plt.Rectangle((x0, y - tall / 2), width, tall, facecolor=colour, edgecolor="#555555"))
+        ax.text(x0 + width / 2, y, label, ha="center", va="center", fontsize=8.5)
+        if shape:
+            ax.text(x0 + width + 0.25, y, shape, ha="left", va="center", fontsize=9, family="monospace")
+    arrow = {"arrowstyle": "->", "color": "#333333", "lw": 1.2}
+    centre = x0 + width / 2
+    for y_from, y_to in [(0.31, 0.69), (1.31, 1.89), (2.51, 2.65), (3.55, 3.83), (4.91, 5.05), (5.95, 6.25), (6.69, 6.69)]:
+        ax.annotate("", (centre, y_to), (centre, y_from), arrowprops=arrow)
+    # the two residual additions: the stream skips each sub-layer and the sub-layer's result is added back
+    for y_skip_from, y_plus in [(1.75, 3.98), (4.25, 6.4)]:
+        ax.add_patch(plt.Circle((centre, y_plus), 0.17, facecolor="white", edgecolor="#333333"))
+        ax.text(centre, y_plus, "+", ha="center", va="center", fontsize=12)
+        left = x0 - 0.45
+        ax.plot([centre, left, left, centre - 0.17], [y_skip_from, y_skip_from, y_plus, y_plus], color="#333333", lw=1.2)
+        ax.text(left - 0.1, (y_skip_from + y_plus) / 2, "residual", rotation=90, ha="right", va="center", fontsize=8)
+    ax.annotate("", (centre, 4.25), (centre, 4.15), arrowprops=arrow)
+    ax.annotate("", (centre, 6.69), (centre, 6.57), arrowprops=arrow)
+    ax.text(x0 + width + 0.25, 3.98, f"(batch, seq, {c.dim})", ha="left", va="center", fontsize=9, family="monospace")
+    ax.text(x0 + width + 0.25, 6.4, f"(batch, seq, {c.dim})", ha="left", va="center", fontsize=9, family="monospace")
+    # the block frame
+    ax.add_patch(
+        plt.Rectangle((x0 - 0.8, 1.7), width + 1.05, 4.95, fill=False, edgecolor="#1f4e79", lw=1.5, ls="--")
+    )
+    ax.text(x0 + width + 0.35, 2.0, f"TransformerBlock\nx {c.n_layers} layers", ha="left", va="bottom", fontsize=10,
+            color="#1f4e79", weight="bold")
+    ax.set_title(title or "The LLaMA architecture, with the shapes of this config")
+    return fig

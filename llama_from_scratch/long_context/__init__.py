@@ -2,18 +2,21 @@
 
 * ``rope_scaling``: linear interpolation, dynamic NTK, YaRN and Llama 3.1's scaling, as pure functions on
   RoPE's inverse frequencies; :class:`RopeScaling` and the Hugging Face reader and writer;
-* ``flash_attention``: tiled attention with an online softmax, never holding the ``(seq, kv_seq)`` scores;
-* ``presets``: Llama 3, 3.1 and 3.2 configs with their published parameter counts and RoPE scaling.
+* ``flash_attention``: tiled attention with an online softmax, never holding the ``(seq, kv_seq)`` scores.
+
+A model uses RoPE scaling through ``LlamaConfig.rope_scaling``; the Llama 3, 3.1 and 3.2 presets are in
+``config.PRESETS``. Nothing here imports the config or the model, so both may import from here.
 """
 
 from .flash_attention import flash_attention
-from .presets import LLAMA3_PRESETS, LLAMA3_ROPE_SCALING
 from .rope_scaling import (
     RopeScaling,
     dynamic_ntk_theta,
     linear_scaling,
     llama3_scaling,
+    meta_llama3_scaling,
     rope_cos_sin_scaled,
+    rope_frequency_divisors,
     rope_parameters_to_hf,
     rope_scaling_from_hf,
     scaled_rope_frequencies,
@@ -22,14 +25,14 @@ from .rope_scaling import (
 )
 
 __all__ = [
-    "LLAMA3_PRESETS",
-    "LLAMA3_ROPE_SCALING",
     "RopeScaling",
     "dynamic_ntk_theta",
     "flash_attention",
     "linear_scaling",
     "llama3_scaling",
+    "meta_llama3_scaling",
     "rope_cos_sin_scaled",
+    "rope_frequency_divisors",
     "rope_parameters_to_hf",
     "rope_scaling_from_hf",
     "scaled_rope_frequencies",

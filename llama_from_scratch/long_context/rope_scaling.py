@@ -34,7 +34,12 @@ wavelength ``2 pi / f_i``, the number of positions of one full turn:
 
 :class:`RopeScaling` holds a method and its parameters;
 :func:`scaled_rope_frequencies` applies it; :func:`rope_scaling_from_hf`
-reads it from a Hugging Face ``config.json``.
+reads it from a Hugging Face ``config.json``. A model takes it from
+``LlamaConfig.rope_scaling``: its ``_rope`` computes cos and sin through
+:func:`rope_cos_sin_scaled`, the one line where scaling meets the model.
+llama.cpp stores Llama 3.1's scaling as per-pair divisors
+(:func:`rope_frequency_divisors`), Meta's ``params.json`` as a flag
+(:func:`meta_llama3_scaling`).
 """
 
 from __future__ import annotations
@@ -347,3 +352,45 @@ def rope_parameters_to_hf(scaling: RopeScaling | None, theta: float) -> dict:
         if scaling.type == "dynamic":
             del parameters["original_max_position_embeddings"]
     return parameters
+
+
+# -- llama.cpp's per-pair factors (GGUF's ``rope_freqs`` tensor) ------------------------------------------------------
+
+# What Meta's reference code fixes for Llama 3.1 and 3.2 (only the factor varies: 8, or 32 for 3.2), and so
+# what a params.json's ``use_scaled_rope`` or a GGUF file's ``rope_freqs`` stands for.
+LLAMA3_LOW_FREQ_FACTOR, LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_ORIGINAL_CONTEXT = 1.0, 4.0, 8192
+
+
+def meta_llama3_scaling(factor: float, original_max_position_embeddings: int = LLAMA3_ORIGINAL_CONTEXT) -> RopeScaling:
+    """Llama 3.1's ``llama3`` scaling with Meta's fixed frequency bounds, for a given factor."""
+    return RopeScaling(
+        "llama3",
+        factor=factor,
+        low_freq_factor=LLAMA3_LOW_FREQ_FACTOR,
+        high_freq_factor=LLAMA3_HIGH_FREQ_FACTOR,
+        original_max_position_embeddings=original_max_position_embeddings,
+    )
+
+
+def rope_frequency_divisors(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
+    """How many times slower each pair turns under ``scaling``: plain frequency / scaled frequency.
+
+    ``(head_dim // 2,)`` float32, computed in float64 from the float32 frequencies. llama.cpp stores Llama
+    3.1's scaling this way, as a tensor ``rope_freqs`` of per-pair divisors (1 for the fast pairs, ``factor``
+    for the slow ones), and divides each pair's angle by it. Only frequency-only scalings (linear, llama3)
+    have such a form: YaRN also changes the attention temperature, dynamic NTK the length.
+    """
+    if scaling.type not in ("linear", "llama3"):
+        raise ValueError(f"{scaling.type!r} scaling is not a fixed divisor per pair (only linear and llama3 are)")
+    plain = rope_frequencies(head_dim, theta).double()
+    if scaling.type == "linear":
+        return (plain / linear_scaling(plain, scaling.factor)).float()
+    scaled = llama3_scaling(
+        plain,
+        scaling.factor,
+        scaling.low_freq_factor,
+        scaling.high_freq_factor,
+        scaling.original_max_position_embeddings,
+    )
+    return (plain / scaled).float()
+

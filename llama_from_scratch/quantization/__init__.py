@@ -33,7 +33,7 @@ from .int8 import Int8Embedding, Int8Linear, dequantize_int8, quantize_int8
 from .linear import QuantizedEmbedding, QuantizedLinear
 from .packing import pack_int4, unpack_int4
 from .safetensors_format import load_quantized, save_quantized
-from .swap import SCHEMES, dequantize, quantize
+from .swap import SCHEMES, dequantize, quantize, quantized_layers
 
 __all__ = [
     "SCHEMES",
@@ -63,6 +63,7 @@ __all__ = [
     "quantize_q5_0",
     "quantize_q5_1",
     "quantize_q8_0",
+    "quantized_layers",
     "save_quantized",
     "unpack_int4",
 ]

@@ -23,6 +23,9 @@ a multiple of 32 and gives uint8 ``(..., n // 32 * BYTES_PER_BLOCK)``; ``dequant
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .packing import pack_int4, unpack_int4
 
 BLOCK = 32  # values per block, in every format of this module
 BYTES_PER_BLOCK = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}
@@ -99,17 +102,18 @@ def signed_max(blocks: np.ndarray) -> np.ndarray:
 def pack_halves(q: np.ndarray) -> np.ndarray:
     """``(n_blocks, 32)`` values whose low 4 bits matter -> ``(n_blocks, 16)`` bytes, ggml's nibble order.
 
-    Byte ``j`` holds value ``j`` in its low nibble and value ``j + 16`` in its high nibble::
+    Byte ``j`` holds value ``j`` in its low nibble and value ``j + 16`` in its high nibble: the layout of
+    :func:`.packing.pack_int4`, which our own int4 layers use too (the docstring there says why)::
 
         byte j:  [ q[j+16] & 0xF | q[j] & 0xF ]
                    bits 7..4       bits 3..0
     """
-    return (q[:, :16] & 0x0F) | ((q[:, 16:] & 0x0F) << 4)
+    return pack_int4(torch.from_numpy(np.ascontiguousarray(q & 0x0F))).numpy()
 
 
 def unpack_halves(qs: np.ndarray) -> np.ndarray:
     """``(n_blocks, 16)`` bytes -> ``(n_blocks, 32)`` nibbles (uint8 0..15): the inverse of :func:`pack_halves`."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+    return unpack_int4(torch.from_numpy(np.ascontiguousarray(qs))).numpy()
 
 
 def fifth_bits(q: np.ndarray) -> np.ndarray:

@@ -31,23 +31,28 @@ from .packing import pack_int4, unpack_int4
 GROUP_SIZES = (32, 64, 128)
 
 
-def check_group_size(in_features: int, group_size: int) -> None:
+def n_groups(in_features: int, group_size: int) -> int:
+    """Groups per row: the last one is padded when ``group_size`` does not divide ``in_features``
+    (SmolLM2's 576 = 4.5 groups of 128)."""
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
-    if in_features % group_size != 0:
-        raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
+    return -(-in_features // group_size)  # ceiling division
 
 
 def quantize_int4(
     weight: torch.Tensor, group_size: int, symmetric: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(out, in)`` float -> packed uint8 ``(out, in // 2)``, ``scales`` and ``mins``.
+    """``(out, in)`` float -> packed uint8 ``(out, groups * group_size // 2)``, ``scales`` and ``mins``.
 
-    ``scales`` and ``mins`` are float32 ``(out, in // group_size)``; ``mins`` is None when ``symmetric``.
+    ``scales`` and ``mins`` are float32 ``(out, groups)``; ``mins`` is None when ``symmetric``. A partial last
+    group is padded by repeating the row's last weight, which leaves that group's range, and so its scale,
+    as it is; the padded codes meet zeros in the input (:meth:`Int4Linear.matmul_one_row`) or are cut off
+    (:func:`dequantize_int4`).
     """
     out_features, in_features = weight.shape
-    check_group_size(in_features, group_size)
-    groups = weight.float().reshape(out_features, in_features // group_size, group_size)
+    groups = n_groups(in_features, group_size)
+    padded = torch.nn.functional.pad(weight.float()[None], (0, groups * group_size - in_features), mode="replicate")[0]
+    groups = padded.reshape(out_features, groups, group_size)
     if symmetric:
         scales = groups.abs().amax(dim=-1) / 7
         lo = None
@@ -59,20 +64,25 @@ def quantize_int4(
     divisor = torch.where(scales == 0, torch.ones_like(scales), scales)  # a constant group: q = 0 (+ lo)
     q = torch.round(shifted / divisor[..., None])
     q = q.clamp(-7, 7) + 8 if symmetric else q.clamp(0, 15)
-    return pack_int4(q.to(torch.uint8).reshape(out_features, in_features)), scales, lo
+    packed = pack_int4(q.to(torch.uint8))  # (out, groups, group_size) -> (out, groups, group_size // 2)
+    return packed.reshape(out_features, -1), scales, lo
 
 
 def dequantize_int4(
-    packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, group_size: int
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None,
+    group_size: int,
+    in_features: int | None = None,
 ) -> torch.Tensor:
-    """``scale * q + min`` (asymmetric) or ``scale * (q - 8)`` (symmetric) in float32: ``(out, in)``."""
-    q = unpack_int4(packed).float()
-    rows, in_features = q.shape
-    groups = q.view(rows, in_features // group_size, group_size)
-    w = scales[..., None] * (groups if mins is not None else groups - 8)
+    """``scale * q + min`` (asymmetric) or ``scale * (q - 8)`` (symmetric) in float32: ``(out, in_features)``,
+    the padding of a partial last group cut off (``in_features`` defaults to every stored column)."""
+    rows, groups = scales.shape
+    q = unpack_int4(packed.view(rows, groups, group_size // 2)).float()  # (rows, groups, group_size)
+    w = scales[..., None] * (q if mins is not None else q - 8)
     if mins is not None:
         w = w + mins[..., None]
-    return w.view(rows, in_features)
+    return w.view(rows, groups * group_size)[:, :in_features]
 
 
 class Int4Linear(QuantizedLinear):
@@ -83,14 +93,13 @@ class Int4Linear(QuantizedLinear):
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, symmetric: bool = False):
         super().__init__(in_features, out_features)
-        check_group_size(in_features, group_size)
         self.group_size = group_size
         self.symmetric = symmetric
-        n_groups = in_features // group_size
-        self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("scales", torch.empty(out_features, n_groups, dtype=torch.float32))
+        groups = n_groups(in_features, group_size)
+        self.register_buffer("qweight", torch.empty(out_features, groups * group_size // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float32))
         # a symmetric layer has no minimums: a None buffer is left out of the state_dict
-        self.register_buffer("mins", None if symmetric else torch.empty(out_features, n_groups, dtype=torch.float32))
+        self.register_buffer("mins", None if symmetric else torch.empty(out_features, groups, dtype=torch.float32))
 
     def settings(self) -> dict:
         return {"group_size": self.group_size, "symmetric": self.symmetric}
@@ -104,7 +113,20 @@ class Int4Linear(QuantizedLinear):
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         pick = slice(None) if rows is None else rows
         mins = None if self.mins is None else self.mins[pick]
-        return dequantize_int4(self.qweight[pick], self.scales[pick], mins, self.group_size)
+        return dequantize_int4(self.qweight[pick], self.scales[pick], mins, self.group_size, self.in_features)
+
+    def matmul_one_row(self, x: torch.Tensor) -> torch.Tensor:
+        # Each byte holds code j of a group (low nibble) and code j + group_size/2 (high nibble), so the
+        # low nibbles meet the first half of each group of x and the high nibbles its second half.
+        half = self.group_size // 2
+        packed = self.qweight.view(self.out_features, -1, half)  # (out, groups, half)
+        x = torch.nn.functional.pad(x, (0, packed.shape[1] * self.group_size - self.in_features))  # zeros meet padding
+        x = x.view(-1, 2, half)  # (groups, 2, half): [:, 0] first halves, [:, 1] second halves
+        scales = self.scales[..., None].to(x.dtype)  # (out, groups, 1)
+        offset = self.mins[..., None].to(x.dtype) if self.mins is not None else -8 * scales
+        w_first = (packed & 0x0F).to(x.dtype) * scales + offset  # (out, groups, half): the weights, never stored
+        w_second = (packed >> 4).to(x.dtype) * scales + offset
+        return (w_first * x[:, 0] + w_second * x[:, 1]).sum(dim=(-1, -2))  # (out,)
 
 
 class Int4Embedding(QuantizedEmbedding, Int4Linear):

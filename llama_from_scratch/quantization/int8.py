@@ -53,6 +53,10 @@ class Int8Linear(QuantizedLinear):
             return dequantize_int8(self.qweight, self.scales)
         return dequantize_int8(self.qweight[rows], self.scales[rows])
 
+    def matmul_one_row(self, x: torch.Tensor) -> torch.Tensor:
+        # y[o] = scale[o] * sum_i q[o, i] x[i]: the scale leaves the sum, one multiply per output
+        return (self.qweight.to(x.dtype) * x).sum(dim=-1) * self.scales.to(x.dtype)  # (out, in) * (in,) -> (out,)
+
 
 class Int8Embedding(QuantizedEmbedding, Int8Linear):
     """An embedding table stored as :class:`Int8Linear` stores a weight: one scale per token's row."""

@@ -78,8 +78,22 @@ class QuantizedLinear(nn.Module):
         (``Llama.loss`` reads ``output.weight``). It costs a full dequantization, so the hot path avoids it."""
         return self.dequantize()
 
+    def matmul_one_row(self, x: torch.Tensor) -> torch.Tensor:
+        """``(in_features,) -> (out_features,)``, written as one multiply-and-sum over the stored integers,
+        for ``torch.compile`` to turn into a single loop that never builds the float weight."""
+        raise NotImplementedError
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` with ``W`` dequantized on the fly: the seam where a fused kernel plugs in."""
+        """``x @ W.T``: ``(..., in_features) -> (..., out_features)``. The seam where the fast path plugs in.
+
+        Eagerly (and for many rows, as in a prompt's prefill) the weight is dequantized and handed to the
+        BLAS matmul: simple, and at many rows the dequantization is paid once for all of them. Under
+        ``torch.compile`` a single row (one decoding step) goes through :meth:`matmul_one_row` instead:
+        Inductor fuses unpacking, scaling and the dot products into one vectorised loop that reads each
+        weight byte once, so the memory traffic that limits decoding shrinks with the bits.
+        """
+        if torch.compiler.is_compiling() and x.numel() == self.in_features:
+            return self.matmul_one_row(x.reshape(self.in_features)).view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoints.atomic import atomic_write
-from ..checkpoints.load import assemble
+from ..checkpoints.load import QUANTIZED_WEIGHTS, assemble
 from ..checkpoints.save import model_tensors
 from ..config import LlamaConfig
 from ..errors import FormatError
@@ -42,7 +42,7 @@ from .int4 import Int4Linear
 from .swap import layer_class, quantized_layers, scheme_of
 
 HEADER_KEY = "llama_from_scratch.quantization"
-VERSION = 1
+VERSION = 2  # 2: int4 codes paired inside each group (code j with j + group_size/2); 1 paired neighbours
 
 
 def quantization_header(model: nn.Module) -> dict:
@@ -56,12 +56,17 @@ def quantization_header(model: nn.Module) -> dict:
     return {"version": VERSION, "layers": layers}
 
 
-def save_quantized(model: Llama, path: str | Path) -> Path:
-    """Write ``model`` (quantized by :func:`~.swap.quantize`) to the safetensors file ``path``, atomically."""
+def save_quantized(model: Llama, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` (quantized by :func:`~.swap.quantize`) to the safetensors file ``path``, atomically.
+
+    ``dtype`` converts the layers left in floating point (norms, an unquantized embedding); integer codes and
+    their float32 scales are written as they are. In a checkpoint directory the file is :data:`QUANTIZED_WEIGHTS`
+    (``save_checkpoint(model, tokenizer, path, format="quantized")`` writes config and tokenizer beside it).
+    """
     path = Path(path)
     metadata = {"format": "pt", HEADER_KEY: json.dumps(quantization_header(model))}
     with atomic_write(path) as file:
-        save_file(model_tensors(model), str(file), metadata=metadata)
+        save_file(model_tensors(model, dtype), str(file), metadata=metadata)
     return path
 
 
@@ -96,8 +101,6 @@ def quantized_skeleton(config: LlamaConfig, layers: dict[str, dict], path: Path)
             if not isinstance(module, (nn.Linear, nn.Embedding)):
                 raise FormatError(f"{path}: the quantization header names {name!r}, not a linear layer of this model")
             embedding = isinstance(module, nn.Embedding)
-            if config.tie_embeddings and name in ("tok_embeddings", "output"):
-                raise FormatError(f"{path}: {name!r} is quantized, but this config ties it to the other head")
             try:
                 cls, settings = layer_class(entry["scheme"], embedding)
                 if issubclass(cls, Int4Linear):
@@ -106,13 +109,19 @@ def quantized_skeleton(config: LlamaConfig, layers: dict[str, dict], path: Path)
                 model.set_submodule(name, cls(in_features, out_features, **settings))
             except ValueError as error:
                 raise FormatError(f"{path}: layer {name!r} in the quantization header: {error}") from None
+    if config.tie_embeddings and layers.get("tok_embeddings") != layers.get("output"):
+        raise FormatError(
+            f"{path}: this config ties the output head to the embedding, but the quantization header gives them "
+            f"different settings (tok_embeddings: {layers.get('tok_embeddings')}, output: {layers.get('output')})"
+        )
     return model
 
 
 def load_quantized(
-    path: str | Path, config: LlamaConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path, config: LlamaConfig, device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None
 ) -> Llama:
-    """Load a model written by :func:`save_quantized`; ``dtype`` applies to its floating-point tensors."""
+    """Load a model written by :func:`save_quantized`; ``dtype`` applies to its floating-point tensors
+    (default: float32 on the CPU; scales are float32 in any case)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:

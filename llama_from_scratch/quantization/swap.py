@@ -8,8 +8,10 @@ does the same). :func:`dequantize` swaps back, to plain layers holding the dequa
 the model that the quantized one computes, in the form every other tool understands.
 
 The embedding and the output head stay in floating point by default: they are the layers most
-sensitive to quantization (llama.cpp keeps them at higher precision in its mixed formats), and with
-``tie_embeddings`` (SmolLM2) they are one matrix, which a swap would split in two.
+sensitive to quantization (llama.cpp keeps them at higher precision in its mixed formats). With
+``tie_embeddings`` (SmolLM2) they are one matrix: asking for either quantizes that matrix once, and
+the two modules share its codes and scales (:meth:`~llama_from_scratch.model.Llama.tie_weights`), so
+the model stays tied and the head, a fifth of SmolLM2's weights, is read in 4 or 8 bits too.
 """
 
 from __future__ import annotations
@@ -70,17 +72,13 @@ def quantize(
 
     ``scheme``: ``"int8"`` (per output channel), ``"int4"`` (group-wise, scale and minimum) or
     ``"int4-sym"`` (group-wise, scale only); ``group_size`` (32, 64 or 128) applies to the int4 schemes.
-    A model whose output head is tied to the embedding refuses ``include_embeddings`` and
-    ``include_output``: quantizing either would untie them.
+    In a model whose output head is tied to its embedding, ``include_embeddings`` and ``include_output``
+    both mean "the shared matrix": it is quantized once and both modules use it.
     """
     config = getattr(model, "config", None)
     tied = getattr(config, "tie_embeddings", False)
-    if tied and (include_embeddings or include_output):
-        raise ValueError(
-            "this model ties its output head to its token embedding (tie_embeddings=True): they are one "
-            "matrix, and quantizing one of them would split it in two; leave include_embeddings and "
-            "include_output False, or untie the model first"
-        )
+    if tied:
+        include_embeddings = include_output = include_embeddings or include_output
     layer_class(scheme)  # an unknown scheme fails before anything is changed
     replacements = {}
     for name in selected_names(model, include_embeddings, include_output):  # all built before any swap
@@ -88,12 +86,18 @@ def quantize(
         cls, settings = layer_class(scheme, embedding=isinstance(module, nn.Embedding))
         if cls is Int4Linear or cls is Int4Embedding:
             settings["group_size"] = group_size
+        if tied and name == "output":  # an empty layer: tie_weights below gives it the embedding's tensors
+            with torch.device("meta"):
+                replacements[name] = cls(module.in_features, module.out_features, **settings)
+            continue
         try:
             replacements[name] = cls.from_weight(module.weight, **settings)
         except ValueError as error:
             raise ValueError(f"cannot quantize {name!r} ({scheme}): {error}") from None
     for name, layer in replacements.items():
         model.set_submodule(name, layer)
+    if tied and include_output:
+        model.tie_weights()
     return model
 
 
@@ -115,4 +119,6 @@ def dequantize(model: nn.Module) -> nn.Module:
             plain = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
         plain.weight = weight
         model.set_submodule(name, plain)
+    if getattr(getattr(model, "config", None), "tie_embeddings", False):
+        model.tie_weights()  # one dequantized matrix again, not two equal copies
     return model

@@ -3,7 +3,8 @@
 Read in this order: :mod:`.bpe` (the one merge operation of byte-pair encoding), :mod:`.trainer`
 (training a SentencePiece-style BPE vocabulary), :mod:`.sentencepiece_model` and
 :mod:`.sentencepiece_bpe` (Llama 1 and 2's ``tokenizer.model`` format and its encoder), :mod:`.byte_bpe`
-(byte-level BPE: GPT-2, Llama 3, SmolLM2) and :mod:`.load` (``load_tokenizer`` for any tokenizer file).
+(byte-level BPE: GPT-2, Llama 3, SmolLM2), :mod:`.tiktoken_file` (Llama 3's ``tokenizer.model``) and
+:mod:`.load` (``load_tokenizer`` for any tokenizer file).
 """
 
 from .bpe import merge, pair_counts

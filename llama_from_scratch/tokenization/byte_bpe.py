@@ -135,7 +135,8 @@ def _compile(pattern: str):
 class ByteLevelBPE:
     """A byte-level BPE tokenizer: a vocabulary ``{piece: id}``, ordered merge rules, a pre-tokenizer.
 
-    Pieces and merges are written in GPT-2's byte alphabet (``"Ġworld"``), as in ``tokenizer.json`` and GGUF.
+    Pieces and merges are written in GPT-2's byte alphabet (``"Ġworld"``), as in ``tokenizer.json`` and GGUF;
+    ``merges`` is the rules in order, or ``{rule: rank}``.
     ``special_tokens`` maps texts such as ``"<|im_start|>"`` to ids; they are matched before anything else.
     ``ignore_merges`` (Llama 3): a chunk that is itself in the vocabulary is one token, whatever the merges.
     ``load_tokenizer`` builds one from a ``tokenizer.json`` or a GGUF file.
@@ -144,7 +145,7 @@ class ByteLevelBPE:
     def __init__(
         self,
         vocab: dict[str, int],
-        merges: Sequence[tuple[str, str]],
+        merges: Sequence[tuple[str, str]] | dict[tuple[str, str], int],
         patterns: Sequence[str] = (GPT2_PATTERN,),
         special_tokens: dict[str, int] | None = None,
         bos_id: int | None = None,
@@ -155,7 +156,10 @@ class ByteLevelBPE:
     ):
         _require_regex()
         self.vocab = dict(vocab)
-        self.ranks = {tuple(pair): rank for rank, pair in enumerate(merges)}  # lower rank: merged first
+        # Lower rank: merged first. A list ranks its rules by position; a dict gives the ranks, which rules may
+        # share (a tiktoken file ranks a rule by the token it makes: :mod:`.tiktoken_file`).
+        pairs = merges.items() if isinstance(merges, dict) else ((pair, rank) for rank, pair in enumerate(merges))
+        self.ranks = {tuple(pair): rank for pair, rank in pairs}
         self.patterns = tuple(patterns)
         self.special_tokens = dict(special_tokens or {})
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = bos_id, eos_id, pad_id, unk_id

@@ -1,9 +1,11 @@
 """One entry point for every tokenizer file: ``load_tokenizer(path)``.
 
-Three formats hold the tokenizers of the Llama family:
+Four formats hold the tokenizers of the Llama family:
 
 * a SentencePiece ``.model`` file (Llama 1 and 2's ``tokenizer.model``): scored pieces, read by
   :mod:`.sentencepiece_model` and encoded by :class:`.SentencePieceTokenizer`;
+* a tiktoken file (Llama 3's ``tokenizer.model``, text lines ``base64-token rank``): read by
+  :mod:`.tiktoken_file` into a :class:`.ByteLevelBPE` with Llama 3's pattern and special tokens;
 * a Hugging Face ``tokenizer.json`` (or a model directory holding one): for byte-level BPE (Llama 3,
   SmolLM2, GPT-2) a vocabulary, merge rules, a pre-tokenizer and the added special tokens, encoded by
   :class:`.ByteLevelBPE`; read by :mod:`llama_from_scratch.checkpoints.hf`, which writes it too;
@@ -22,6 +24,7 @@ from ..errors import FormatError
 from .byte_bpe import ByteLevelBPE
 from .sentencepiece_bpe import SentencePieceTokenizer
 from .sentencepiece_model import read_model
+from .tiktoken_file import looks_like_tiktoken, read_tiktoken_file
 
 
 @runtime_checkable
@@ -47,8 +50,8 @@ def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
     """Load a tokenizer from a SentencePiece ``.model``, a ``tokenizer.json`` (or its directory) or a ``.gguf``.
 
     The format is recognised by the file's first bytes: a GGUF file starts with ``GGUF``, a JSON file with
-    ``{`` (a ``.json`` file is read as JSON whatever it starts with), anything else is tried as a
-    SentencePiece model.
+    ``{`` (a ``.json`` file is read as JSON whatever it starts with), a tiktoken file with a line
+    ``base64-token rank``; anything else is tried as a SentencePiece model.
     """
     path = Path(path)
     if path.is_dir():
@@ -63,8 +66,8 @@ def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
 
     regular_file(path)  # a FIFO would block the read below forever
     with path.open("rb") as f:
-        head = f.read(4)
-    if head == b"GGUF":
+        head = f.read(512)  # enough for a tiktoken line (a token of up to 380 bytes) and its rank
+    if head[:4] == b"GGUF":
         from ..checkpoints.gguf import read_gguf_tokenizer  # each checkpoint format reads its own tokenizer
 
         return read_gguf_tokenizer(path)
@@ -72,6 +75,8 @@ def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
         from ..checkpoints.hf import read_tokenizer_json
 
         return read_tokenizer_json(path)
+    if looks_like_tiktoken(head):  # Llama 3's tokenizer.model: text lines "base64-token rank"
+        return read_tiktoken_file(path)
     try:
         model = read_model(path)
     except FormatError:

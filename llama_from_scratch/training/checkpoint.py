@@ -10,7 +10,8 @@ therefore leaves ``latest`` pointing at a checkpoint that loads.
 Each checkpoint holds
 
 * the model as a Hugging Face directory (``config.json`` + ``model.safetensors``),
-  which ``load_checkpoint`` and ``transformers`` both read;
+  which ``load_checkpoint`` and ``transformers`` both read (a LoRA fine-tune keeps
+  only its adapters: :class:`ModelFiles` says which);
 * ``trainer_state.pt``: the step, the optimizer's moments and the history;
 * ``train_config.json``: the hyper-parameters;
 * any extra files passed in (the tokenizer, for example).
@@ -25,6 +26,7 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,6 +72,30 @@ def _disk_full(error: BaseException) -> bool:
     return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    """What a checkpoint holds of the model: ``write(model, folder)`` puts it there, ``read(model, checkpoint)``
+    loads it back into ``model``. Pretraining saves every weight (:data:`FULL_MODEL`); a LoRA fine-tune only
+    its adapters (:mod:`llama_from_scratch.finetuning`), since the base model is on disk already."""
+
+    write: Callable[[Llama, Path], None]
+    read: Callable[[Llama, Path], None]
+
+
+def write_full_model(model: Llama, folder: Path) -> None:
+    """The whole model as a Hugging Face directory (``config.json`` + ``model.safetensors``), float32."""
+    write_hf(model.config, model_tensors(model, torch.float32), folder, torch.float32)
+
+
+def read_full_model(model: Llama, checkpoint: Path) -> None:
+    """Copy the weights of a checkpoint written by :func:`write_full_model` into ``model``'s own tensors."""
+    saved = load_checkpoint(checkpoint, device=model.device, dtype=model.tok_embeddings.weight.dtype)
+    model.load_state_dict(saved.state_dict())  # buffers included
+
+
+FULL_MODEL = ModelFiles(write_full_model, read_full_model)
+
+
 def save_training_checkpoint(
     run_dir: Path,
     model: Llama,
@@ -79,6 +105,7 @@ def save_training_checkpoint(
     history: list[dict],
     extra_files: dict[str, Path] | None = None,
     keep: int = 2,
+    model_files: ModelFiles = FULL_MODEL,
 ) -> Path:
     """Write checkpoint ``step-NNNNNNN`` into ``run_dir``, point ``latest`` at it, keep the newest ``keep``.
 
@@ -96,7 +123,7 @@ def save_training_checkpoint(
     }
     try:
         with atomic_write(final, directory=True) as staging:
-            write_hf(model.config, model_tensors(model, torch.float32), staging, torch.float32)
+            model_files.write(model, staging)
             buffer = io.BytesIO()  # torch.save reports a failed write without its cause; Python's write names it
             torch.save(state, buffer)
             (staging / "trainer_state.pt").write_bytes(buffer.getbuffer())
@@ -120,7 +147,7 @@ def save_training_checkpoint(
 
 
 def load_training_state(
-    checkpoint: Path, model: Llama, optimizer: torch.optim.Optimizer, config
+    checkpoint: Path, model: Llama, optimizer: torch.optim.Optimizer, config, model_files: ModelFiles = FULL_MODEL
 ) -> tuple[int, list[dict]]:
     """Load weights and optimizer state from ``checkpoint`` into ``model`` / ``optimizer``; return (step, history).
 
@@ -143,8 +170,7 @@ def load_training_state(
         )
     if state["step"] >= config.steps:
         raise ValueError(f"{checkpoint}: the run already reached step {state['step']}; ask for more --steps")
-    saved = load_checkpoint(checkpoint, device=model.device, dtype=model.tok_embeddings.weight.dtype)
-    model.load_state_dict(saved.state_dict())  # copies into the model's own tensors, buffers included
+    model_files.read(model, checkpoint)
     optimizer.load_state_dict(state["optimizer"])
     return state["step"], state["history"]
 

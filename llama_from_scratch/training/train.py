@@ -21,6 +21,7 @@ everything stays float32 (bfloat16 is far slower on CPUs without native support)
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -37,7 +38,7 @@ from ..checkpoints.load import latest_checkpoint
 from ..errors import is_finite_number, is_int
 from .dataset import EVAL, TokenData, get_batch
 from ..model import Llama
-from .checkpoint import load_training_state, prepare_run_dir, save_training_checkpoint
+from .checkpoint import FULL_MODEL, ModelFiles, load_training_state, prepare_run_dir, save_training_checkpoint
 from .distributed import any_rank
 from .signals import TrainingStopped, stop_requests
 
@@ -137,24 +138,27 @@ def language_model_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: t
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    micro_batches: list[tuple[torch.Tensor, ...]],
     lr: float,
     grad_clip: float,
+    loss_fn: Callable[..., torch.Tensor] = language_model_loss,
 ) -> tuple[float, float]:
     """One optimizer step over ``micro_batches``; returns ``(mean loss, gradient norm before clipping)``.
 
     Gradient accumulation: each micro-batch's loss is divided by their number,
     so the summed gradients equal those of one big batch that would not fit in
-    memory.
+    memory. Each micro-batch is a tuple of tensors, moved to the model's device and
+    passed to ``loss_fn(model, *batch)``: ``(inputs, targets)`` for the language-model
+    loss; fine-tuning objectives bring their own (:mod:`llama_from_scratch.finetuning`).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     device = next(model.parameters()).device
-    for inputs, targets in micro_batches:
+    for batch in micro_batches:
         with autocast(device):
-            loss = language_model_loss(model, inputs.to(device), targets.to(device)) / len(micro_batches)
+            loss = loss_fn(model, *(t.to(device) for t in batch)) / len(micro_batches)
         loss.backward()
         total += loss.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -215,7 +219,7 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
 
 def train(
     model: Llama,
-    train_data: TokenData,
+    train_data: TokenData | None,
     val_data: TokenData | None,
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -226,6 +230,10 @@ def train(
     world_size: int = 1,
     ddp_model: torch.nn.Module | None = None,
     overwrite: bool = False,
+    batches: Callable[[int], list[tuple[torch.Tensor, ...]]] | None = None,
+    loss_fn: Callable[..., torch.Tensor] = language_model_loss,
+    validate: Callable[[Llama], dict[str, float]] | None = None,
+    model_files: ModelFiles = FULL_MODEL,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.steps`` steps; return the history of logged values.
 
@@ -245,6 +253,11 @@ def train(
     ``DistributedDataParallel`` wrapper of :func:`.distributed.wrap_model` as
     ``ddp_model``: each process trains on its slice of every global batch;
     only rank 0 evaluates and writes.
+
+    Fine-tuning runs the same loop on other data and objectives: ``batches(step)`` gives a step's
+    micro-batches instead of windows of ``train_data``, ``loss_fn`` is handed to :func:`train_step`,
+    ``validate(model)`` replaces :func:`evaluate` on ``val_data``, and ``model_files`` says what a
+    checkpoint holds of the model (LoRA keeps only the adapters).
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     is_main = rank == 0
@@ -256,34 +269,42 @@ def train(
     if resume:
         if out_dir is None or latest_checkpoint(out_dir) is None:
             raise FileNotFoundError(f"resume=True but {out_dir} holds no checkpoint to resume from")
-        start, history = load_training_state(latest_checkpoint(out_dir), model, optimizer, config)
+        start, history = load_training_state(latest_checkpoint(out_dir), model, optimizer, config, model_files)
     forward = ddp_model if ddp_model is not None else model
     model.train()
 
     def save(step: int) -> None:
         if is_main and out_dir is not None:
-            save_training_checkpoint(out_dir, model, optimizer, step, config, history, extra_files)
+            save_training_checkpoint(
+                out_dir, model, optimizer, step, config, history, extra_files, model_files=model_files
+            )
 
-    tokens_per_step = config.batch_size * config.grad_accum * config.seq_len * world_size
+    def windows(step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:  # pretraining's batches: text windows
+        return [
+            get_batch(
+                train_data,
+                step * config.grad_accum + m,
+                config.batch_size,
+                config.seq_len,
+                config.seed,
+                rank,
+                world_size,
+            )
+            for m in range(config.grad_accum)
+        ]
+
+    batches = batches or windows
+    if validate is None and val_data is not None:
+        validate = functools.partial(evaluate, data=val_data, config=config)
     quiet = not is_main or bool(os.environ.get("TQDM_DISABLE"))  # tqdm's notebook bar ignores TQDM_DISABLE
     with stop_requests() as stop_requested:  # before the progress bar: once it shows, Ctrl-C is handled
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
         clock = time.perf_counter()
         for step in progress:
-            micro_batches = [
-                get_batch(
-                    train_data,
-                    step * config.grad_accum + m,
-                    config.batch_size,
-                    config.seq_len,
-                    config.seed,
-                    rank,
-                    world_size,
-                )
-                for m in range(config.grad_accum)
-            ]
+            micro_batches = batches(step)
+            tokens_per_step = sum(batch[0].numel() for batch in micro_batches) * world_size
             lr = learning_rate(step, config)
-            loss, grad_norm = train_step(forward, optimizer, micro_batches, lr, config.grad_clip)
+            loss, grad_norm = train_step(forward, optimizer, micro_batches, lr, config.grad_clip, loss_fn)
             if not math.isfinite(loss):
                 kept = latest_checkpoint(out_dir) if out_dir is not None else None
                 raise ValueError(
@@ -297,8 +318,8 @@ def train(
             clock = now
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
             last = step == config.steps - 1
-            if is_main and val_data is not None and ((step + 1) % config.eval_every == 0 or last):
-                metrics = evaluate(model, val_data, config)
+            if is_main and validate is not None and ((step + 1) % config.eval_every == 0 or last):
+                metrics = validate(model)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
                 if on_eval is not None:
                     on_eval(step + 1, metrics)

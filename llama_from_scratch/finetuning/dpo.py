@@ -1,0 +1,137 @@
+"""Direct Preference Optimization (Rafailov et al., 2023): learning from "this answer is better than that one".
+
+Llama 2-Chat was tuned on human preferences with RLHF: a *reward model* ``r(x, y)`` is trained to score
+the preferred answer ``y_w`` above the rejected ``y_l`` (Bradley-Terry: ``P(y_w > y_l) = σ(r_w - r_l)``),
+then the policy is optimised with PPO to maximise the reward while a KL penalty keeps it close to the
+model it started from (the *reference* ``π_ref``)::
+
+    max_π  E[ r(x, y) ]  -  β · KL( π(·|x) || π_ref(·|x) )
+
+That objective has a closed-form optimum, ``π*(y|x) ∝ π_ref(y|x) · exp(r(x, y) / β)``. Read backwards it
+says that every policy defines the reward it is optimal for, ``r(x, y) = β · log(π(y|x) / π_ref(y|x))``
+plus a term that depends on ``x`` only and cancels in ``r_w - r_l``. Putting that reward into the
+Bradley-Terry likelihood gives a loss on the policy itself, with no reward model and no sampling::
+
+    loss = -log σ( β · [ (log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x)) ] )
+
+The only model outputs it needs are the log-probabilities of whole answers (:func:`sequence_logprobs`),
+from the policy and from the frozen reference (with LoRA: the same model with its adapters off).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..model import Llama
+from ..tokenization.load import Tokenizer
+from .lora import adapters_disabled
+from .sft import IGNORE_INDEX, Example, pad_batch, tokenize_dataset
+
+
+def sequence_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log π(answer | prompt)`` per sequence: the sum of the log-probabilities of the labelled targets.
+
+    ``tokens`` ``(batch, seq)`` are the inputs and ``labels`` ``(batch, seq)`` the target of each position
+    (the next token), -100 where nothing is scored (the prompt, the padding). Returns ``(batch,)`` in
+    float32 or wider. Only the scored positions go through the output head, so the
+    ``(batch, seq, vocab_size)`` logits never exist.
+    """
+    if tokens.shape != labels.shape:
+        raise ValueError(f"tokens and labels must have one shape, got {tuple(tokens.shape)} and {tuple(labels.shape)}")
+    hidden = model.hidden_states(tokens)  # (batch, seq, dim)
+    scored = labels != IGNORE_INDEX  # (batch, seq)
+    rows = scored.nonzero()[:, 0]  # (n,): the sequence of each scored position
+    logits = hidden[scored] @ model.output.weight.t()  # (n, vocab_size)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    per_token = torch.log_softmax(logits, dim=-1).gather(1, labels[scored][:, None]).squeeze(1)  # (n,)
+    return torch.zeros(tokens.shape[0], dtype=per_token.dtype, device=tokens.device).index_add(0, rows, per_token)
+
+
+def reward_margins(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """``β · [log π/π_ref (chosen) - log π/π_ref (rejected)]`` per pair: the implicit reward's margin."""
+    chosen = policy_chosen_logps - reference_chosen_logps  # log-ratio to the reference
+    rejected = policy_rejected_logps - reference_rejected_logps
+    return beta * (chosen - rejected)
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """The DPO loss, averaged over the pairs: ``mean(-log σ(margin))`` (:func:`reward_margins`).
+
+    Every argument is ``(pairs,)``: the summed log-probabilities of each chosen and rejected answer under
+    the policy and the reference. ``-log σ(z)`` is computed as ``softplus(-z)``, exact for large ``|z|``.
+    """
+    margins = reward_margins(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
+    )
+    return F.softplus(-margins).mean()
+
+
+def reward_accuracy(margins: torch.Tensor) -> float:
+    """The share of pairs whose chosen answer the policy prefers more than the reference did (margin > 0)."""
+    return (margins > 0).float().mean().item()
+
+
+def dpo_batch_loss(
+    model: Llama, tokens: torch.Tensor, labels: torch.Tensor, reference_logps: torch.Tensor, beta: float = 0.1
+) -> torch.Tensor:
+    """The DPO loss of one batch laid out for a single forward pass: the first half of the rows chosen, the
+    second half rejected. ``tokens``, ``labels`` ``(2 * pairs, seq)``; ``reference_logps`` ``(2 * pairs,)``,
+    computed once before training, since the reference never changes."""
+    logps = sequence_logprobs(model, tokens, labels)
+    policy_chosen, policy_rejected = logps.chunk(2)
+    reference_chosen, reference_rejected = reference_logps.chunk(2)
+    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+
+
+def tokenize_pairs(
+    pairs: list[dict], tokenizer: Tokenizer, template: str, cache_dir: str | Path | None = None
+) -> list[tuple[Example, Example]]:
+    """``{"messages", "chosen", "rejected"}`` -> (chosen, rejected) examples; the prompt carries no loss."""
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, dict) and all(isinstance(pair.get(k), str) for k in ("chosen", "rejected"))):
+            raise ValueError(f"preference pair {i}: expected 'messages' and the strings 'chosen' and 'rejected'")
+    conversations = [
+        p["messages"] + [{"role": "assistant", "content": p[side]}] for side in ("chosen", "rejected") for p in pairs
+    ]
+    examples = tokenize_dataset(conversations, tokenizer, template, cache_dir)
+    return list(zip(examples[: len(pairs)], examples[len(pairs) :]))
+
+
+def pair_batch(pairs: list[tuple[Example, Example]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, labels)`` ``(2 * pairs, seq)``: the chosen answers' rows first, then the rejected ones'."""
+    return pad_batch([chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs], pad_id)
+
+
+@torch.no_grad()
+def reference_logprobs(
+    model: Llama, pairs: list[tuple[Example, Example]], batch_size: int = 8, pad_id: int = 0
+) -> torch.Tensor:
+    """``(pairs, 2)``: ``log π_ref`` of each chosen and rejected answer, computed once (the reference is frozen).
+
+    With LoRA adapters the reference is the base model: the adapters are switched off meanwhile.
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    with adapters_disabled(model):
+        for start in range(0, len(pairs), batch_size):
+            tokens, labels = pair_batch(pairs[start : start + batch_size], pad_id)
+            chosen, rejected = sequence_logprobs(model, tokens.to(model.device), labels.to(model.device)).chunk(2)
+            out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)

@@ -1,0 +1,255 @@
+"""Fine-tuning a pretrained model: supervised (SFT) or from preferences (DPO), all weights or LoRA adapters.
+
+The loop is pretraining's (:func:`llama_from_scratch.training.train.train`): AdamW, warm-up and cosine
+schedule, gradient clipping, the progress bar, periodic validation, crash-safe checkpoints, exact
+resumption, Ctrl-C saving a checkpoint. What changes is handed to it:
+
+* the batches: conversations padded on the right (:mod:`.sft`), or preference pairs, chosen and
+  rejected answers in one batch (:mod:`.dpo`), drawn as a pure function of the step, so a resumed
+  run draws what the uninterrupted one would have;
+* the loss: next-token cross-entropy on the assistant's tokens (SFT), or the DPO loss against log-
+  probabilities of the reference model, computed once before training (it never changes);
+* what is trained: with ``method="lora"`` only the adapters (:mod:`.lora`), so the optimizer holds
+  moments for a few million numbers, not for the whole model; with ``"full"`` every weight;
+* what a checkpoint holds: the adapters alone, in PEFT's layout (:mod:`.adapter`), or the whole model;
+* validation: held-out loss (SFT), or held-out DPO loss, reward margins and preference accuracy, plus
+  whatever the caller measures (the task's accuracy).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import is_finite_number
+from ..model import Llama
+from ..training.checkpoint import FULL_MODEL, ModelFiles
+from ..training.train import TrainConfig, train
+from .adapter import load_adapter, save_adapter
+from .dpo import (
+    dpo_batch_loss,
+    dpo_loss,
+    pair_batch,
+    reference_logprobs,
+    reward_accuracy,
+    reward_margins,
+    sequence_logprobs,
+)
+from .lora import LORA_TARGETS, add_lora
+from .sft import IGNORE_INDEX, Example, pad_batch, sample_indices, sft_loss
+
+METHODS = ("lora", "full")
+OBJECTIVES = ("sft", "dpo")
+ADAPTER_FOLDER = "adapter"  # inside each checkpoint of a LoRA run
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """A fine-tuning run: :class:`TrainConfig`'s settings (with fine-tuning's defaults) and what to train how.
+
+    ``seq_len`` is the longest example allowed, in tokens. ``weight_decay`` defaults to 0: the update
+    should stay small, and LoRA's ``B`` starts at zero anyway. ``beta`` is DPO's β, how far the policy
+    may move from the reference.
+    """
+
+    steps: int = 100
+    batch_size: int = 8
+    seq_len: int = 512
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    method: str = "lora"
+    objective: str = "sft"
+    rank: int = 8
+    alpha: float = 16.0
+    lora_dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in METHODS or self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"FinetuneConfig needs method in {METHODS} and objective in {OBJECTIVES}, "
+                f"got method={self.method!r}, objective={self.objective!r}"
+            )
+        if not is_finite_number(self.beta) or self.beta <= 0:
+            raise ValueError(f"FinetuneConfig.beta must be a positive number, got {self.beta!r}")
+
+
+def write_adapter(model: Llama, folder: Path) -> None:
+    save_adapter(model, Path(folder) / ADAPTER_FOLDER)
+
+
+def read_adapter(model: Llama, checkpoint: Path) -> None:
+    load_adapter(model, Path(checkpoint) / ADAPTER_FOLDER)
+
+
+ADAPTER_ONLY = ModelFiles(write_adapter, read_adapter)  # a LoRA run's checkpoints: the base model is on disk already
+
+
+def prepare_model(model: Llama, config: FinetuneConfig) -> int:
+    """Make ``model`` trainable as ``config.method`` says; returns the number of trainable parameters."""
+    if config.method == "lora":
+        return add_lora(model, config.rank, config.alpha, config.targets, config.lora_dropout)
+    model.requires_grad_(True)
+    return model.num_parameters()
+
+
+def check_lengths(examples: list[Example], config: FinetuneConfig, model: Llama, what: str) -> None:
+    """Every example fits ``config.seq_len`` and the model's context, and has something to learn."""
+    limit = min(config.seq_len, model.config.max_seq_len)
+    for i, example in enumerate(examples):
+        if len(example) - 1 > limit:
+            raise ValueError(
+                f"{what} {i} has {len(example)} tokens, more than the {limit} allowed "
+                f"(seq_len={config.seq_len}, the model's max_seq_len={model.config.max_seq_len}); shorten it"
+            )
+        if all(label == IGNORE_INDEX for label in example.labels[1:]):
+            raise ValueError(f"{what} {i} has no assistant token to learn from")
+
+
+@torch.no_grad()
+def sft_validation(model: Llama, examples: list[Example], batch_size: int, pad_id: int) -> dict[str, float]:
+    """The loss on every held-out example's assistant tokens, in nats per token."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        inputs, targets = pad_batch(examples[start : start + batch_size], pad_id)
+        n = int((targets != IGNORE_INDEX).sum())
+        total += sft_loss(model, inputs.to(model.device), targets.to(model.device)).item() * n
+        count += n
+    model.train()
+    return {"loss": total / count}
+
+
+@torch.no_grad()
+def dpo_validation(
+    model: Llama, pairs: list[tuple[Example, Example]], reference: torch.Tensor, config: FinetuneConfig, pad_id: int
+) -> dict[str, float]:
+    """On held-out pairs: the DPO loss, the reward margin and how often it is positive (``reward_accuracy``),
+    how often the policy itself gives the chosen answer the higher probability (``preference_accuracy``),
+    and the log-ratios to the reference of the chosen and the rejected answers."""
+    model.eval()
+    logps = []
+    for start in range(0, len(pairs), config.batch_size):
+        tokens, labels = pair_batch(pairs[start : start + config.batch_size], pad_id)
+        chosen, rejected = sequence_logprobs(model, tokens.to(model.device), labels.to(model.device)).chunk(2)
+        logps.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+    model.train()
+    policy = torch.cat(logps)  # (pairs, 2)
+    logps = (policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1])
+    margins = reward_margins(*logps, config.beta)
+    return {
+        "loss": dpo_loss(*logps, config.beta).item(),
+        "reward_margin": margins.mean().item(),
+        "reward_accuracy": reward_accuracy(margins),
+        "preference_accuracy": (policy[:, 0] > policy[:, 1]).float().mean().item(),
+        "chosen_log_ratio": (policy[:, 0] - reference[:, 0]).mean().item(),
+        "rejected_log_ratio": (policy[:, 1] - reference[:, 1]).mean().item(),
+    }
+
+
+def finetune(
+    model: Llama,
+    train_examples: list,
+    val_examples: list,
+    config: FinetuneConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    pad_id: int = 0,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    measure: Callable[[Llama], dict[str, float]] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> list[dict[str, float]]:
+    """Fine-tune ``model`` in place; returns the history (as :func:`~llama_from_scratch.training.train.train`).
+
+    ``train_examples`` / ``val_examples``: :class:`~.sft.Example` for ``objective="sft"``, ``(chosen, rejected)``
+    pairs of them for ``"dpo"``. ``measure(model)`` adds its figures to every validation (the task's
+    accuracy, say). ``model`` is the base model: with ``resume`` the adapters (or weights) and the
+    optimizer state come from ``out_dir``'s newest checkpoint.
+    """
+    if not train_examples or not val_examples:
+        raise ValueError("fine-tuning needs training and validation examples; one of them is empty")
+    dpo = config.objective == "dpo"
+    for what, items in (("training example", train_examples), ("validation example", val_examples)):
+        check_lengths([e for item in items for e in (item if dpo else (item,))], config, model, what)
+    if dpo:  # the reference is the model before fine-tuning: measured now, before any step or resumed state
+        reference = reference_logprobs(model, train_examples, config.batch_size, pad_id)
+        val_reference = reference_logprobs(model, val_examples, config.batch_size, pad_id)
+    prepare_model(model, config)
+
+    def batches(step: int) -> list[tuple[torch.Tensor, ...]]:
+        micro = []
+        for m in range(config.grad_accum):
+            rows = sample_indices(len(train_examples), step * config.grad_accum + m, config.batch_size, config.seed)
+            chosen = [train_examples[i] for i in rows]
+            if dpo:
+                micro.append((*pair_batch(chosen, pad_id), torch.cat([reference[rows, 0], reference[rows, 1]])))
+            else:
+                micro.append(pad_batch(chosen, pad_id))
+        return micro
+
+    if dpo:
+        loss_fn = functools.partial(dpo_batch_loss, beta=config.beta)
+        validation = functools.partial(
+            dpo_validation, pairs=val_examples, reference=val_reference, config=config, pad_id=pad_id
+        )
+    else:
+        loss_fn = sft_loss
+        validation = functools.partial(
+            sft_validation, examples=val_examples, batch_size=config.batch_size, pad_id=pad_id
+        )
+
+    def validate(model: Llama) -> dict[str, float]:
+        return {**validation(model), **(measure(model) if measure is not None else {})}
+
+    return train(
+        model,
+        None,
+        None,
+        config,
+        out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        on_eval=on_eval,
+        extra_files=extra_files,
+        batches=batches,
+        loss_fn=loss_fn,
+        validate=validate,
+        model_files=ADAPTER_ONLY if config.method == "lora" else FULL_MODEL,
+    )
+
+
+def run_files(out_dir: Path, tokenizer, chat_template: str) -> dict[str, Path]:
+    """Write the tokenizer and the chat template the run trains with into ``out_dir/tokenizer``; return them
+    as the files every checkpoint keeps, so that a checkpoint (or its adapter) is usable alone."""
+    from ..checkpoints.hf import write_hf_tokenizer
+
+    folder = Path(out_dir) / "tokenizer"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_hf_tokenizer(tokenizer, folder, chat_template)
+    return {path.name: path for path in sorted(folder.iterdir())}
+
+
+def find_adapter(path: str | Path) -> Path:
+    """The adapter folder ``path`` names: an adapter itself, a checkpoint of a LoRA run, or the run's folder
+    (its newest checkpoint)."""
+    from ..checkpoints.load import LATEST, latest_checkpoint
+
+    path = Path(path)
+    if path.is_dir() and (path / LATEST).exists():
+        path = latest_checkpoint(path)
+    if (path / ADAPTER_FOLDER).is_dir():
+        path = path / ADAPTER_FOLDER
+    if not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{path}: no adapter_config.json: not a LoRA adapter, a LoRA checkpoint or its run")
+    return path

@@ -1,0 +1,172 @@
+"""Supervised fine-tuning data: conversations turned into tokens, with the loss on the assistant's tokens only.
+
+An instruction-tuned model is trained on conversations written in its chat template (:mod:`..chat`).
+The model should learn to *answer*, not to write questions, so only the assistant's tokens are
+targets; every other target is ``-100``, the ``ignore_index`` that :meth:`Llama.loss` skips::
+
+    <|im_start|>user\\nWhich play?...<|im_end|>\\n<|im_start|>assistant\\n Hamlet <|im_end|> \\n
+    -100 -100 ...                                          -100         Hamlet <|im_end|> -100
+
+The end-of-turn marker carries loss too: that is how the model learns to stop.
+
+How the tokens are cut: for each assistant message the conversation before it is rendered with the
+generation prompt (exactly the prompt a chat would give the model) and the text the answer adds is
+encoded after it. The prompt tokens are therefore those the model sees at inference, and the answer
+tokens those it would have to generate.
+
+Batches are padded on the right. For a causal model that needs no attention mask: position ``t``
+attends only to positions ``<= t``, so a real token never sees the padding after it, its RoPE positions
+are those of the sequence alone, and the padded positions' targets are ``-100``. (Packing several
+conversations into one row would need a block-diagonal mask, which the model's attention does not take.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..chat import encode_chat, render_chat, special_texts
+from ..checkpoints.atomic import atomic_write
+from ..cross_entropy import linear_cross_entropy
+from ..model import Llama
+from ..tokenization.load import Tokenizer
+
+IGNORE_INDEX = -100  # the target that carries no loss (PyTorch's and Llama.loss's default)
+
+
+@dataclass
+class Example:
+    """One conversation as tokens: ``labels[i]`` is ``tokens[i]`` where the assistant wrote it, else -100."""
+
+    tokens: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def check_messages(messages: object, where: str = "conversation") -> list[dict[str, str]]:
+    """``messages`` if it is a list of ``{"role": ..., "content": str}`` ending with an assistant turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: expected a non-empty list of messages, got {type(messages).__name__}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: message {i} must be an object with a string 'content'")
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(
+                f"{where}: message {i} has role {message.get('role')!r}; expected system, user or assistant"
+            )
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: the last message must be the assistant's (the answer to learn)")
+    return messages
+
+
+def tokenize_conversation(tokenizer: Tokenizer, template: str, messages: list[dict[str, str]]) -> Example:
+    """Render ``messages`` with ``template`` and encode them, labelling the assistant's tokens only."""
+    check_messages(messages)
+    variables = special_texts(tokenizer)
+    tokens: list[int] = []
+    labels: list[int] = []
+    done = ""  # the text encoded so far
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render_chat(template, messages[:i], add_generation_prompt=True, **variables)
+        full = render_chat(template, messages[: i + 1], add_generation_prompt=False, **variables)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError(
+                f"the chat template does not render message {i} after the conversation before it; "
+                "loss masking needs a template that only appends"
+            )
+        context = encode_chat(tokenizer, prompt[len(done) :])
+        answer = encode_chat(tokenizer, full[len(prompt) :])
+        # the answer up to and including the end-of-turn marker carries loss; the template's text after it does not
+        end = answer.index(tokenizer.eos_id) + 1 if tokenizer.eos_id in answer else len(answer)
+        tokens += context + answer
+        labels += [IGNORE_INDEX] * len(context) + answer[:end] + [IGNORE_INDEX] * (len(answer) - end)
+        done = full
+    return Example(tokens, labels)
+
+
+def pad_batch(examples: list[Example], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)``, both ``(batch, longest - 1)``, padded on the right.
+
+    ``inputs`` are each example's tokens but the last; ``targets`` its labels shifted by one (the target
+    of position ``t`` is the label of token ``t + 1``). Padding gets ``pad_id`` as input (any valid id:
+    nothing real attends to it) and -100 as target.
+    """
+    length = max(len(e) for e in examples) - 1
+    inputs = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example) - 1
+        inputs[row, :n] = torch.tensor(example.tokens[:-1])
+        targets[row, :n] = torch.tensor(example.labels[1:])
+    return inputs, targets
+
+
+def sft_loss(model: Llama, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:meth:`Llama.loss` computed on the labelled positions only: the same mean over the assistant's tokens.
+
+    In a conversation most targets are -100 (the question is long, the answer short), and the output
+    head is the largest matrix product of a small model (SmolLM2: 49,152 x 576). Only the rows that carry
+    loss go through it. ``inputs``, ``targets``: ``(batch, seq)``.
+    """
+    hidden = model.hidden_states(inputs)  # (batch, seq, dim)
+    kept = targets != IGNORE_INDEX  # (batch, seq)
+    return linear_cross_entropy(hidden[kept], model.output.weight, targets[kept])  # hidden[kept]: (n, dim)
+
+
+def sample_indices(n: int, step: int, batch_size: int, seed: int, stream: int = 0) -> list[int]:
+    """Which of ``n`` examples make the batch of ``step``: a pure function of ``(seed, stream, step)``, so a
+    resumed run draws what the uninterrupted one would have (as
+    :func:`~llama_from_scratch.training.dataset.get_batch` does)."""
+    return np.random.default_rng([seed, stream, step]).integers(0, n, size=batch_size).tolist()
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """A hash of what the tokenizer does: its class, every token's text and its special ids."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    for i in range(tokenizer.vocab_size):
+        digest.update(tokenizer.decode([i]).encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(repr((tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)).encode())
+    return digest.hexdigest()
+
+
+def tokenize_dataset(
+    conversations: list[list[dict[str, str]]],
+    tokenizer: Tokenizer,
+    template: str,
+    cache_dir: str | Path | None = None,
+) -> list[Example]:
+    """Every conversation as an :class:`Example`, read from ``cache_dir`` when it was tokenized before.
+
+    The cache file is named after a hash of the conversations, the template and the tokenizer
+    (:func:`tokenizer_fingerprint`), so a change to any of them tokenizes afresh; it is written atomically.
+    """
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(json.dumps([conversations, template], sort_keys=True).encode())
+        key.update(tokenizer_fingerprint(tokenizer).encode())
+        path = Path(cache_dir) / f"sft-{key.hexdigest()[:20]}.npz"
+        if path.exists():
+            with np.load(path) as saved:
+                bounds = saved["offsets"]
+                tokens, labels = saved["tokens"].tolist(), saved["labels"].tolist()
+            return [Example(tokens[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    examples = [tokenize_conversation(tokenizer, template, c) for c in conversations]
+    if path is not None:
+        offsets = np.cumsum([0] + [len(e) for e in examples])
+        with atomic_write(path) as tmp, open(tmp, "wb") as file:
+            np.savez(
+                file,
+                tokens=np.array([t for e in examples for t in e.tokens], dtype=np.int64),
+                labels=np.array([t for e in examples for t in e.labels], dtype=np.int64),
+                offsets=offsets,
+            )
+    return examples
