@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--eval-chars", type=int, default=20_000, help="held-out characters scored per scheme")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     parser.add_argument("--trained", type=Path, help="a run folder or checkpoint trained by this course (optional)")
+    parser.add_argument("--save", type=Path, help="also write the figures to this JSON file (chapter 09 reads one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     held_out = shakespeare().validation
@@ -162,6 +165,24 @@ def main() -> None:
         for name, bpb in summary["trained"].items():
             print(f"{name:>13} {bpb:10.4f}" + (f" {100 * (bpb / base - 1):+7.2f}%" if base else ""))
     print(json.dumps(summary))
+    if args.save is not None:
+        summary = {
+            "command": "python benchmarks/quantization_smollm2.py " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__,
+            **summary,
+        }
+        args.save.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def machine() -> str:
+    """The CPU's model name and core count, as Linux reports them (else the platform's description)."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        return f"{names[0]}, {len(names)} cores"
+    except (OSError, IndexError):
+        return platform.platform()
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ in subpackages named after what it is:
 * ``course``: exercise checks, exercise generation, pictures;
 * ``quantization``: int8 / int4 weights swapped in from outside the model,
   and GGUF's block formats written from scratch;
+* ``finetuning``: LoRA (PEFT's adapter layout), supervised fine-tuning with
+  the loss on the answers only, DPO, the "which play?" task;
 * ``long_context``: RoPE scaling (linear, NTK, YaRN, Llama 3.1) as functions
-  on the frequencies, FlashAttention's tiled online softmax, the Llama 3 presets.
+  on the frequencies, FlashAttention's tiled online softmax.
 
 ``cli`` is the command line (``python -m llama_from_scratch``); ``errors``
 holds :class:`FormatError`, raised by every reader for a broken file.

@@ -176,6 +176,9 @@ def test_ctrl_c_ends_a_chat_without_a_traceback(chat_checkpoint):
          "--max-new-tokens", "4"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"},
+        # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited "ignore": give the
+        # child the default disposition, as a terminal's foreground process has, so that Ctrl-C reaches it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     process.stdin.write("Who are you?\n")
     process.stdin.flush()

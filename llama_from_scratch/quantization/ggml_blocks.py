@@ -113,7 +113,7 @@ def pack_halves(q: np.ndarray) -> np.ndarray:
 
 def unpack_halves(qs: np.ndarray) -> np.ndarray:
     """``(n_blocks, 16)`` bytes -> ``(n_blocks, 32)`` nibbles (uint8 0..15): the inverse of :func:`pack_halves`."""
-    return unpack_int4(torch.from_numpy(np.ascontiguousarray(qs))).numpy()
+    return unpack_int4(torch.from_numpy(np.array(qs, dtype=np.uint8))).numpy()  # a copy: qs may be read-only
 
 
 def fifth_bits(q: np.ndarray) -> np.ndarray:

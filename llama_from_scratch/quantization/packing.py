@@ -15,7 +15,7 @@ Why not neighbours (``q[2j]`` with ``q[2j+1]``)? Speed. A kernel that multiplies
 an input ``x`` unpacks all low nibbles at once and multiplies them by ``x[0 : n/2]``, then all high
 nibbles by ``x[n/2 : n]``: two contiguous slices, which vector instructions load in one go.
 Neighbours would pair each byte with ``x[0::2]`` and ``x[1::2]``, strided reads that a compiler
-vectorises badly (measured in chapter 09: about 5x slower). The int4 layers pack each group of 32/64/128
+vectorises badly (chapter 09 times both: several times slower). The int4 layers pack each group of 32/64/128
 weights this way, exactly as llama.cpp packs each block of 32 (:func:`.ggml_blocks.pack_halves`).
 """
 

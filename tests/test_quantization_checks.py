@@ -1,0 +1,84 @@
+"""Chapter 09's exercise checks: the solution passes, each catalogued mistake is named, messages fit nbgrader.
+
+As ``test_course_feedback.py`` does for the other chapters' checks, with the mistakes listed in
+``course.quantization_checks`` itself.
+"""
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from llama_from_scratch.course import quantization_checks as checks
+from llama_from_scratch.course.feedback import FIRST_LINE_WIDTH, LINE_WIDTH, CheckFailed
+from llama_from_scratch.quantization import quantize_int4
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# check -> (the learner's function it checks, the catalogued mistakes)
+CHECKS = {
+    "check_quantize_int4": ("my_quantize_int4", checks.QUANTIZE_INT4),
+    "check_dequantize_int4": ("my_dequantize_int4", checks.DEQUANTIZE_INT4),
+    "check_quantize_q8_0": ("my_quantize_q8_0", checks.QUANTIZE_Q8_0),
+}
+MISTAKES = [(check, i) for check, (_, mistakes) in CHECKS.items() for i in range(len(mistakes))]
+
+
+def solution(name: str):
+    """The model answer ``name`` of solutions/09_quantization.ipynb: its set-up and answer cells, executed."""
+    cells = json.loads((ROOT / "solutions" / "09_quantization.ipynb").read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for cell in code[:1] + [c for c in code if c.get("metadata", {}).get("nbgrader", {}).get("solution")]:
+        exec("".join(cell["source"]), namespace)  # noqa: S102 (the course's own solution notebook)
+    return namespace[name]
+
+
+def failure(check: str, answer) -> str:
+    with pytest.raises(CheckFailed) as raised:
+        getattr(checks, check)(answer)
+    message = str(raised.value)
+    too_long = [line for line in message.splitlines() if len(line) > LINE_WIDTH]
+    assert not too_long, f"lines nbgrader validate would cut: {too_long}"
+    assert len(message.splitlines()[0]) <= FIRST_LINE_WIDTH, "nbgrader shows it after 'CheckFailed: '"
+    return message
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_the_solution_passes(check, capsys):
+    getattr(checks, check)(solution(CHECKS[check][0]))
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check, index", MISTAKES, ids=[f"{c}-{i}" for c, i in MISTAKES])
+def test_each_catalogued_mistake_is_named(check, index):
+    mistake = CHECKS[check][1][index]
+    assert mistake.cause in failure(check, mistake.answer)
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_an_unwritten_answer_says_so(check):
+    def unwritten(*args):
+        raise NotImplementedError()
+
+    assert "not implemented yet" in failure(check, unwritten)
+
+
+@pytest.mark.parametrize(
+    "check, answer, called",
+    [
+        ("check_quantize_int4", lambda w, g: quantize_int4(w, g), "quantize_int4"),
+        ("check_quantize_q8_0", lambda x: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), "quants.quantize"),
+    ],
+)
+def test_a_forbidden_call_is_caught(check, answer, called):
+    message = failure(check, answer)
+    assert called in message and "asks you not to use" in message, message
+
+
+def test_wrong_types_and_shapes_are_named():
+    assert "expected a tuple (packed, scales, mins)" in failure("check_quantize_int4", lambda w, g: w)
+    message = failure("check_quantize_q8_0", lambda x: np.zeros(len(x) // 32 * 34, dtype=np.int8))
+    assert "expected uint8" in message and "34 bytes" in message
