@@ -84,3 +84,16 @@ def assert_same_logits(got: torch.Tensor, expected: torch.Tensor, rounding: floa
     bound = 4 * rounding
     difference = (got - expected).abs().max().item()
     assert difference <= bound, f"logits differ by {difference:.3g}, more than float32 rounding allows ({bound:.3g})"
+
+
+def check_failure(checks, check: str, answer) -> str:
+    """The message with which ``checks.<check>(answer)`` fails, every line short enough for ``nbgrader validate``."""
+    from llama_from_scratch.course.feedback import FIRST_LINE_WIDTH, LINE_WIDTH, CheckFailed
+
+    with pytest.raises(CheckFailed) as raised:
+        getattr(checks, check)(answer)
+    message = str(raised.value)
+    too_long = [line for line in message.splitlines() if len(line) > LINE_WIDTH]
+    assert not too_long, f"lines nbgrader validate would cut: {too_long}"
+    assert len(message.splitlines()[0]) <= FIRST_LINE_WIDTH, "nbgrader shows it after 'CheckFailed: '"
+    return message

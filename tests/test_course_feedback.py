@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from llama_from_scratch.course import checks, diagnosis
-from llama_from_scratch.course.feedback import FIRST_LINE_WIDTH, LINE_WIDTH, CheckFailed
+from helpers import check_failure
+from llama_from_scratch.course.feedback import LINE_WIDTH
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +60,7 @@ def solution(number: str, name: str):
 
 
 def failure(check: str, answer) -> str:
-    with pytest.raises(CheckFailed) as raised:
-        getattr(checks, check)(answer)
-    message = str(raised.value)
-    too_long = [line for line in message.splitlines() if len(line) > LINE_WIDTH]
-    assert not too_long, f"lines nbgrader validate would cut: {too_long}"
-    assert len(message.splitlines()[0]) <= FIRST_LINE_WIDTH, "nbgrader shows it after 'CheckFailed: '"
-    return message
+    return check_failure(checks, check, answer)
 
 
 @pytest.mark.parametrize("check", CHECKS)
