@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .checkpoints.load import Pretrained
 from .generate import generate_stream
+from .tokenization.byte_bpe import ByteLevelBPE
 from .tokenization.load import Tokenizer, token_text
+from .tokenization.tiktoken_file import LLAMA3_END_OF_TURN_TOKENS
 
 
 def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True, **variables) -> str:
@@ -75,6 +77,18 @@ def special_texts(tokenizer: Tokenizer) -> dict[str, str]:
     """``{"bos_token": "<s>", "eos_token": "</s>"}``: the variables templates use for the tokenizer's markers."""
     ids = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id}
     return {name: token_text(tokenizer, i) for name, i in ids.items() if i is not None}
+
+
+def chat_stop_tokens(tokenizer: Tokenizer) -> list[int]:
+    """The ids that end an answer: EOS, and Llama 3's end-of-turn tokens where the vocabulary has them.
+
+    A Llama 3 tokenizer read from Meta's ``tokenizer.model`` has ``<|end_of_text|>`` as its EOS, the end of
+    a document, which an instruct model never writes at the end of an answer: it writes ``<|eot_id|>``.
+    Stopping at EOS alone would let the answer run on into a turn the model invents for the user.
+    """
+    special = tokenizer.special_tokens if isinstance(tokenizer, ByteLevelBPE) else {}
+    ids = [tokenizer.eos_id, *(special.get(text) for text in LLAMA3_END_OF_TURN_TOKENS)]
+    return list(dict.fromkeys(i for i in ids if i is not None))  # in order, each once
 
 
 def encode_chat(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -153,7 +167,7 @@ def chat(
             min(max_new_tokens, room),
             temperature=temperature,
             top_p=top_p,
-            stop_tokens=[tokenizer.eos_id],
+            stop_tokens=chat_stop_tokens(tokenizer),
             seed=seed,
             compile=compile,
         )

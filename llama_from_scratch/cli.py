@@ -216,6 +216,12 @@ def apply_adapters(pretrained, adapters: list[Path] | None) -> None:
         pretrained.chat_template = read_chat_template(adapter.parent) or pretrained.chat_template
 
 
+def describe_base(base: Path, adapters: list[Path] | None) -> str:
+    """``"runs/x (123,456 bytes) + adapter runs/sft"``: where a fine-tune's base came from, for people."""
+    size = f" ({base.stat().st_size:,} bytes)" if base.is_file() else ""
+    return f"{base}{size}" + "".join(f" + adapter {a}" for a in adapters or [])
+
+
 def command_finetune(args: argparse.Namespace) -> None:
     from .chat import CHAT_TEMPLATES
     from .checkpoints.load import load_pretrained
@@ -227,7 +233,7 @@ def command_finetune(args: argparse.Namespace) -> None:
     from .training.checkpoint import prepare_run_dir
 
     names = ("steps", "batch_size", "grad_accum", "seq_len", "lr", "eval_every", "checkpoint_every", "rank", "alpha")
-    changes = {name: getattr(args, name) for name in (*names, "beta") if getattr(args, name) is not None}
+    changes = {name: getattr(args, name) for name in (*names, "beta", "nll_weight") if getattr(args, name) is not None}
     changes.setdefault("lr", 1e-3 if args.method == "lora" else 5e-5)  # full fine-tuning moves every weight: gently
     config = FinetuneConfig(method=args.method, objective=args.objective, min_lr=changes["lr"] / 10, **changes)
     prepare_run_dir(args.out, args.resume, args.overwrite)  # an unusable --out is reported before the model loads
@@ -235,7 +241,9 @@ def command_finetune(args: argparse.Namespace) -> None:
     apply_adapters(pretrained, args.adapter)  # e.g. DPO on top of an SFT fine-tune: the SFT model is the base
     model, tokenizer = pretrained.model, pretrained.tokenizer
     template = CHAT_TEMPLATES[args.template] if args.template else pretrained.chat_template or CHAT_TEMPLATES["chatml"]
-    records = load_records(args.data, args.objective, args.val_data, args.train_per_play, args.test_per_play)
+    records = load_records(
+        args.data, args.objective, args.val_data, args.train_per_play, args.test_per_play, args.passage_chars
+    )
     tokenize = tokenize_pairs if args.objective == "dpo" else tokenize_dataset
     train_examples = tokenize(records.train, tokenizer, template, args.data_cache)
     val_examples = tokenize(records.validation, tokenizer, template, args.data_cache)
@@ -273,6 +281,7 @@ def command_finetune(args: argparse.Namespace) -> None:
         on_eval=report,
         measure=measure,
         extra_files=run_files(args.out, tokenizer, template),
+        base=describe_base(args.base, args.adapter),
     )
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     speed = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
@@ -384,13 +393,19 @@ def parser() -> argparse.ArgumentParser:
     finetune.add_argument("--method", choices=("lora", "full"), default="lora")
     finetune.add_argument("--objective", choices=("sft", "dpo"), default="sft")
     finetune.add_argument("--out", type=Path, required=True, help="where checkpoints go")
-    finetune.add_argument("--template", choices=("chatml", "llama2"), help="default: the checkpoint's own, else chatml")
+    finetune.add_argument(
+        "--template", choices=("chatml", "llama2", "llama3"), help="default: the checkpoint's own, else chatml"
+    )
     for option in ("steps", "batch-size", "grad-accum", "seq-len", "eval-every", "checkpoint-every", "rank"):
         finetune.add_argument(f"--{option}", type=int)
     for option in ("lr", "alpha", "beta"):
         finetune.add_argument(f"--{option}", type=float)
+    finetune.add_argument(
+        "--nll-weight", type=float, help="dpo: add the chosen answers' log-likelihood, weighted (default 0: plain DPO)"
+    )
     finetune.add_argument("--train-per-play", type=int, help="plays task: training questions per play (default all)")
     finetune.add_argument("--test-per-play", type=int, help="plays task: held-out questions per play (default all)")
+    finetune.add_argument("--passage-chars", type=int, default=400, help="plays task: the longest passage, characters")
     finetune.add_argument("--eval-questions", type=int, default=50, help="plays task: questions per validation")
     finetune.add_argument("--baseline", action="store_true", help="plays task: zero- and few-shot accuracy first")
     finetune.add_argument("--data-cache", type=Path, default=Path("data") / "finetune", help="tokenized-data cache")

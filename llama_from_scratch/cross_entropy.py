@@ -38,20 +38,21 @@ def _chunked_loss(
     weight: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int,
-    with_grads: bool,
+    with_grads: tuple[bool, bool],
     ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The summed loss over all rows and, ``with_grads``, its gradients for ``hidden`` and ``weight``.
+    """The summed loss over all rows and the gradients ``with_grads`` asks for: ``(hidden's, weight's)``.
 
     Shapes: ``hidden`` ``(tokens, dim)``, ``weight`` ``(vocab_size, dim)``,
     ``targets`` ``(tokens,)``. Logits are made ``chunk_size`` rows at a time,
     in at least float32 for the softmax, and dropped after use. Rows whose
-    target is ``ignore_index`` add nothing to the loss and get zero gradient.
+    target is ``ignore_index`` add nothing to the loss and get zero gradient. A gradient not asked for
+    (a frozen output head under LoRA) is not computed: the weight's costs a third matrix product per chunk.
     """
     loss_dtype = torch.promote_types(hidden.dtype, torch.float32)
     loss = torch.zeros((), dtype=loss_dtype, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if with_grads else None
-    grad_weight = torch.zeros_like(weight) if with_grads else None
+    grad_hidden = torch.empty_like(hidden) if with_grads[0] else None
+    grad_weight = torch.zeros_like(weight) if with_grads[1] else None
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         ignored = y == ignore_index
@@ -59,13 +60,15 @@ def _chunked_loss(
         log_probs = torch.log_softmax((h @ weight.t()).to(loss_dtype), dim=-1)  # (chunk, vocab_size)
         rows = torch.arange(len(y), device=y.device)
         loss -= log_probs[rows, y].masked_fill(ignored, 0.0).sum()
-        if with_grads:
+        if grad_hidden is not None or grad_weight is not None:
             grad_logits = log_probs.exp_()  # p = softmax(logits), written over the log-probabilities
             grad_logits[rows, y] -= 1.0  # p - onehot(y)
             grad_logits.masked_fill_(ignored[:, None], 0.0)
             grad_logits = grad_logits.to(hidden.dtype)
-            grad_hidden[start : start + chunk_size] = grad_logits @ weight
-            grad_weight += grad_logits.t() @ h
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += grad_logits.t() @ h
     return loss, grad_hidden, grad_weight
 
 
@@ -81,16 +84,18 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, ignore_index: int
     ) -> torch.Tensor:
-        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, chunk_size, True, ignore_index)
+        needed = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])  # a frozen input gets no gradient
+        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, chunk_size, needed, ignore_index)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.n_tokens = (targets != ignore_index).sum()  # a tensor: no device-to-host copy
         return loss / ctx.n_tokens
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_loss / ctx.n_tokens  # the loss is a mean over tokens
-        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale.to(grad_weight.dtype), None, None, None
+        grads = [g * scale.to(g.dtype) if g is not None else None for g in (grad_hidden, grad_weight)]
+        return *grads, None, None, None
 
 
 def linear_cross_entropy(
@@ -114,5 +119,5 @@ def linear_cross_entropy(
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, ignore_index)
-    loss, _, _ = _chunked_loss(hidden, weight, targets, chunk_size, False, ignore_index)
+    loss, _, _ = _chunked_loss(hidden, weight, targets, chunk_size, (False, False), ignore_index)
     return loss / (targets != ignore_index).sum()

@@ -93,7 +93,14 @@ def compiled_decode_step(model: Llama) -> Callable[..., torch.Tensor]:
         # every layer of a small model, though not a 49,152-token output head, which stays with BLAS).
         options = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
         # dynamic=True: start_pos and the cache length change at every step, and must not trigger recompiles.
-        step = torch.compile(model.forward, dynamic=True, options=options)
+        compiled = torch.compile(model.forward, dynamic=True, options=options)
+
+        def step(*args, **kwargs) -> torch.Tensor:
+            # Floats such as config.rope_theta are constants: left symbolic (dynamic=True's default),
+            # the compiler meets them mid-trace, gives up and traces everything again (~10 s more).
+            with torch._dynamo.config.patch(specialize_float=True):
+                return compiled(*args, **kwargs)
+
         model.__dict__["_compiled_decode_step"] = step
     return step
 

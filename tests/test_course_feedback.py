@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama_from_scratch.course import checks, diagnosis
 from helpers import check_failure
+from llama_from_scratch.course import checks, diagnosis
 from llama_from_scratch.course.feedback import LINE_WIDTH
 
 ROOT = Path(__file__).resolve().parent.parent

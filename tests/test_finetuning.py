@@ -231,6 +231,24 @@ def test_sequence_logprobs_sums_the_labelled_tokens():
     assert torch.allclose(got, expected, rtol=1e-12, atol=0)  # float64, two code paths
 
 
+def test_dpo_nll_term_is_the_chosen_answers_mean_token_nll():
+    from llama_from_scratch.finetuning.dpo import dpo_batch_loss
+
+    model = random_llama(CONFIG).double()
+    x = tokens(batch=4, seq=10)  # rows 0-1 chosen, rows 2-3 rejected
+    labels = x.roll(-1, dims=1)
+    labels[:, :4] = IGNORE_INDEX
+    labels[1, 8:] = IGNORE_INDEX  # chosen answers of 6 and 4 tokens
+    reference = sequence_logprobs(model, x, labels) - 0.5
+    plain = dpo_batch_loss(model, x, labels, reference, beta=0.2)
+    with_nll = dpo_batch_loss(model, x, labels, reference, beta=0.2, nll_weight=0.7)
+    logps = sequence_logprobs(model, x, labels)
+    nll = -(logps[0] / 6 + logps[1] / 4) / 2
+    assert torch.allclose(with_nll, plain + 0.7 * nll, rtol=1e-12, atol=0)  # float64, the same terms summed
+    with pytest.raises(ValueError, match="nll_weight"):
+        FinetuneConfig(objective="dpo", nll_weight=-1.0)
+
+
 def test_adapter_round_trip(tmp_path):
     model = random_llama(CONFIG)
     add_lora(model, rank=4, alpha=8, targets=("wq", "wk", "w2"))
@@ -402,3 +420,88 @@ def test_play_task_holds_out_the_end_of_every_play():
     assert tasks.normalize("A Midsummer Night\u2019s Dream") == tasks.normalize("A Midsummer Night's Dream")
     few = tasks.few_shot_examples(task, 3)
     assert len({q.play for q in few}) == 3 and all(q in task.train for q in few)
+
+
+def test_resume_refuses_another_base_or_other_data(tmp_path, tokenizer):
+    """A LoRA checkpoint holds adapters only: resuming it onto other weights or data is an error naming both."""
+    from llama_from_scratch.finetuning.finetune import IDENTITY_FILE
+    from llama_from_scratch.finetuning.sft import tokenize_dataset
+
+    conversations = [
+        [{"role": "user", "content": f"Line {i}?"}, {"role": "assistant", "content": "To be" if i % 2 else "Or not"}]
+        for i in range(8)
+    ]
+    examples = tokenize_dataset(conversations, tokenizer, CHATML_TEMPLATE)
+    config = LlamaConfig(dim=32, n_layers=1, n_heads=4, vocab_size=tokenizer.vocab_size, hidden_dim=64, max_seq_len=128)
+    settings = dict(steps=1, batch_size=2, warmup_steps=0, eval_every=1, checkpoint_every=1, rank=2)
+    train, val = examples[:6], examples[6:]
+    finetune(random_llama(config, seed=0), train, val, FinetuneConfig(**settings), tmp_path, base="model A")
+    assert json.loads((tmp_path / "step-0000001" / IDENTITY_FILE).read_text())["base"] == "model A"
+    more = FinetuneConfig(**{**settings, "steps": 2})
+    other = random_llama(config, seed=0)
+    with torch.no_grad():
+        other.layers[0].attention.wq.weight[0, 0] += 1e-3  # one weight differs
+    with pytest.raises(ValueError, match="different base model.*model A.*now: model B"):
+        finetune(other, train, val, more, tmp_path, resume=True, base="model B")
+    with pytest.raises(ValueError, match="different training data"):
+        finetune(random_llama(config, seed=0), train[::-1], val, more, tmp_path, resume=True)
+    finetune(random_llama(config, seed=0), train, val, more, tmp_path, resume=True)  # the same base and data: fine
+    (tmp_path / "step-0000002" / IDENTITY_FILE).unlink()
+    with pytest.raises(FormatError, match="cannot tell which base"):
+        finetune(random_llama(config, seed=0), train, val, FinetuneConfig(**{**settings, "steps": 3}), tmp_path, True)
+
+
+def test_a_frozen_output_head_gets_no_weight_gradient_computed():
+    """Under LoRA the head is frozen: the fused loss skips its weight gradient, a third of its matrix work,
+    and the hidden states' gradient is the same computation either way (so exactly equal)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llama_from_scratch.cross_entropy import linear_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    rows, dim, vocab = 6, 8, 50
+    weight = torch.randn(vocab, dim, generator=generator)
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    flops, grads = {}, {}
+    for trained in (False, True):
+        hidden = torch.randn(rows, dim, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        w = weight.clone().requires_grad_(trained)
+        with FlopCounterMode(display=False) as counter:
+            linear_cross_entropy(hidden, w, targets, chunk_size=4).backward()
+        flops[trained], grads[trained] = counter.get_total_flops(), hidden.grad
+        assert (w.grad is not None) == trained
+    matmul = 2 * rows * dim * vocab  # one (rows, dim) x (dim, vocab) product
+    assert flops == {False: 2 * matmul, True: 3 * matmul}  # logits and d/d hidden; plus d/d weight if trained
+    assert torch.equal(grads[False], grads[True])
+
+
+def test_preference_metrics_of_the_reference_itself():
+    """Policy = reference: every log-ratio and margin is 0, so the DPO loss is ln 2; the preference accuracy
+    is how often the reference already prefers the chosen answer."""
+    from llama_from_scratch.finetuning.dpo import preference_metrics
+
+    logps = torch.tensor([[-1.0, -2.0], [-3.0, -1.0], [-0.5, -4.0], [-2.0, -2.5]], dtype=torch.float64)
+    same = preference_metrics(logps, logps, beta=0.1)
+    assert same["loss"] == pytest.approx(math.log(2), abs=1e-15)  # float64 softplus(0): exact to rounding
+    assert same["reward_margin"] == same["chosen_log_ratio"] == same["rejected_log_ratio"] == 0.0
+    assert same["preference_accuracy"] == 0.75 and same["reward_accuracy"] == 0.0
+    moved = preference_metrics(logps + torch.tensor([0.5, -0.5], dtype=torch.float64), logps, beta=0.1)
+    assert moved["chosen_log_ratio"] == 0.5 and moved["rejected_log_ratio"] == -0.5
+    assert moved["reward_margin"] == pytest.approx(0.1, abs=1e-15) and moved["reward_accuracy"] == 1.0
+
+
+def test_cli_finetune_accepts_every_chat_template():
+    from llama_from_scratch.chat import CHAT_TEMPLATES
+    from llama_from_scratch.cli import parser
+
+    for name in CHAT_TEMPLATES:
+        args = parser().parse_args(["finetune", "--base", "b", "--out", "o", "--template", name])
+        assert args.template == name
+
+
+@needs_corpus
+def test_play_task_passages_respect_max_chars():
+    from llama_from_scratch.finetuning import tasks
+
+    task = tasks.play_task(train_per_play=5, test_per_play=5, max_chars=250)
+    assert all(len(q.passage) <= 250 for q in task.train + task.test) and len(task.test) == 50

@@ -8,9 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.patches import Circle
 
-from llama_from_scratch import Llama
-from llama_from_scratch.course.viz import attention_grid, attention_heatmap, stacked_barh
+from llama_from_scratch import Llama, LlamaConfig
+from llama_from_scratch.course.viz import architecture_diagram, attention_grid, attention_heatmap, stacked_barh
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +79,41 @@ def test_stacked_bars_are_shares_of_each_row():
     assert np.allclose(widths, [25, 50, 75, 50])  # part a of x, of y; then part b of x, of y
     with pytest.raises(ValueError, match="row 'y' has parts"):
         stacked_barh(ax, {"x": {"a": 1, "b": 3}, "y": {"b": 2, "a": 2}})
+
+
+def test_architecture_diagram_labels_every_part_with_the_configs_shapes():
+    # Numbers that occur nowhere else in the picture, so that each one is found where it belongs: grouped-query
+    # attention (6 query heads, 2 key/value heads of 16), a feed-forward width of 200, tied embeddings.
+    config = LlamaConfig(dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=321, hidden_dim=200,
+                         tie_embeddings=True)
+    fig = architecture_diagram(config)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+
+    def one(fragment):
+        found = [t for t in texts if fragment in t]
+        assert len(found) == 1, f"{fragment!r} in {found} (all texts: {texts})"
+        return found[0]
+
+    # bottom to top: ids, embedding, the block's two norms and sub-layers, the final norm, the head
+    assert one("tok_embeddings").startswith("tok_embeddings: a 321 x 96 table")
+    attention = one("Attention")
+    assert "6 query heads, 2 key/value heads of 16" in attention
+    assert "wq 96->96" in attention and "wk and wv 96->32" in attention and "wo 96->96" in attention
+    assert "w1, w3 96->200, w2 200->96" in one("SwiGLU")
+    for norm in ("attention_norm: RMSNorm", "ffn_norm: RMSNorm", "norm: RMSNorm"):
+        assert norm in texts
+    assert one("output head") == "output head 96->321 (tied to the embedding)"
+    assert "x 3 layers" in one("TransformerBlock")
+    # the shapes: ids, the residual stream after the embedding, each sub-layer's addition and the final norm; logits
+    assert texts.count("(batch, seq) integers") == 1
+    assert texts.count("(batch, seq, 96)") == 4
+    assert texts.count("(batch, seq, 321) logits") == 1
+    # the residual stream: two "+" circles, one after attention and one after the feed-forward network
+    assert texts.count("+") == 2 and texts.count("residual") == 2
+    assert sum(isinstance(p, Circle) for p in ax.patches) == 2
+    # the title and an untied head
+    assert ax.get_title() == "The LLaMA architecture, with the shapes of this config"
+    untied = architecture_diagram(config.replace(tie_embeddings=False), title="mine")
+    untied_texts = [t.get_text() for t in untied.axes[0].texts]
+    assert "output head 96->321" in untied_texts and untied.axes[0].get_title() == "mine"

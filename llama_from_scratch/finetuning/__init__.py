@@ -8,7 +8,7 @@ from the Shakespeare corpus) and :mod:`.finetune` (the training loop of :mod:`..
 """
 
 from .adapter import load_adapter, save_adapter
-from .dpo import dpo_loss, sequence_logprobs
+from .dpo import dpo_loss, preference_metrics, sequence_logprobs
 from .finetune import FinetuneConfig, finetune
 from .lora import LoRALinear, add_lora, merge_lora
 from .sft import tokenize_conversation
@@ -21,6 +21,7 @@ __all__ = [
     "finetune",
     "load_adapter",
     "merge_lora",
+    "preference_metrics",
     "save_adapter",
     "sequence_logprobs",
     "tokenize_conversation",

@@ -72,10 +72,12 @@ def load_records(
     validation: str | Path | None = None,
     train_per_play: int | None = None,
     test_per_play: int | None = None,
+    max_chars: int = 400,
 ) -> RecordSplit:
-    """``data`` is ``"plays"`` (the built-in task) or a JSON Lines file; ``validation`` an optional second file."""
+    """``data`` is ``"plays"`` (the built-in task; ``max_chars``: its longest passage) or a JSON Lines file;
+    ``validation`` an optional second file."""
     if data == TASK_NAME:
-        task = tasks.play_task(train_per_play=train_per_play, test_per_play=test_per_play)
+        task = tasks.play_task(train_per_play=train_per_play, test_per_play=test_per_play, max_chars=max_chars)
         if objective == "dpo":
             return RecordSplit(tasks.preference_data(task, task.train), tasks.preference_data(task, task.test, 1), task)
         return RecordSplit(tasks.sft_conversations(task, task.train), tasks.sft_conversations(task, task.test), task)

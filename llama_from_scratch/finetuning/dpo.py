@@ -87,15 +87,30 @@ def reward_accuracy(margins: torch.Tensor) -> float:
 
 
 def dpo_batch_loss(
-    model: Llama, tokens: torch.Tensor, labels: torch.Tensor, reference_logps: torch.Tensor, beta: float = 0.1
+    model: Llama,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    reference_logps: torch.Tensor,
+    beta: float = 0.1,
+    nll_weight: float = 0.0,
 ) -> torch.Tensor:
     """The DPO loss of one batch laid out for a single forward pass: the first half of the rows chosen, the
     second half rejected. ``tokens``, ``labels`` ``(2 * pairs, seq)``; ``reference_logps`` ``(2 * pairs,)``,
-    computed once before training, since the reference never changes."""
+    computed once before training, since the reference never changes.
+
+    DPO only asks the chosen answer to gain on the rejected one *relative to the reference*: both may
+    lose probability, the chosen one less, and the mass they free goes to answers nobody ranked. With
+    ``nll_weight > 0`` the chosen answers' mean negative log-likelihood per token is added, weighted
+    (Llama 3's preference tuning used 0.2; Pang et al.'s RPO, 2024, 1.0), which keeps them likely.
+    """
     logps = sequence_logprobs(model, tokens, labels)
     policy_chosen, policy_rejected = logps.chunk(2)
     reference_chosen, reference_rejected = reference_logps.chunk(2)
-    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+    loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+    if nll_weight == 0:
+        return loss
+    chosen_tokens = (labels.chunk(2)[0] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (pairs,)
+    return loss + nll_weight * (-policy_chosen / chosen_tokens).mean()
 
 
 def tokenize_pairs(
@@ -118,6 +133,21 @@ def pair_batch(pairs: list[tuple[Example, Example]], pad_id: int = 0) -> tuple[t
 
 
 @torch.no_grad()
+def pair_logprobs(
+    model: Llama, pairs: list[tuple[Example, Example]], batch_size: int = 8, pad_id: int = 0
+) -> torch.Tensor:
+    """``(pairs, 2)``: ``log π`` of each chosen and rejected answer under ``model`` (in eval mode), float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        tokens, labels = pair_batch(pairs[start : start + batch_size], pad_id)
+        chosen, rejected = sequence_logprobs(model, tokens.to(model.device), labels.to(model.device)).chunk(2)
+        out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
 def reference_logprobs(
     model: Llama, pairs: list[tuple[Example, Example]], batch_size: int = 8, pad_id: int = 0
 ) -> torch.Tensor:
@@ -125,13 +155,27 @@ def reference_logprobs(
 
     With LoRA adapters the reference is the base model: the adapters are switched off meanwhile.
     """
-    was_training = model.training
-    model.eval()
-    out = []
     with adapters_disabled(model):
-        for start in range(0, len(pairs), batch_size):
-            tokens, labels = pair_batch(pairs[start : start + batch_size], pad_id)
-            chosen, rejected = sequence_logprobs(model, tokens.to(model.device), labels.to(model.device)).chunk(2)
-            out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
-    model.train(was_training)
-    return torch.cat(out)
+        return pair_logprobs(model, pairs, batch_size, pad_id)
+
+
+def preference_metrics(policy: torch.Tensor, reference: torch.Tensor, beta: float = 0.1) -> dict[str, float]:
+    """What DPO did, from ``(pairs, 2)`` log-probabilities (chosen, rejected) of the policy and the reference.
+
+    * ``loss``: the DPO loss; ``reward_margin``: the mean implicit-reward margin; ``reward_accuracy``: how
+      often it is positive (the policy prefers the chosen answer *more than the reference did*);
+    * ``preference_accuracy``: how often the policy itself gives the chosen answer the higher probability;
+    * ``chosen_log_ratio`` / ``rejected_log_ratio``: the mean ``log π/π_ref`` of each answer, how far the
+      policy moved from the reference on them (their expectation under the policy's own answers is the KL
+      divergence that RLHF's penalty holds down; DPO's β plays that penalty's part).
+    """
+    logps = (policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1])
+    margins = reward_margins(*logps, beta)
+    return {
+        "loss": dpo_loss(*logps, beta).item(),
+        "reward_margin": margins.mean().item(),
+        "reward_accuracy": reward_accuracy(margins),
+        "preference_accuracy": (policy[:, 0] > policy[:, 1]).float().mean().item(),
+        "chosen_log_ratio": (policy[:, 0] - reference[:, 0]).mean().item(),
+        "rejected_log_ratio": (policy[:, 1] - reference[:, 1]).mean().item(),
+    }

@@ -13,38 +13,39 @@ resumption, Ctrl-C saving a checkpoint. What changes is handed to it:
   moments for a few million numbers, not for the whole model; with ``"full"`` every weight;
 * what a checkpoint holds: the adapters alone, in PEFT's layout (:mod:`.adapter`), or the whole model;
 * validation: held-out loss (SFT), or held-out DPO loss, reward margins and preference accuracy, plus
-  whatever the caller measures (the task's accuracy).
+  whatever the caller measures (the task's accuracy);
+* resumption: a LoRA checkpoint holds only the adapters, so it is only meaningful on the base it was
+  trained on. Every checkpoint keeps the run's *identity* (:func:`run_identity`: a hash of the base
+  weights, adapters merged in, and one of the training data), and a resume onto anything else is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import is_finite_number
+from ..checkpoints.atomic import atomic_write
+from ..checkpoints.files import read_json
+from ..checkpoints.load import latest_checkpoint
+from ..errors import FormatError, is_finite_number
 from ..model import Llama
 from ..training.checkpoint import FULL_MODEL, ModelFiles
 from ..training.train import TrainConfig, train
 from .adapter import load_adapter, save_adapter
-from .dpo import (
-    dpo_batch_loss,
-    dpo_loss,
-    pair_batch,
-    reference_logprobs,
-    reward_accuracy,
-    reward_margins,
-    sequence_logprobs,
-)
+from .dpo import dpo_batch_loss, pair_batch, pair_logprobs, preference_metrics, reference_logprobs
 from .lora import LORA_TARGETS, add_lora
 from .sft import IGNORE_INDEX, Example, pad_batch, sample_indices, sft_loss
 
 METHODS = ("lora", "full")
 OBJECTIVES = ("sft", "dpo")
 ADAPTER_FOLDER = "adapter"  # inside each checkpoint of a LoRA run
+IDENTITY_FILE = "run_identity.json"  # inside each checkpoint: what the run fine-tunes, on what data
 
 
 @dataclass
@@ -53,7 +54,8 @@ class FinetuneConfig(TrainConfig):
 
     ``seq_len`` is the longest example allowed, in tokens. ``weight_decay`` defaults to 0: the update
     should stay small, and LoRA's ``B`` starts at zero anyway. ``beta`` is DPO's β, how far the policy
-    may move from the reference.
+    may move from the reference; ``nll_weight`` adds the chosen answers' log-likelihood to DPO's loss
+    (0: the paper's DPO; see :func:`.dpo.dpo_batch_loss`).
     """
 
     steps: int = 100
@@ -72,6 +74,7 @@ class FinetuneConfig(TrainConfig):
     lora_dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     beta: float = 0.1
+    nll_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +85,8 @@ class FinetuneConfig(TrainConfig):
             )
         if not is_finite_number(self.beta) or self.beta <= 0:
             raise ValueError(f"FinetuneConfig.beta must be a positive number, got {self.beta!r}")
+        if not is_finite_number(self.nll_weight) or self.nll_weight < 0:
+            raise ValueError(f"FinetuneConfig.nll_weight must be a number >= 0, got {self.nll_weight!r}")
 
 
 def write_adapter(model: Llama, folder: Path) -> None:
@@ -116,6 +121,50 @@ def check_lengths(examples: list[Example], config: FinetuneConfig, model: Llama,
             raise ValueError(f"{what} {i} has no assistant token to learn from")
 
 
+def weights_digest(model: Llama) -> str:
+    """SHA-256 of ``model``'s configuration and of every weight's bytes (buffers included): the same model
+    gives the same digest wherever it was loaded from; one changed weight gives another."""
+    digest = hashlib.sha256(json.dumps(model.config.__dict__, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def data_digest(examples: list) -> str:
+    """SHA-256 of the training examples' tokens and labels (:class:`Example`, or pairs of them for DPO)."""
+    digest = hashlib.sha256()
+    for item in examples:
+        for example in item if isinstance(item, tuple) else (item,):
+            digest.update(json.dumps([example.tokens, example.labels]).encode())
+    return digest.hexdigest()
+
+
+def run_identity(model: Llama, train_examples: list, base: str | None = None) -> dict[str, str]:
+    """What a run starts from: the base model (``weights``: :func:`weights_digest`, before any adapter of
+    this run), its training data (``data``) and, for people, ``base``: where the base came from."""
+    return {"base": base or "(not given)", "weights": weights_digest(model), "data": data_digest(train_examples)}
+
+
+def check_identity(out_dir: Path, identity: dict[str, str]) -> None:
+    """Refuse to resume the run in ``out_dir`` from anything but the base and data it started from."""
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        return  # nothing to resume: train() says so
+    path = checkpoint / IDENTITY_FILE
+    if not path.exists():
+        raise FormatError(f"{path}: missing, so this checkpoint cannot tell which base it fine-tunes; start a new run")
+    saved = read_json(path)
+    for key, what in (("weights", "base model (adapters merged in)"), ("data", "training data")):
+        if saved.get(key) != identity[key]:
+            raise ValueError(
+                f"{checkpoint}: cannot resume: the run was trained with a different {what} "
+                f"(the run's: {saved.get('base')}, {key} sha256 {str(saved.get(key))[:12]}...; "
+                f"now: {identity['base']}, {identity[key][:12]}...). Resume with the run's own --base, "
+                "--adapter and data, or start a new run (another --out, or --overwrite)"
+            )
+
+
 @torch.no_grad()
 def sft_validation(model: Llama, examples: list[Example], batch_size: int, pad_id: int) -> dict[str, float]:
     """The loss on every held-out example's assistant tokens, in nats per token."""
@@ -130,31 +179,12 @@ def sft_validation(model: Llama, examples: list[Example], batch_size: int, pad_i
     return {"loss": total / count}
 
 
-@torch.no_grad()
 def dpo_validation(
     model: Llama, pairs: list[tuple[Example, Example]], reference: torch.Tensor, config: FinetuneConfig, pad_id: int
 ) -> dict[str, float]:
-    """On held-out pairs: the DPO loss, the reward margin and how often it is positive (``reward_accuracy``),
-    how often the policy itself gives the chosen answer the higher probability (``preference_accuracy``),
-    and the log-ratios to the reference of the chosen and the rejected answers."""
-    model.eval()
-    logps = []
-    for start in range(0, len(pairs), config.batch_size):
-        tokens, labels = pair_batch(pairs[start : start + config.batch_size], pad_id)
-        chosen, rejected = sequence_logprobs(model, tokens.to(model.device), labels.to(model.device)).chunk(2)
-        logps.append(torch.stack([chosen, rejected], dim=1).float().cpu())
-    model.train()
-    policy = torch.cat(logps)  # (pairs, 2)
-    logps = (policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1])
-    margins = reward_margins(*logps, config.beta)
-    return {
-        "loss": dpo_loss(*logps, config.beta).item(),
-        "reward_margin": margins.mean().item(),
-        "reward_accuracy": reward_accuracy(margins),
-        "preference_accuracy": (policy[:, 0] > policy[:, 1]).float().mean().item(),
-        "chosen_log_ratio": (policy[:, 0] - reference[:, 0]).mean().item(),
-        "rejected_log_ratio": (policy[:, 1] - reference[:, 1]).mean().item(),
-    }
+    """On held-out pairs: the DPO loss, reward margin and accuracy, preference accuracy and log-ratios to the
+    reference (:func:`~.dpo.preference_metrics`)."""
+    return preference_metrics(pair_logprobs(model, pairs, config.batch_size, pad_id), reference, config.beta)
 
 
 def finetune(
@@ -169,19 +199,30 @@ def finetune(
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     measure: Callable[[Llama], dict[str, float]] | None = None,
     extra_files: dict[str, Path] | None = None,
+    base: str | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` in place; returns the history (as :func:`~llama_from_scratch.training.train.train`).
 
     ``train_examples`` / ``val_examples``: :class:`~.sft.Example` for ``objective="sft"``, ``(chosen, rejected)``
     pairs of them for ``"dpo"``. ``measure(model)`` adds its figures to every validation (the task's
     accuracy, say). ``model`` is the base model: with ``resume`` the adapters (or weights) and the
-    optimizer state come from ``out_dir``'s newest checkpoint.
+    optimizer state come from ``out_dir``'s newest checkpoint, which must have been trained from this same
+    base and data (:func:`run_identity`; ``base`` says where the model came from, for the error message).
     """
     if not train_examples or not val_examples:
         raise ValueError("fine-tuning needs training and validation examples; one of them is empty")
     dpo = config.objective == "dpo"
     for what, items in (("training example", train_examples), ("validation example", val_examples)):
         check_lengths([e for item in items for e in (item if dpo else (item,))], config, model, what)
+    if out_dir is not None:  # before any adapter is added: the identity is the base's
+        out_dir = Path(out_dir)
+        identity = run_identity(model, train_examples, base)
+        if resume:
+            check_identity(out_dir, identity)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out_dir / IDENTITY_FILE) as tmp:
+            tmp.write_text(json.dumps(identity, indent=2) + "\n")
+        extra_files = {**(extra_files or {}), IDENTITY_FILE: out_dir / IDENTITY_FILE}
     if dpo:  # the reference is the model before fine-tuning: measured now, before any step or resumed state
         reference = reference_logprobs(model, train_examples, config.batch_size, pad_id)
         val_reference = reference_logprobs(model, val_examples, config.batch_size, pad_id)
@@ -199,7 +240,7 @@ def finetune(
         return micro
 
     if dpo:
-        loss_fn = functools.partial(dpo_batch_loss, beta=config.beta)
+        loss_fn = functools.partial(dpo_batch_loss, beta=config.beta, nll_weight=config.nll_weight)
         validation = functools.partial(
             dpo_validation, pairs=val_examples, reference=val_reference, config=config, pad_id=pad_id
         )

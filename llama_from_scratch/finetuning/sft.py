@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..chat import encode_chat, render_chat, special_texts
+from ..chat import chat_stop_tokens, encode_chat, render_chat, special_texts
 from ..checkpoints.atomic import atomic_write
 from ..cross_entropy import linear_cross_entropy
 from ..model import Llama
@@ -70,6 +70,7 @@ def tokenize_conversation(tokenizer: Tokenizer, template: str, messages: list[di
     """Render ``messages`` with ``template`` and encode them, labelling the assistant's tokens only."""
     check_messages(messages)
     variables = special_texts(tokenizer)
+    stops = chat_stop_tokens(tokenizer)  # EOS, or Llama 3's <|eot_id|>: where an answer ends
     tokens: list[int] = []
     labels: list[int] = []
     done = ""  # the text encoded so far
@@ -86,7 +87,7 @@ def tokenize_conversation(tokenizer: Tokenizer, template: str, messages: list[di
         context = encode_chat(tokenizer, prompt[len(done) :])
         answer = encode_chat(tokenizer, full[len(prompt) :])
         # the answer up to and including the end-of-turn marker carries loss; the template's text after it does not
-        end = answer.index(tokenizer.eos_id) + 1 if tokenizer.eos_id in answer else len(answer)
+        end = next((j + 1 for j, token in enumerate(answer) if token in stops), len(answer))
         tokens += context + answer
         labels += [IGNORE_INDEX] * len(context) + answer[:end] + [IGNORE_INDEX] * (len(answer) - end)
         done = full

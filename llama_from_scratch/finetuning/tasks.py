@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..chat import encode_chat, render_chat, special_texts
+from ..chat import chat_stop_tokens, encode_chat, render_chat, special_texts
 from ..generate import generate
 from ..model import Llama
 from ..tokenization.load import Tokenizer
@@ -80,10 +80,14 @@ def evenly_spaced(items: list, n: int | None) -> list:
 
 
 def play_task(
-    plays: tuple[str, ...] = TASK_PLAYS, train_per_play: int | None = None, test_per_play: int | None = None
+    plays: tuple[str, ...] = TASK_PLAYS,
+    train_per_play: int | None = None,
+    test_per_play: int | None = None,
+    max_chars: int = 400,
 ) -> PlayTask:
     """Build the task. ``train_per_play`` / ``test_per_play`` keep that many questions per play, evenly
-    spread (for quick runs); by default all of them."""
+    spread (for quick runs); by default all of them. ``max_chars``: the longest passage (a model with a
+    short context needs shorter ones)."""
     texts = load_plays()
     unknown = [p for p in plays if p not in texts]
     if unknown:
@@ -93,7 +97,7 @@ def play_task(
     for play in plays:
         title = texts[play].split("\n\n", 1)[0].strip()  # the play's first paragraph is its title
         titles.append(title)
-        found = [PlayQuestion(p, play, title) for p in passages(texts[play])]
+        found = [PlayQuestion(p, play, title) for p in passages(texts[play], max_chars=max_chars)]
         cut = round(len(found) * (1 - HELD_OUT_FRACTION))
         train += evenly_spaced(found[:cut], train_per_play)
         test += evenly_spaced(found[cut:], test_per_play)
@@ -161,8 +165,7 @@ def answer(
 ) -> str:
     """The model's greedy reply to ``conversation``, up to its end-of-turn token."""
     prompt = encode_chat(tokenizer, render_chat(template, conversation, **special_texts(tokenizer)))
-    stop = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    return tokenizer.decode(generate(model, prompt, max_new_tokens, stop_tokens=stop))
+    return tokenizer.decode(generate(model, prompt, max_new_tokens, stop_tokens=chat_stop_tokens(tokenizer)))
 
 
 def accuracy(

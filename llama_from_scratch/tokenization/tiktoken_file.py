@@ -48,6 +48,10 @@ LLAMA3_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|python_tag|>",
     *(f"<|reserved_special_token_{i}|>" for i in range(3, 248)),
 )
+# Where Meta's chat code ends an answer besides at <|end_of_text|> (a base tokenizer's EOS, the end of a
+# document): <|eot_id|>, the end of a turn, and <|eom_id|>, the end of a message after which Llama 3.1 waits
+# for a tool's output. An instruct model ends its answers with <|eot_id|>, never with <|end_of_text|>.
+LLAMA3_END_OF_TURN_TOKENS: tuple[str, ...] = ("<|eot_id|>", "<|eom_id|>")
 
 # One line: base64 characters, a space, a decimal rank. A file whose first line looks so is a tiktoken file.
 LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]+")

@@ -1,0 +1,306 @@
+"""Feedback for chapter 11's exercises: attention with an online softmax, and linear / NTK RoPE scaling.
+
+Like :mod:`.quantization_checks`: each check calls the learner's function through
+:func:`~.feedback.answer` (which enforces the exercise's forbidden calls), compares with the package
+(``flash_attention``'s result computed the plain way in float64, ``linear_scaling``,
+``dynamic_ntk_theta``) and raises :class:`~.feedback.CheckFailed` naming the case, what differed and,
+when the answer matches a common mistake listed here, its likely cause. The attention check also
+watches the size of every tensor the answer makes: a tiled attention never holds a
+``(seq, kv_seq)`` matrix. Every message line fits what ``nbgrader validate`` shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..attention import Attention, attention_weights, causal_mask, repeat_kv
+from ..long_context import dynamic_ntk_theta, flash_attention, linear_scaling, scaled_rope_frequencies
+from ..rope import rope_frequencies
+from .feedback import CheckFailed, Mistake, answer, compare_tensors, fail, passed
+
+# --- the common wrong answers ----------------------------------------------------------------------
+
+
+def _online_attention(
+    q, k, v, causal=True, block_size=16, rescale="both", correction="old - new", offset=True, mask="global",
+    normalise="end", scale=True, heads="interleave",
+):
+    """The tiled attention of :func:`~..long_context.flash_attention` with one step done as a learner might."""
+    n_heads, seq, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    n_kv_heads, kv_seq = k.shape[1], k.shape[2]
+    n_rep = n_heads // n_kv_heads
+    if heads == "interleave":  # query head h reads key/value head h // n_rep
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    else:  # tiled copies: query head h reads h % n_kv_heads
+        k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
+    q = q.double() / (math.sqrt(head_dim) if scale else 1)
+    k, v = k.double(), v.double()
+    first = kv_seq - seq if offset else 0  # position of query 0
+    out = torch.empty_like(q)
+    for q_start in range(0, seq, block_size):
+        q_end = min(q_start + block_size, seq)
+        m = torch.full((*q.shape[:2], q_end - q_start, 1), -math.inf, dtype=q.dtype)
+        l, acc = torch.zeros_like(m), torch.zeros_like(q[..., q_start:q_end, :])  # noqa: E741
+        for k_start in range(0, kv_seq, block_size):
+            k_end = min(k_start + block_size, kv_seq)
+            scores = q[..., q_start:q_end, :] @ k[..., k_start:k_end, :].transpose(-2, -1)
+            if causal:
+                if mask == "global":
+                    query_pos = torch.arange(first + q_start, first + q_end)[:, None]
+                    key_pos = torch.arange(k_start, k_end)[None, :]
+                else:  # positions counted from the start of each block
+                    query_pos = torch.arange(q_end - q_start)[:, None]
+                    key_pos = torch.arange(k_end - k_start)[None, :]
+                hidden = key_pos > query_pos
+                if mask == "blocks only":  # whole blocks above the diagonal skipped, the crossing block not masked
+                    hidden = torch.full_like(hidden, k_start > first + q_end - 1)
+                scores = scores.masked_fill(hidden, -math.inf)
+            m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
+            c = torch.exp(m - m_new) if correction == "old - new" else torch.exp(m_new - m)
+            p = torch.exp(scores - m_new).nan_to_num(0.0)  # a row with no visible key yet adds nothing
+            c = c.nan_to_num(0.0) if correction == "old - new" else c
+            l = (c * l if rescale in ("both", "l") else l) + p.sum(dim=-1, keepdim=True)  # noqa: E741
+            acc = c * acc if rescale in ("both", "acc") else acc
+            acc = acc + (p @ v[..., k_start:k_end, :] / (l if normalise == "early" else 1))
+            m = m_new
+        out[..., q_start:q_end, :] = acc / l if normalise == "end" else acc
+    return out.to(torch.float32)
+
+
+ONLINE_ATTENTION = [
+    Mistake(
+        "looks like the running sum l is not rescaled when the max changes:\n"
+        "l was summed relative to the old max; multiply it by exp(m_old - m_new)\n"
+        "before adding the new block's sum, as you do for acc",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, rescale="acc"),
+    ),
+    Mistake(
+        "looks like nothing is rescaled when the max changes:\n"
+        "l and acc were summed relative to the old max m_old; multiply both by\n"
+        "exp(m_old - m_new) before adding the new block",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, rescale="none"),
+    ),
+    Mistake(
+        "looks like the correction is exp(m_new - m_old), the wrong way round:\n"
+        "it must be exp(m_old - m_new) <= 1 (and 0 on the first block, where m_old = -inf)",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, correction="new - old"),
+    ),
+    Mistake(
+        "looks like the values are divided by the running sum too early:\n"
+        "keep acc unnormalised (the sum of p @ v) and divide by l once,\n"
+        "after the last key block: later blocks still change l",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, normalise="early"),
+    ),
+    Mistake(
+        "looks like query i is placed at position i, ignoring the cache:\n"
+        "the queries are the LAST seq of kv_seq positions: query i sits at\n"
+        "position kv_seq - seq + i and sees keys 0 ... kv_seq - seq + i",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, offset=False),
+    ),
+    Mistake(
+        "looks like the mask compares positions counted inside each block:\n"
+        "compare the global positions, key k_start + j against query\n"
+        "(kv_seq - seq) + q_start + i; blocks off the diagonal or after a cache differ",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, mask="local"),
+    ),
+    Mistake(
+        "looks like the block crossing the diagonal is not masked:\n"
+        "skipping the blocks above the diagonal is not enough; inside the block that\n"
+        "crosses it, set the scores of keys after the query to -inf",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, mask="blocks only"),
+    ),
+    Mistake(
+        "looks like the scores are not scaled:\ndivide q·k by √head_dim before the exponential",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, scale=False),
+    ),
+    Mistake(
+        "looks like the key/value heads are tiled with `repeat`:\n"
+        "query head h uses key/value head h // n_rep; use repeat_interleave",
+        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, heads="tile"),
+    ),
+]
+
+LINEAR_SCALING = [
+    Mistake(
+        "looks like the frequencies are multiplied by factor:\n"
+        "interpolation makes every pair turn factor times SLOWER: divide by factor",
+        lambda inv_freq, factor: inv_freq * factor,
+    ),
+]
+
+
+def _ntk(head_dim, theta, factor, exponent=None, pairs="even"):
+    exponent = head_dim / (head_dim - 2) if exponent is None else exponent
+    base = theta * factor**exponent
+    if pairs == "even":
+        return rope_frequencies(head_dim, base)
+    return 1.0 / base ** (torch.arange(head_dim // 2).float() / head_dim)  # i / head_dim instead of 2i / head_dim
+
+
+NTK_FREQUENCIES = [
+    Mistake(
+        "looks like the exponent is (head_dim - 2) / head_dim, upside down:\n"
+        "the base becomes theta * factor ** (head_dim / (head_dim - 2)), so that the\n"
+        "slowest pair, theta ** -((head_dim - 2) / head_dim), is divided by exactly factor",
+        lambda head_dim, theta, factor: _ntk(head_dim, theta, factor, (head_dim - 2) / head_dim),
+    ),
+    Mistake(
+        "looks like the base is multiplied by factor alone:\n"
+        "raise factor to the power head_dim / (head_dim - 2):\n"
+        "theta' = theta * factor ** (head_dim / (head_dim - 2))",
+        lambda head_dim, theta, factor: _ntk(head_dim, theta, factor, 1.0),
+    ),
+    Mistake(
+        "looks like every frequency is divided by factor (that is linear interpolation):\n"
+        "NTK changes the base theta and computes the frequencies from the new base",
+        lambda head_dim, theta, factor: rope_frequencies(head_dim, theta) / factor,
+    ),
+    Mistake(
+        "looks like the exponents are i / head_dim:\n"
+        "pair i turns at base ** (-2i / head_dim): torch.arange(0, head_dim, 2) / head_dim",
+        lambda head_dim, theta, factor: _ntk(head_dim, theta, factor, pairs="odd"),
+    ),
+]
+
+# --- a tiled attention never holds the score matrix ------------------------------------------------
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an operation produces inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+# --- the checks ------------------------------------------------------------------------------------
+
+
+def _plain_attention(q, k, v, causal):
+    """Chapter 04's attention in float64 (rounding ~1e-16): the exact answer, as float32."""
+    q, k, v = q.double(), k.double(), v.double()
+    n_rep = q.shape[1] // k.shape[1]
+    seq, kv_seq = q.shape[2], k.shape[2]
+    mask = causal_mask(seq, kv_seq) if causal else torch.ones(seq, kv_seq, dtype=torch.bool)
+    return (attention_weights(q, repeat_kv(k, n_rep), mask) @ repeat_kv(v, n_rep)).float()
+
+
+# (label, batch, n_heads, n_kv_heads, seq, kv_seq, head_dim, causal, block_size); kv_seq > seq: keys from a cache
+ATTENTION_CASES = [
+    ("causal, 2 heads, seq 32, block 8", 2, 2, 2, 32, 32, 8, True, 8),
+    ("causal, GQA 4 heads / 2 kv heads, seq 37, block 8", 1, 4, 2, 37, 37, 8, True, 8),
+    ("causal, MQA 3 heads / 1 kv head, seq 20, block 7", 2, 3, 1, 20, 20, 8, True, 7),
+    ("not causal, 2 heads, seq 19, block 5", 1, 2, 2, 19, 19, 8, False, 5),
+    ("causal, 5 new queries after 27 cached keys, block 8", 1, 2, 2, 5, 32, 8, True, 8),
+    ("causal, 1 query after 28 cached keys (decoding), block 8", 2, 4, 2, 1, 29, 8, True, 8),
+    ("causal, 12 queries after 18 cached keys, block 4", 1, 2, 1, 12, 30, 8, True, 4),
+    ("causal, seq 12, block 64 (larger than the sequence)", 1, 2, 2, 12, 12, 8, True, 64),
+]
+# One case long enough that the full score matrix dwarfs every tensor a tiled attention needs:
+# q, k and v (heads * seq * head_dim), a score block (heads * block²), a row of blocks (heads * seq * block).
+MEMORY_CASE = ("causal, 2 heads, seq 96, block 16", 1, 2, 2, 96, 96, 16, True, 16)
+
+
+def check_online_softmax_attention(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(q, k, v, causal, block_size)``: attention over key blocks with an online softmax.
+
+    ``q`` ``(batch, n_heads, seq, head_dim)``, ``k`` and ``v`` ``(batch, n_kv_heads, kv_seq, head_dim)``
+    float32; returns ``(batch, n_heads, seq, head_dim)``, equal to ``softmax(q k^T / √head_dim) v``.
+    SDPA, the package's attention and ``flash_attention`` are ruled out, and no tensor of ``seq * kv_seq``
+    elements may appear.
+    """
+    rules = [F.scaled_dot_product_attention, flash_attention, attention_weights, Attention]
+    for case in [*ATTENTION_CASES, MEMORY_CASE]:
+        label, batch, n_heads, n_kv_heads, seq, kv_seq, head_dim, causal, block_size = case
+        generator = torch.Generator().manual_seed(seq * 100 + kv_seq)
+        q = torch.randn(batch, n_heads, seq, head_dim, generator=generator)
+        k, v = torch.randn(2, batch, n_kv_heads, kv_seq, head_dim, generator=generator)
+        name = f"my_online_softmax_attention({label})"
+        with _LargestTensor() as sizes:
+            got = answer(
+                "my_online_softmax_attention", fn, q.clone(), k.clone(), v.clone(), causal, block_size,
+                forbidden=rules,
+            )
+        if case is MEMORY_CASE and sizes.largest >= seq * kv_seq:
+            raise fail(
+                name,
+                f"  a tensor of {sizes.largest:,} elements appeared; the whole (seq, kv_seq) score\n"
+                f"  matrix of one head has {seq * kv_seq:,} (a score block of {block_size} x {block_size}: "
+                f"{block_size * block_size})",
+                "looks like the full score matrix (or a full mask) is built:\n"
+                "compute the scores one block of keys at a time, q_block @ k_block^T",
+            )
+        # float32 inputs, sums of at most 96 terms of size < 30: a few units of 1.2e-7 relative in any
+        # correct order, far inside the default 1e-5; every mistake above moves the output by 1e-2 or more
+        compare_tensors(
+            name,
+            got,
+            _plain_attention(q, k, v, causal),
+            args=(q, k, v, causal, block_size),
+            mistakes=ONLINE_ATTENTION,
+        )
+    passed("online-softmax attention", len(ATTENTION_CASES) + 1)
+
+
+def check_linear_scaling(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """``fn(inv_freq, factor)``: position interpolation, as the package's ``linear_scaling``."""
+    cases = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
+    for head_dim, theta, factor in cases:
+        inv_freq = rope_frequencies(head_dim, theta)
+        before = inv_freq.clone()
+        name = f"my_linear_scaling(frequencies of head_dim {head_dim}, theta {theta:g}, factor {factor:g})"
+        got = answer(
+            "my_linear_scaling", fn, inv_freq, factor, forbidden=[linear_scaling, scaled_rope_frequencies]
+        )
+        if not torch.equal(inv_freq, before):
+            raise fail(
+                name,
+                "  changed its input inv_freq (an in-place /= ?)",
+                "return a new tensor, inv_freq / factor:\nthe caller still needs the plain frequencies",
+            )
+        # one division per element, as the package does it: equal up to one rounding
+        compare_tensors(
+            name, got, linear_scaling(before, factor), atol=0, rtol=1e-6, args=(before, factor),
+            mistakes=LINEAR_SCALING,
+        )
+    passed("linear scaling", len(cases))
+
+
+def _ntk_expected(head_dim: int, theta: float, factor: float) -> torch.Tensor:
+    """NTK-aware frequencies for ``factor``: the base dynamic NTK reaches when its growth equals ``factor``.
+
+    With the dynamic factor 1, :func:`dynamic_ntk_theta`'s growth is ``seq_len / L``: ``factor`` at
+    ``seq_len = factor * L``.
+    """
+    original = 1000
+    return rope_frequencies(head_dim, dynamic_ntk_theta(theta, head_dim, 1.0, original, round(factor * original)))
+
+
+def check_ntk_frequencies(fn: Callable[[int, float, float], torch.Tensor]) -> None:
+    """``fn(head_dim, theta, factor)``: RoPE's frequencies from the NTK-aware base, float32 ``(head_dim // 2,)``."""
+    cases = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
+    rules = [dynamic_ntk_theta, scaled_rope_frequencies, linear_scaling]
+    for head_dim, theta, factor in cases:
+        name = f"my_ntk_frequencies(head_dim={head_dim}, theta={theta:g}, factor={factor:g})"
+        got = answer("my_ntk_frequencies", fn, head_dim, theta, factor, forbidden=rules)
+        # a power and a division per element in float32 (or float64): a few roundings, well within 1e-5
+        compare_tensors(
+            name, got, _ntk_expected(head_dim, theta, factor), atol=0, rtol=1e-5, args=(head_dim, theta, factor),
+            mistakes=NTK_FREQUENCIES,
+        )
+    passed("NTK-aware frequencies", len(cases))
+
+
+__all__ = ["CheckFailed", "check_linear_scaling", "check_ntk_frequencies", "check_online_softmax_attention"]
