@@ -97,3 +97,16 @@ def check_failure(checks, check: str, answer) -> str:
     assert not too_long, f"lines nbgrader validate would cut: {too_long}"
     assert len(message.splitlines()[0]) <= FIRST_LINE_WIDTH, "nbgrader shows it after 'CheckFailed: '"
     return message
+
+
+def solution_answer(notebook: str, name: str):
+    """The model answer ``name`` of ``solutions/<notebook>``: its set-up cell and answer cells, executed."""
+    import json
+    from pathlib import Path
+
+    cells = json.loads((Path(__file__).resolve().parent.parent / "solutions" / notebook).read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for cell in code[:1] + [c for c in code if c.get("metadata", {}).get("nbgrader", {}).get("solution")]:
+        exec("".join(cell["source"]), namespace)  # noqa: S102 (the course's own solution notebook)
+    return namespace[name]

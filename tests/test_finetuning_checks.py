@@ -4,18 +4,14 @@ As ``test_quantization_checks.py`` does for chapter 09, with the mistakes listed
 ``course.finetuning_checks`` itself.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from helpers import check_failure
+from helpers import check_failure, solution_answer
 from llama_from_scratch.course import finetuning_checks as checks
 from llama_from_scratch.finetuning import LoRALinear
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # check -> (the learner's answer it checks, the catalogued mistakes)
 CHECKS = {
@@ -26,13 +22,7 @@ MISTAKES = [(check, i) for check, (_, mistakes) in CHECKS.items() for i in range
 
 
 def solution(name: str):
-    """The model answer ``name`` of solutions/10_finetuning.ipynb: its set-up and answer cells, executed."""
-    cells = json.loads((ROOT / "solutions" / "10_finetuning.ipynb").read_text())["cells"]
-    code = [c for c in cells if c["cell_type"] == "code"]
-    namespace: dict = {}
-    for cell in code[:1] + [c for c in code if c.get("metadata", {}).get("nbgrader", {}).get("solution")]:
-        exec("".join(cell["source"]), namespace)  # noqa: S102 (the course's own solution notebook)
-    return namespace[name]
+    return solution_answer("10_finetuning.ipynb", name)
 
 
 def failure(check: str, answer) -> str:

@@ -4,20 +4,17 @@ As ``test_quantization_checks.py`` does for chapter 09, with the mistakes listed
 ``course.long_context_checks`` itself.
 """
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import check_failure
+from helpers import check_failure, solution_answer
 from llama_from_scratch.course import long_context_checks as checks
 from llama_from_scratch.long_context import dynamic_ntk_theta, flash_attention, linear_scaling
 from llama_from_scratch.rope import rope_frequencies
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # check -> (the learner's function it checks, the catalogued mistakes)
 CHECKS = {
@@ -29,13 +26,7 @@ MISTAKES = [(check, i) for check, (_, mistakes) in CHECKS.items() for i in range
 
 
 def solution(name: str):
-    """The model answer ``name`` of solutions/11_long_context.ipynb: its set-up and answer cells, executed."""
-    cells = json.loads((ROOT / "solutions" / "11_long_context.ipynb").read_text())["cells"]
-    code = [c for c in cells if c["cell_type"] == "code"]
-    namespace: dict = {}
-    for cell in code[:1] + [c for c in code if c.get("metadata", {}).get("nbgrader", {}).get("solution")]:
-        exec("".join(cell["source"]), namespace)  # noqa: S102 (the course's own solution notebook)
-    return namespace[name]
+    return solution_answer("11_long_context.ipynb", name)
 
 
 def failure(check: str, answer) -> str:

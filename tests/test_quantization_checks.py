@@ -4,18 +4,14 @@ As ``test_course_feedback.py`` does for the other chapters' checks, with the mis
 ``course.quantization_checks`` itself.
 """
 
-import json
-from pathlib import Path
-
 import gguf
 import numpy as np
 import pytest
 
-from helpers import check_failure
+from helpers import check_failure, solution_answer
 from llama_from_scratch.course import quantization_checks as checks
 from llama_from_scratch.quantization import quantize_int4
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # check -> (the learner's function it checks, the catalogued mistakes)
 CHECKS = {
@@ -27,13 +23,7 @@ MISTAKES = [(check, i) for check, (_, mistakes) in CHECKS.items() for i in range
 
 
 def solution(name: str):
-    """The model answer ``name`` of solutions/09_quantization.ipynb: its set-up and answer cells, executed."""
-    cells = json.loads((ROOT / "solutions" / "09_quantization.ipynb").read_text())["cells"]
-    code = [c for c in cells if c["cell_type"] == "code"]
-    namespace: dict = {}
-    for cell in code[:1] + [c for c in code if c.get("metadata", {}).get("nbgrader", {}).get("solution")]:
-        exec("".join(cell["source"]), namespace)  # noqa: S102 (the course's own solution notebook)
-    return namespace[name]
+    return solution_answer("09_quantization.ipynb", name)
 
 
 def failure(check: str, answer) -> str:
