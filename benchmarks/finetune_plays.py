@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=40)
     parser.add_argument("--dpo-eval-every", type=int, default=20)
     parser.add_argument("--dpo-batch-size", type=int, default=4, help="pairs per DPO step")
-    parser.add_argument("--dpo-lr", type=float, default=5e-4)
+    parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--dpo-train-per-play", type=int, default=16, help="DPO training pairs per play")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--nll-weight", type=float, default=1.0, help="dpo: weight of the chosen answers' NLL (0: plain DPO)")
