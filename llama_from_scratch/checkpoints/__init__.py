@@ -7,10 +7,11 @@ is the one table of tensor names in all three spellings. :mod:`.load` builds a m
 (``load_checkpoint``, ``load_pretrained``), :mod:`.save` writes any of them (``save_checkpoint``), both
 through :mod:`.atomic` so that nothing is ever half-written. :mod:`.files` holds the rules every reader
 follows with files that may be damaged or hostile: regular files only, JSON parsed with its faults named,
-every value's type checked.
+every value's type checked. :mod:`.offline` locates the course's offline checkpoint (``smollm2_path``).
 """
 
 from .load import Pretrained, assemble, expected_shapes, latest_checkpoint, load_checkpoint, load_pretrained
+from .offline import smollm2_path
 from .save import FORMATS, save_checkpoint
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "save_checkpoint",
+    "smollm2_path",
 ]

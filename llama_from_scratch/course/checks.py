@@ -663,7 +663,7 @@ def check_dequantize_q4_1_block(fn: Callable[[bytes], object]) -> None:
     import gguf
     import numpy as np
 
-    from ..cli import smollm2_path
+    from ..checkpoints.offline import smollm2_path
 
     q4_1 = gguf.GGMLQuantizationType.Q4_1
     rng = np.random.default_rng(0)

@@ -317,7 +317,7 @@ def _smollm2_conversation() -> tuple[list[int], list[int], int, list[int]] | Non
     """A real conversation on SmolLM2's tokenizer: tokens, header, end id and the package's labels (read once)."""
     from ..chat import CHATML_TEMPLATE, encode_chat
     from ..checkpoints.gguf import read_gguf_tokenizer
-    from ..cli import smollm2_path
+    from ..checkpoints.offline import smollm2_path
     from ..finetuning.sft import tokenize_conversation
 
     path = smollm2_path()

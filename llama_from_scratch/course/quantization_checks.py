@@ -222,7 +222,7 @@ def _smollm2_row() -> np.ndarray | None:
     """Real weights: row 0 of layer 0's down projection, dequantized from SmolLM2's file (read once)."""
     import gguf
 
-    from ..cli import smollm2_path
+    from ..checkpoints.offline import smollm2_path
 
     path = smollm2_path()
     if path is None:
