@@ -40,7 +40,7 @@ from quantization_smollm2 import machine
 from llama_from_scratch import load_pretrained
 from llama_from_scratch.checkpoints.load import latest_checkpoint
 from llama_from_scratch.checkpoints import smollm2_path
-from llama_from_scratch.long_context import RopeScaling
+from llama_from_scratch.rope_scaling import RopeScaling
 from llama_from_scratch.long_context.finetune import extend_context, finetune_long_context
 from llama_from_scratch.training.corpus import shakespeare
 from llama_from_scratch.training.dataset import TokenData

@@ -30,8 +30,9 @@ from long_context_perplexity import save
 from llama_from_scratch import load_pretrained
 from llama_from_scratch.checkpoints import smollm2_path
 from llama_from_scratch.generate import decode_one_token
-from llama_from_scratch.long_context import RopeScaling, passkey_prompt, read_passkey
+from llama_from_scratch.long_context import passkey_prompt, read_passkey
 from llama_from_scratch.long_context.finetune import extend_context
+from llama_from_scratch.rope_scaling import RopeScaling
 
 ANSWER_TOKENS = 8
 

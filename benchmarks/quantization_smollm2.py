@@ -33,7 +33,7 @@ import torch
 from decode_smollm2 import FILE, llama_cpp_tok_s, smollm2_folder, transformers_smollm2
 
 from llama_from_scratch import generate_stream, load_pretrained
-from llama_from_scratch.checkpoints.save import model_tensors
+from llama_from_scratch.checkpoints import model_tensors
 from llama_from_scratch.quantization import quantize
 from llama_from_scratch.training.corpus import shakespeare
 from llama_from_scratch.training.dataset import TokenData

@@ -1,31 +1,34 @@
 """llama-from-scratch: a LLaMA-family language model, one idea per module.
 
 The model core sits at the top, in the order of the course: ``config``,
-``rmsnorm``, ``rope``, ``feedforward``, ``attention``, ``kv_cache``,
-``model`` (with ``cross_entropy``, the training loss it computes),
-``generate`` (with ``chat`` on top of it, and ``speculative`` decoding), ``device``. Everything else lives
-in subpackages named after what it is:
+``rmsnorm``, ``rope`` (with ``rope_scaling``, chapter 11's longer contexts), ``feedforward``, ``attention``,
+``kv_cache``, ``model`` (with ``cross_entropy``, the training loss it computes),
+``generate`` (with ``chat``'s templates, and ``speculative`` decoding), ``device``; ``errors`` and ``files``
+(the rules for reading untrusted files). The core imports no subpackage. Everything else lives
+in subpackages named after what it is, each importing only the core and the subpackages listed before it
+(``tests/test_layers.py`` checks it): quantization, tokenization, checkpoints, training, then
+finetuning and long_context, then course, and ``cli`` on top.
 
-* ``tokenization``: BPE (the merge operation, a trainer), Llama's SentencePiece
-  format and encoder, byte-level BPE, ``load_tokenizer``;
-* ``checkpoints``: the Hugging Face, Meta and GGUF formats, each read and
-  written in one module; ``load_checkpoint``, ``load_pretrained``, ``save_checkpoint``;
-* ``training``: the corpus, token files and batches, the training loop,
-  training checkpoints, data parallelism, recipes;
-* ``course``: exercise checks, exercise generation, pictures;
 * ``quantization``: int8 / int4 weights swapped in from outside the model,
   and GGUF's block formats written from scratch;
+* ``tokenization``: BPE (the merge operation, a trainer), Llama's SentencePiece
+  format and encoder, byte-level BPE, the tokenizer side of chat;
+* ``checkpoints``: the Hugging Face, Meta, GGUF and quantized formats, each read and
+  written in one module; ``load_checkpoint``, ``load_tokenizer``, ``load_pretrained``, ``save_checkpoint``;
+* ``training``: the corpus, token files and batches, the training loop,
+  training checkpoints, data parallelism, recipes;
 * ``finetuning``: LoRA (PEFT's adapter layout), supervised fine-tuning with
   the loss on the answers only, DPO, the "which play?" task;
-* ``long_context``: RoPE scaling (linear, NTK, YaRN, Llama 3.1) as functions
-  on the frequencies, FlashAttention's tiled online softmax.
+* ``long_context``: FlashAttention's tiled online softmax, the passkey test,
+  position interpolation's fine-tune;
+* ``course``: exercise checks, exercise generation, pictures.
 
 ``cli`` is the command line (``python -m llama_from_scratch``); ``errors``
 holds :class:`FormatError`, raised by every reader for a broken file.
 """
 
 from .attention import Attention, attention_weights, causal_mask, repeat_kv
-from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
+from .checkpoints import load_checkpoint, load_pretrained, load_tokenizer, save_checkpoint
 from .config import PRESETS, LlamaConfig, ffn_hidden_dim
 from .cross_entropy import linear_cross_entropy
 from .device import default_device, default_dtype
@@ -53,7 +56,7 @@ from .rope import (
     rope_cos_sin,
     rope_frequencies,
 )
-from .tokenization import ByteLevelBPE, SentencePieceTokenizer, Tokenizer, load_tokenizer, train_bpe
+from .tokenization import ByteLevelBPE, SentencePieceTokenizer, Tokenizer, train_bpe
 from .training import TrainConfig, shakespeare, train
 
 __version__ = "0.1.0"

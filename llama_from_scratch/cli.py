@@ -149,7 +149,7 @@ def command_quantize(args: argparse.Namespace) -> None:
 
 def weight_bytes(model) -> int:
     """Bytes of every tensor of ``model`` (a tied matrix counts once)."""
-    from .checkpoints.save import model_tensors
+    from .checkpoints.tensors import model_tensors
 
     return sum(t.numel() * t.element_size() for t in model_tensors(model).values())
 
@@ -169,7 +169,7 @@ def quantize_if_asked(model, args: argparse.Namespace):
 
 
 def command_generate(args: argparse.Namespace) -> None:
-    from .chat import decode_stream
+    from .tokenization.chat import decode_stream
     from .checkpoints.load import load_pretrained
     from .generate import generate_stream
 
@@ -280,7 +280,7 @@ def command_finetune(args: argparse.Namespace) -> None:
 
 
 def command_chat(args: argparse.Namespace) -> None:
-    from .chat import chat
+    from .tokenization.chat import chat
     from .checkpoints.load import load_pretrained
 
     path = args.checkpoint or smollm2_path()

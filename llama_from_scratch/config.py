@@ -9,7 +9,7 @@ are. Hugging Face calls the same numbers ``hidden_size``,
 
 ``rope_scaling`` (chapter 11) stretches a model's context by changing RoPE's
 frequencies; ``None``, the default, is plain RoPE. The scaling methods live in
-``long_context/rope_scaling.py``.
+``rope_scaling.py``.
 
 Named presets reproduce the published models: LLaMA 7B-65B (Touvron et al.,
 2023a), Llama 2 7B-70B (Touvron et al., 2023b), Llama 3, 3.1 and 3.2 (Meta,
@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import is_finite_number, is_int
-from .long_context.rope_scaling import RopeScaling, meta_llama3_scaling
+from .rope_scaling import RopeScaling, meta_llama3_scaling
 
 # The largest size of any one dimension. PyTorch indexes tensors with 64-bit integers, so a matrix of two
 # such dimensions never overflows; a real model's largest dimension is its vocabulary (262,144 at most so far).

@@ -26,8 +26,8 @@ from .config import LlamaConfig
 from .cross_entropy import linear_cross_entropy
 from .feedforward import SwiGLU
 from .kv_cache import KVCache
-from .long_context.rope_scaling import rope_cos_sin_scaled
 from .rmsnorm import RMSNorm
+from .rope_scaling import rope_cos_sin_scaled
 
 
 class TransformerBlock(nn.Module):

@@ -7,8 +7,9 @@ import pytest
 
 from helpers import random_llama
 from llama_from_scratch import LlamaConfig, train_bpe
-from llama_from_scratch.chat import chat, decode_stream, render_chat
+from llama_from_scratch.chat import render_chat
 from llama_from_scratch.checkpoints import Pretrained, load_pretrained, save_checkpoint
+from llama_from_scratch.tokenization.chat import chat, decode_stream
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -156,8 +156,7 @@ class Int8Linear(torch.nn.Module):
 
 
 def test_assemble_fills_buffers_and_integer_tensors():
-    from llama_from_scratch.checkpoints import assemble
-    from llama_from_scratch.checkpoints.save import model_tensors
+    from llama_from_scratch.checkpoints import assemble, model_tensors
 
     def with_int8_w2(model):
         model.layers[1].feed_forward.w2 = Int8Linear(CONFIG.dim, CONFIG.hidden_dim)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from helpers import assert_same_logits, float32_rounding, needs_transformers, random_llama
 from llama_from_scratch import FormatError, LlamaConfig, train_bpe
-from llama_from_scratch.chat import CHATML_TEMPLATE, LLAMA2_TEMPLATE, encode_chat, render_chat
+from llama_from_scratch.chat import CHATML_TEMPLATE, LLAMA2_TEMPLATE, render_chat
 from llama_from_scratch.finetuning import (
     FinetuneConfig,
     add_lora,
@@ -26,6 +26,7 @@ from llama_from_scratch.finetuning import (
 )
 from llama_from_scratch.finetuning.lora import LORA_TARGETS, lora_layers
 from llama_from_scratch.finetuning.sft import IGNORE_INDEX, pad_batch, sft_loss
+from llama_from_scratch.tokenization.chat import encode_chat
 from llama_from_scratch.training.train import TrainConfig, configure_optimizer
 
 needs_peft = pytest.mark.skipif(

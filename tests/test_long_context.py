@@ -18,19 +18,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import assert_same_logits, float32_rounding, needs_transformers, random_llama
 from llama_from_scratch import Llama, LlamaConfig, attention_weights, causal_mask, repeat_kv, rope_cos_sin
-from llama_from_scratch.checkpoints.hf import config_from_hf, config_to_hf, to_transformers
+from llama_from_scratch.checkpoints.hf import (
+    config_from_hf,
+    config_to_hf,
+    rope_parameters_to_hf,
+    rope_scaling_from_hf,
+    to_transformers,
+)
 from llama_from_scratch.checkpoints.load import load_checkpoint
 from llama_from_scratch.checkpoints.save import save_checkpoint
 from llama_from_scratch.config import PRESETS
-from llama_from_scratch.long_context import (
-    RopeScaling,
-    flash_attention,
-    meta_llama3_scaling,
-    rope_cos_sin_scaled,
-    rope_parameters_to_hf,
-    rope_scaling_from_hf,
-    scaled_rope_frequencies,
-)
+from llama_from_scratch.long_context import flash_attention
+from llama_from_scratch.rope_scaling import RopeScaling, meta_llama3_scaling, rope_cos_sin_scaled, scaled_rope_frequencies
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 

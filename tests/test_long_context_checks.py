@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from helpers import check_failure, solution_answer
 from llama_from_scratch.course import long_context_checks as checks
-from llama_from_scratch.long_context import dynamic_ntk_theta, flash_attention, linear_scaling
+from llama_from_scratch.long_context import flash_attention
+from llama_from_scratch.rope_scaling import dynamic_ntk_theta, linear_scaling
 from llama_from_scratch.rope import rope_frequencies
 
 

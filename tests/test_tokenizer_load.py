@@ -9,7 +9,8 @@ import pytest
 from llama_from_scratch.tokenization.trainer import train_bpe
 from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.errors import FormatError
-from llama_from_scratch.tokenization.load import Tokenizer, load_tokenizer
+from llama_from_scratch.checkpoints import load_tokenizer
+from llama_from_scratch.tokenization import Tokenizer
 
 TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 20
 

@@ -41,20 +41,23 @@ import torch
 
 from ..config import LlamaConfig
 from ..errors import FormatError
-from ..long_context.rope_scaling import (
+from ..files import check_type
+from ..quantization.ggml_blocks import quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1, quantize_q8_0
+from ..rope import rope_frequencies
+from ..rope_scaling import (
     LLAMA3_HIGH_FREQ_FACTOR,
     LLAMA3_LOW_FREQ_FACTOR,
     LLAMA3_ORIGINAL_CONTEXT,
     RopeScaling,
+    linear_scaling,
+    llama3_scaling,
     meta_llama3_scaling,
-    rope_frequency_divisors,
     yarn_attention_factor,
 )
 from ..tokenization.byte_bpe import PRE_TOKENIZERS, ByteLevelBPE
-from ..tokenization.load import token_text
 from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
 from ..tokenization.sentencepiece_model import Piece, PieceType, SentencePieceModel, check_pieces
-from .files import check_type
+from ..tokenization.tokenizer import token_text
 from .gguf_layout import check_gguf_layout
 from .names import GGUF_NAMES, GGUF_ROPE_FREQS
 
@@ -156,7 +159,7 @@ def rope_scaling_from_gguf(reader, source: str | Path, head_dim: int, theta: flo
     ``original_context_length``, optional ``yarn_beta_fast`` / ``yarn_beta_slow`` and ``attn_factor``, which
     multiplies YaRN's own ``0.1 ln(factor) + 1``). Llama 3.1's scaling has no type there: its converter
     stores the per-pair divisors as the tensor ``rope_freqs.weight`` instead
-    (:func:`..long_context.rope_scaling.rope_frequency_divisors`), which is read back as Meta's ``llama3``
+    (:func:`rope_frequency_divisors`), which is read back as Meta's ``llama3``
     scaling with the largest divisor as its factor, and must then equal that scaling's divisors.
     """
 
@@ -384,6 +387,29 @@ def add_gguf_tokenizer(writer, tokenizer, chat_template: str | None = None) -> N
         writer.add_chat_template(chat_template)
 
 
+def rope_frequency_divisors(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
+    """How many times slower each pair turns under ``scaling``: plain frequency / scaled frequency.
+
+    ``(head_dim // 2,)`` float32, computed in float64 from the float32 frequencies. llama.cpp stores Llama
+    3.1's scaling this way, as a tensor ``rope_freqs`` of per-pair divisors (1 for the fast pairs, ``factor``
+    for the slow ones), and divides each pair's angle by it. Only frequency-only scalings (linear, llama3)
+    have such a form: YaRN also changes the attention temperature, dynamic NTK the length.
+    """
+    if scaling.type not in ("linear", "llama3"):
+        raise ValueError(f"{scaling.type!r} scaling is not a fixed divisor per pair (only linear and llama3 are)")
+    plain = rope_frequencies(head_dim, theta).double()
+    if scaling.type == "linear":
+        return (plain / linear_scaling(plain, scaling.factor)).float()
+    scaled = llama3_scaling(
+        plain,
+        scaling.factor,
+        scaling.low_freq_factor,
+        scaling.high_freq_factor,
+        scaling.original_max_position_embeddings,
+    )
+    return (plain / scaled).float()
+
+
 def add_gguf_rope_scaling(writer, config: LlamaConfig) -> None:
     """Add the config's RoPE scaling to a ``gguf.GGUFWriter`` the way llama.cpp's converter does.
 
@@ -433,14 +459,12 @@ def gguf_quants() -> dict[str, tuple]:
     from gguf import GGMLQuantizationType as T
     from gguf import LlamaFileType as F
 
-    from ..quantization import ggml_blocks as b
-
     return {
-        "q8_0": (T.Q8_0, F.MOSTLY_Q8_0, b.quantize_q8_0),
-        "q4_0": (T.Q4_0, F.MOSTLY_Q4_0, b.quantize_q4_0),
-        "q4_1": (T.Q4_1, F.MOSTLY_Q4_1, b.quantize_q4_1),
-        "q5_0": (T.Q5_0, F.MOSTLY_Q5_0, b.quantize_q5_0),
-        "q5_1": (T.Q5_1, F.MOSTLY_Q5_1, b.quantize_q5_1),
+        "q8_0": (T.Q8_0, F.MOSTLY_Q8_0, quantize_q8_0),
+        "q4_0": (T.Q4_0, F.MOSTLY_Q4_0, quantize_q4_0),
+        "q4_1": (T.Q4_1, F.MOSTLY_Q4_1, quantize_q4_1),
+        "q5_0": (T.Q5_0, F.MOSTLY_Q5_0, quantize_q5_0),
+        "q5_1": (T.Q5_1, F.MOSTLY_Q5_1, quantize_q5_1),
     }
 
 

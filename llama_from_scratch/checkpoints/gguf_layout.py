@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 
 from ..errors import FormatError
-from .files import regular_file
+from ..files import regular_file
 
 
 # GGUF's value types: the struct format of each fixed-size one; 8 is a string, 9 an array.

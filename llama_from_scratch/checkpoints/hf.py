@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -38,12 +39,12 @@ from safetensors.torch import save_file
 
 from ..config import LlamaConfig
 from ..errors import FormatError
-from ..long_context.rope_scaling import RopeScaling, rope_parameters_to_hf, rope_scaling_from_hf
+from ..files import REQUIRED, check_type, json_field, plain_file_name, read_json, regular_file
 from ..rope import half_to_interleaved, interleaved_to_half
+from ..rope_scaling import OPTIONAL_FIELDS, REQUIRED_FIELDS, RopeScaling
 from ..tokenization.byte_bpe import GPT2_PATTERN, ByteLevelBPE
-from ..tokenization.load import token_text
+from ..tokenization.tokenizer import token_text
 from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
-from .files import REQUIRED, check_type, json_field, plain_file_name, read_json, regular_file
 from .names import HF_NAMES
 
 
@@ -95,7 +96,7 @@ def meta_to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConf
 def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     """Translate a Hugging Face Llama ``config.json`` (already parsed) into a :class:`LlamaConfig`.
 
-    RoPE scaling is read in both spellings (:func:`..long_context.rope_scaling.rope_scaling_from_hf`).
+    RoPE scaling is read in both spellings (:func:`rope_scaling_from_hf`).
     Raises ``ValueError`` naming ``source`` and the field for anything this
     package does not implement (another architecture, biases, Phi-3's longrope),
     and :class:`FormatError` for a field of the wrong type: ``"tie_word_embeddings": "false"``
@@ -157,6 +158,66 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
         return LlamaConfig(**fields)
     except (TypeError, ValueError) as error:
         raise FormatError(f"{source}: {error}") from None
+
+
+# Keys a Hugging Face rope dictionary may hold besides the parameters of RopeScaling.
+_HF_BOOKKEEPING = ("type", "rope_type", "rope_theta")
+
+
+def rope_scaling_from_hf(hf: dict, source: str = "config.json") -> RopeScaling | None:
+    """The RoPE scaling of a parsed Hugging Face ``config.json``; ``None`` for plain RoPE.
+
+    Reads both spellings: transformers 4.x ``rope_scaling`` (``type`` or ``rope_type``; ``rope_theta`` at
+    the top level) and 5.x ``rope_parameters`` (``rope_type``, ``rope_theta`` inside). As in
+    ``transformers``, ``dynamic`` takes its original context from the top-level
+    ``max_position_embeddings``, and ``yarn``/``llama3`` fall back to it when the dictionary has no
+    ``original_max_position_embeddings`` (2048 if absent, as there). ``ValueError`` names ``source`` and the
+    field for a bad value; ``NotImplementedError`` for ``longrope`` and for parameters this package does not
+    compute (YaRN's ``mscale``, ``partial_rotary_factor``, ...).
+    """
+    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    rope = hf.get(key) or {}
+    where = f"{source}: {key}"
+    if not isinstance(rope, dict):
+        raise ValueError(f"{where} must be an object, got {rope!r:.60} ({type(rope).__name__})")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if not isinstance(rope_type, str):
+        raise ValueError(f"{where}: rope_type must be a string, got {rope_type!r:.60} ({type(rope_type).__name__})")
+    if rope_type == "default":
+        return None
+    if rope_type == "longrope":
+        raise NotImplementedError(f"{where}: rope_type 'longrope' (Phi-3's per-pair factors) is not implemented")
+    if rope_type not in REQUIRED_FIELDS:
+        raise ValueError(f"{where}: rope_type must be one of default, {', '.join(REQUIRED_FIELDS)}, got {rope_type!r}")
+    known = {field.name for field in fields(RopeScaling)}
+    unknown = sorted(k for k in rope if k not in known and k not in _HF_BOOKKEEPING)
+    if unknown:
+        allowed = REQUIRED_FIELDS[rope_type] + OPTIONAL_FIELDS.get(rope_type, ())
+        raise NotImplementedError(
+            f"{where}: {', '.join(unknown)}: not implemented; {rope_type!r} scaling takes {', '.join(allowed)}"
+        )
+    parameters = {k: v for k, v in rope.items() if k in known and k != "type" and v is not None}
+    if rope_type == "dynamic" or (rope_type != "linear" and "original_max_position_embeddings" not in parameters):
+        parameters["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
+    try:
+        return RopeScaling(rope_type, **parameters)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def rope_parameters_to_hf(scaling: RopeScaling | None, theta: float) -> dict:
+    """The 5.x ``rope_parameters`` dictionary of ``scaling`` and base ``theta``: :func:`rope_scaling_from_hf` reversed.
+
+    For ``dynamic`` the original context is not part of the dictionary: ``transformers`` takes it from
+    ``max_position_embeddings``, which must then be set to ``scaling.original_max_position_embeddings``.
+    """
+    parameters = {"rope_type": "default" if scaling is None else scaling.type, "rope_theta": theta}
+    if scaling is not None:
+        given = {f.name: getattr(scaling, f.name) for f in fields(scaling)[1:]}
+        parameters.update((name, value) for name, value in given.items() if value is not None)
+        if scaling.type == "dynamic":
+            del parameters["original_max_position_embeddings"]
+    return parameters
 
 
 def dynamic_context(scaling: RopeScaling) -> int:
@@ -478,7 +539,8 @@ def write_hf_tokenizer(tokenizer, directory: Path, chat_template: str | None = N
     else:
         raise TypeError(f"cannot export a tokenizer of type {type(tokenizer).__name__}")
     config = {
-        f"{name}_token": token_text(tokenizer, getattr(tokenizer, f"{name}_id")) for name in ("bos", "eos", "pad", "unk")
+        f"{name}_token": token_text(tokenizer, getattr(tokenizer, f"{name}_id"))
+        for name in ("bos", "eos", "pad", "unk")
     }
     config = {key: value for key, value in config.items() if value is not None}
     if chat_template is not None:

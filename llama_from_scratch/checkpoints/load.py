@@ -1,45 +1,37 @@
-"""Load pretrained weights into a :class:`~llama_from_scratch.model.Llama`.
+"""Load a checkpoint: its weights into a :class:`~llama_from_scratch.model.Llama`, its tokenizer, its chat template.
 
 ``load_checkpoint(path)`` looks at what ``path`` holds and picks the reader:
 
 * a Hugging Face directory (``config.json`` + safetensors): :mod:`.hf`;
+* a quantized model's directory (``config.json`` + ``quantized.safetensors``): :mod:`.quantized`;
 * a Meta directory (``params.json`` + ``consolidated.NN.pth``): :mod:`.meta`;
 * a llama.cpp ``.gguf`` file (quantized or not): :mod:`.gguf`.
 
-``load_pretrained(path)`` loads the tokenizer and the chat template that were
-saved with the weights, too.
+``load_tokenizer(path)`` reads a tokenizer from any file that holds one, and ``load_pretrained(path)``
+loads the tokenizer and the chat template that were saved with the weights, too.
 
-Every reader yields ``(file, name, tensor)`` in this package's names and
-layout; :func:`assemble` then checks that exactly the expected tensors, with
-the expected shapes and dtypes, arrived, before anything is handed back. A
-checkpoint that is incomplete, has extra tensors, or has the wrong shapes
-raises a ``FormatError`` (a ``ValueError``) naming the file and the tensor;
-nothing half-loaded is returned. Before any model is built, the config is
-checked against the tensors the files hold (:func:`.names.check_config_fits`):
-a ``config.json`` that claims 100,000 layers would otherwise cost minutes and
-gigabytes before the first tensor is compared.
-
-The model is built on PyTorch's ``meta`` device (shapes only, no memory) and
-the loaded tensors are assigned into it, so loading a model costs its
-weights once, not twice.
+Every reader yields ``(file, name, tensor)`` in this package's names and layout, and
+:func:`.tensors.assemble` checks that exactly the expected tensors arrived before anything is handed
+back. Before any model is built, the config is checked against the tensors the files hold
+(:func:`.names.check_config_fits`): a ``config.json`` that claims 100,000 layers would otherwise cost
+minutes and gigabytes before the first tensor is compared.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..config import LlamaConfig
-from ..device import default_device, default_dtype
 from ..errors import FormatError
+from ..files import plain_file_name, regular_file
 from ..model import Llama
-from ..tokenization.load import Tokenizer, load_tokenizer
-from .files import plain_file_name, regular_file
+from ..tokenization.byte_bpe import ByteLevelBPE
+from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
+from ..tokenization.sentencepiece_model import read_model
+from ..tokenization.tiktoken_file import looks_like_tiktoken, read_tiktoken_file
+from ..tokenization.tokenizer import Tokenizer
 from .gguf import (
     config_from_gguf,
     gguf_tensor_shapes,
@@ -48,95 +40,13 @@ from .gguf import (
     read_gguf_tensors,
     read_gguf_tokenizer,
 )
-from .hf import hf_tensor_shapes, read_chat_template, read_hf_config, read_hf_tensors
+from .hf import hf_tensor_shapes, read_chat_template, read_hf_config, read_hf_tensors, read_tokenizer_json
 from .meta import read_meta_checkpoint
 from .names import check_config_fits
+from .quantized import QUANTIZED_WEIGHTS, load_quantized
+from .tensors import assemble
 
 
-def expected_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The name, shape and dtype of every tensor a checkpoint must provide for ``model`` (its ``state_dict``).
-
-    Buffers count too, so a model whose linears were swapped for quantized ones expects their integer
-    weights and scales. A tied output matrix is the embedding, expected once.
-    """
-    expected = model.state_dict()
-    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
-        expected = {name: t for name, t in expected.items() if not name.startswith("output.")}
-    return expected
-
-
-def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """The name and shape of every tensor a checkpoint of this config must provide."""
-    with torch.device("meta"):
-        model = Llama(config)
-    return {name: tuple(t.shape) for name, t in expected_tensors(model).items()}
-
-
-def assemble(
-    config: LlamaConfig,
-    tensors: Iterable[tuple[str, str, torch.Tensor]],
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    total: int | None = None,
-    description: str = "loading",
-    model: torch.nn.Module | None = None,
-    source: str = "checkpoint",
-) -> Llama:
-    """Fill a model from ``(file, name, tensor)`` triples, checking names, shapes and dtypes.
-
-    The model is ``Llama(config)`` built on the ``meta`` device (shapes only, no memory), or ``model`` if
-    given (already on the meta device, e.g. with quantized linears swapped in). Parameters are converted
-    to ``dtype``; buffers (a quantized layer's codes and float32 scales) keep the model's dtype. A tensor
-    the model holds in floating point must arrive in floating point (an int8, bool or complex weight, or
-    float32 bytes relabelled int32, would load as nonsense), and integer ones (packed quantized weights)
-    in exactly the expected type. Each tensor is moved to ``device`` as it
-    arrives, so at most one extra copy of a single tensor exists at once. ``source`` names the checkpoint
-    in the message about missing tensors.
-    """
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
-    if model is None:
-        with torch.device("meta"):
-            model = Llama(config)
-    expected = expected_tensors(model)
-    parameters = {name for name, _ in model.named_parameters()}
-    state: dict[str, torch.Tensor] = {}
-    source: dict[str, str] = {}
-    quiet = bool(os.environ.get("TQDM_DISABLE"))  # honoured here too: tqdm's notebook bar ignores it
-    for file, name, tensor in tqdm(tensors, total=total, desc=description, unit="tensor", disable=quiet):
-        if config.tie_embeddings and name == "output.weight":
-            continue  # some tied checkpoints store the shared matrix twice
-        if name not in expected:
-            raise FormatError(f"{file}: unexpected tensor {name!r} for this config")
-        if name in state:
-            raise FormatError(f"{file}: tensor {name!r} appears twice (also in {source[name]})")
-        want = expected[name]
-        if tuple(tensor.shape) != tuple(want.shape):
-            raise FormatError(
-                f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(want.shape)} for this config"
-            )
-        if want.is_floating_point() != tensor.is_floating_point() or (
-            not want.is_floating_point() and tensor.dtype != want.dtype
-        ):
-            raise FormatError(f"{file}: tensor {name!r} is {tensor.dtype}, expected {want.dtype}")
-        # Parameters take ``dtype``; buffers (a quantized layer's codes and float32 scales) keep their own.
-        state[name] = tensor.to(device=device, dtype=dtype if name in parameters else want.dtype)
-        source[name] = file
-    missing = [name for name in expected if name not in state]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FormatError(f"{source}: the checkpoint is missing {len(missing)} tensor(s): {shown}")
-
-    if config.tie_embeddings:  # the head's tensors are the embedding's, under the head's names
-        for name in model.output.state_dict():
-            state[f"output.{name}"] = state[f"tok_embeddings.{name}"]
-    model.load_state_dict(state, assign=True, strict=True)
-    if config.tie_embeddings:
-        model.tie_weights()  # assign=True replaced both parameters; make them one again
-    return model.eval()
-
-
-QUANTIZED_WEIGHTS = "quantized.safetensors"  # a quantized model's directory: config.json + this (format="quantized")
 LATEST = "latest"  # in a training run's folder: the name of its newest complete checkpoint
 # The names each format gives the config fields that check_config_fits compares with the tensors.
 HF_FIELDS = {"n_layers": "num_hidden_layers", "vocab_size": "vocab_size", "dim": "hidden_size"}
@@ -178,8 +88,6 @@ def load_checkpoint(
     # The config is checked against the tensors present before a model is built (the Meta reader does it itself).
     description = f"loading {path.name}"
     if path.is_dir() and (path / "config.json").exists() and (path / QUANTIZED_WEIGHTS).exists():
-        from ..quantization.safetensors_format import load_quantized  # it builds on this module
-
         return load_quantized(path / QUANTIZED_WEIGHTS, read_hf_config(path), device, dtype)
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
@@ -198,6 +106,51 @@ def load_checkpoint(
         f"{path}: not a checkpoint this package can read; expected a Hugging Face model directory "
         "(config.json + model.safetensors), a Meta directory (params.json + consolidated.00.pth) or a .gguf file"
     )
+
+
+def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | ByteLevelBPE:
+    """Load a tokenizer from a SentencePiece ``.model``, a ``tokenizer.json`` (or its directory) or a ``.gguf``.
+
+    Four formats hold the tokenizers of the Llama family: a SentencePiece ``.model`` file (Llama 1 and 2's
+    ``tokenizer.model``, read by :mod:`~llama_from_scratch.tokenization.sentencepiece_model`), a tiktoken
+    file (Llama 3's ``tokenizer.model``, :mod:`~llama_from_scratch.tokenization.tiktoken_file`), a Hugging
+    Face ``tokenizer.json`` (:mod:`.hf`, which writes it too) and a GGUF file's ``tokenizer.ggml.*``
+    metadata (:mod:`.gguf`). The format is recognised by the file's first bytes: a GGUF file starts with
+    ``GGUF``, a JSON file with ``{`` (a ``.json`` file is read as JSON whatever it starts with), a tiktoken
+    file with a line ``base64-token rank``; anything else is tried as a SentencePiece model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "tokenizer.json", path / "tokenizer.model"]
+        found = next((c for c in candidates if c.exists()), None)  # checked to be a regular file below
+        if found is None:
+            raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in the directory {path}")
+        path = found
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    regular_file(path)  # a FIFO would block the read below forever
+    with path.open("rb") as f:
+        head = f.read(512)  # enough for a tiktoken line (a token of up to 380 bytes) and its rank
+    if head[:4] == b"GGUF":
+        return read_gguf_tokenizer(path)  # each checkpoint format reads its own tokenizer
+    if head.lstrip()[:1] == b"{" or path.suffix == ".json":
+        return read_tokenizer_json(path)
+    if looks_like_tiktoken(head):  # Llama 3's tokenizer.model: text lines "base64-token rank"
+        return read_tiktoken_file(path)
+    try:
+        model = read_model(path)
+    except FormatError:
+        if path.suffix == ".model":
+            raise  # a SentencePiece model, damaged: its error says where
+        raise FormatError(
+            f"{path} is not a tokenizer file: neither GGUF, nor tokenizer.json, nor a SentencePiece .model"
+        ) from None
+    try:
+        return SentencePieceTokenizer(model)
+    except ValueError as error:
+        raise FormatError(f"{path}: {error}") from None
+    except NotImplementedError as error:
+        raise NotImplementedError(f"{path}: {error}") from None
 
 
 @dataclass

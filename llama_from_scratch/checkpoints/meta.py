@@ -34,8 +34,8 @@ import torch
 
 from ..config import LlamaConfig, ffn_hidden_dim
 from ..errors import FormatError
-from ..long_context.rope_scaling import meta_llama3_scaling
-from .files import json_field, read_json, regular_file
+from ..files import json_field, read_json, regular_file
+from ..rope_scaling import meta_llama3_scaling
 from .names import META_ROPE_FREQS, check_config_fits
 
 COLUMN_PARALLEL = (

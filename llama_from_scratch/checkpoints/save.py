@@ -11,7 +11,7 @@
   (``quant="q8_0"``, ``"q4_0"``, ...; :mod:`.gguf`).
 * ``"quantized"``: a model quantized by :func:`~llama_from_scratch.quantization.quantize`, as it is:
   a directory with ``config.json``, the tokenizer and ``quantized.safetensors`` (integer codes and scales,
-  :mod:`~llama_from_scratch.quantization.safetensors_format`).
+  :mod:`.quantized`).
 
 The tokenizer and chat template travel with the weights. Every format is
 written through :func:`.atomic.atomic_write`, so an interrupted save never
@@ -29,24 +29,10 @@ from .atomic import atomic_write
 from .gguf import write_gguf
 from .hf import write_hf, write_hf_config, write_hf_tokenizer
 from .meta import write_meta
+from .quantized import QUANTIZED_WEIGHTS, save_quantized
+from .tensors import model_tensors
 
 FORMATS = ("hf", "meta", "gguf", "quantized")
-
-
-def model_tensors(model: Llama, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of ``model.state_dict()`` on the CPU, the floating-point parameters in ``dtype``.
-
-    Buffers count as well as parameters and keep their type (a quantized layer's integer codes and float32
-    scales), as :func:`.load.assemble` expects. A tied output matrix is the embedding: it is listed once,
-    as ``tok_embeddings.weight`` (or the embedding's quantized codes).
-    """
-    tied = model.config.tie_embeddings
-    parameters = {name for name, _ in model.named_parameters()}
-    return {
-        name: (t.to(dtype) if dtype is not None and name in parameters else t).to("cpu").contiguous()
-        for name, t in model.state_dict().items()
-        if not (tied and name.startswith("output."))
-    }
 
 
 def save_checkpoint(
@@ -93,8 +79,6 @@ def save_checkpoint(
         elif format == "meta":
             write_meta(config, model_tensors(model, dtype), directory, n_shards)
         else:
-            from ..quantization.safetensors_format import QUANTIZED_WEIGHTS, save_quantized
-
             write_hf_config(config, directory, dtype)
             save_quantized(model, directory / QUANTIZED_WEIGHTS, dtype)
         if tokenizer is not None:

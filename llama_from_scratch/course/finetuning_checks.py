@@ -315,7 +315,8 @@ def _turn(role: int, *words: int) -> list[int]:
 @functools.cache
 def _smollm2_conversation() -> tuple[list[int], list[int], int, list[int]] | None:
     """A real conversation on SmolLM2's tokenizer: tokens, header, end id and the package's labels (read once)."""
-    from ..chat import CHATML_TEMPLATE, encode_chat
+    from ..chat import CHATML_TEMPLATE
+    from ..tokenization.chat import encode_chat
     from ..checkpoints.gguf import read_gguf_tokenizer
     from ..checkpoints.offline import smollm2_path
     from ..finetuning.sft import tokenize_conversation

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..attention import Attention, attention_weights, causal_mask, repeat_kv
-from ..long_context import dynamic_ntk_theta, flash_attention, linear_scaling, scaled_rope_frequencies
+from ..long_context import flash_attention
+from ..rope_scaling import dynamic_ntk_theta, linear_scaling, scaled_rope_frequencies
 from ..rope import rope_frequencies
 from .feedback import CheckFailed, Mistake, answer, compare_tensors, fail, passed
 

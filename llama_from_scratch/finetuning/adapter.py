@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..checkpoints.atomic import atomic_write
-from ..checkpoints.files import REQUIRED, json_field, read_json, regular_file
+from ..files import REQUIRED, json_field, read_json, regular_file
 from ..checkpoints.hf import meta_to_hf_name, permute_qk
 from ..errors import FormatError
 from ..rope import half_to_interleaved, interleaved_to_half

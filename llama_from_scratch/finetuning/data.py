@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoints.files import regular_file
+from ..files import regular_file
 from ..errors import FormatError
 from . import tasks
 from .sft import check_messages

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Llama
-from ..tokenization.load import Tokenizer
+from ..tokenization.tokenizer import Tokenizer
 from .lora import adapters_disabled
 from .sft import IGNORE_INDEX, Example, pad_batch, tokenize_dataset
 

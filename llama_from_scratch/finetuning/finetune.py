@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints.atomic import atomic_write
-from ..checkpoints.files import read_json
+from ..files import read_json
 from ..checkpoints.load import latest_checkpoint
 from ..errors import FormatError, is_finite_number
 from ..model import Llama

@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..chat import chat_stop_tokens, encode_chat, render_chat, special_texts
+from ..chat import render_chat
 from ..checkpoints.atomic import atomic_write
 from ..cross_entropy import linear_cross_entropy
 from ..model import Llama
-from ..tokenization.load import Tokenizer
+from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
+from ..tokenization.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # the target that carries no loss (PyTorch's and Llama.loss's default)
 

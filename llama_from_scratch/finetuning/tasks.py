@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..chat import chat_stop_tokens, encode_chat, render_chat, special_texts
+from ..chat import render_chat
 from ..generate import generate
 from ..model import Llama
-from ..tokenization.load import Tokenizer
+from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
+from ..tokenization.tokenizer import Tokenizer
 from ..training.corpus import load_plays, play_files
 
 TASK_PLAYS: tuple[str, ...] = (

@@ -9,8 +9,7 @@ the scaled model then uses the longer context.
 
 The recipe is the pre-training loop (:func:`..training.train.train`) unchanged, run on longer windows with
 the new frequencies: the model's config gets the scaling and the longer context (:func:`extend_context`),
-and nothing else changes. This module imports the model's training code when called, not when imported,
-because the model itself imports :mod:`.rope_scaling` from this package.
+and nothing else changes.
 """
 
 from __future__ import annotations
@@ -18,14 +17,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .rope_scaling import RopeScaling
-
-if TYPE_CHECKING:
-    from ..model import Llama
-    from ..training.dataset import TokenData
-    from ..training.train import TrainConfig
+from ..model import Llama
+from ..rope_scaling import RopeScaling
+from ..training.dataset import TokenData
+from ..training.train import TrainConfig, train
 
 
 def extend_context(model: Llama, max_seq_len: int, scaling: RopeScaling | None) -> Llama:
@@ -58,7 +54,5 @@ def finetune_long_context(
     writing checkpoints to ``out_dir`` as pre-training does; a checkpoint's config holds the scaling,
     so it loads ready for the longer context. Returns the training history.
     """
-    from ..training.train import train
-
     extend_context(model, max(model.config.max_seq_len, config.seq_len), scaling)
     return train(model, train_data, val_data, config, out_dir, on_eval=on_eval, extra_files=extra_files)

@@ -6,13 +6,16 @@ Our own weight-only schemes for ``nn.Linear``, swapped into a model from the out
 * :mod:`.int8`: int8, one absmax scale per output channel;
 * :mod:`.packing`: two 4-bit codes per byte, bit by bit;
 * :mod:`.int4`: int4 in groups of 32/64/128 weights, asymmetric (scale + min) or symmetric;
-* :mod:`.swap`: :func:`quantize` a model in place, :func:`dequantize` it back to plain layers;
-* :mod:`.safetensors_format`: :func:`save_quantized` / :func:`load_quantized`, integers kept as they are.
+* :mod:`.swap`: :func:`quantize` a model in place, :func:`dequantize` it back to plain layers.
 
 llama.cpp's GGUF block formats, written out to be read:
 
 * :mod:`.ggml_blocks`: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (quantize and dequantize, byte-exact with ``gguf``);
 * :mod:`.ggml_k_quants`: Q4_K and Q6_K super-blocks (dequantize).
+
+This package imports only the model core. Saving and loading a quantized model, integers kept as they
+are, is a checkpoint format: :mod:`llama_from_scratch.checkpoints.quantized` (``save_quantized``,
+``load_quantized``, ``save_checkpoint(..., format="quantized")``); the GGUF writer uses the block codecs.
 """
 
 from .ggml_blocks import (
@@ -32,7 +35,6 @@ from .int4 import Int4Embedding, Int4Linear, dequantize_int4, quantize_int4
 from .int8 import Int8Embedding, Int8Linear, dequantize_int8, quantize_int8
 from .linear import QuantizedEmbedding, QuantizedLinear
 from .packing import pack_int4, unpack_int4
-from .safetensors_format import load_quantized, save_quantized
 from .swap import SCHEMES, dequantize, quantize, quantized_layers
 
 __all__ = [
@@ -53,7 +55,6 @@ __all__ = [
     "dequantize_q5_1",
     "dequantize_q6_k",
     "dequantize_q8_0",
-    "load_quantized",
     "pack_int4",
     "quantize",
     "quantize_int4",
@@ -64,6 +65,5 @@ __all__ = [
     "quantize_q5_1",
     "quantize_q8_0",
     "quantized_layers",
-    "save_quantized",
     "unpack_int4",
 ]

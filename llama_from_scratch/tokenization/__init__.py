@@ -3,14 +3,19 @@
 Read in this order: :mod:`.bpe` (the one merge operation of byte-pair encoding), :mod:`.trainer`
 (training a SentencePiece-style BPE vocabulary), :mod:`.sentencepiece_model` and
 :mod:`.sentencepiece_bpe` (Llama 1 and 2's ``tokenizer.model`` format and its encoder), :mod:`.byte_bpe`
-(byte-level BPE: GPT-2, Llama 3, SmolLM2), :mod:`.tiktoken_file` (Llama 3's ``tokenizer.model``) and
-:mod:`.load` (``load_tokenizer`` for any tokenizer file).
+(byte-level BPE: GPT-2, Llama 3, SmolLM2), :mod:`.tiktoken_file` (Llama 3's ``tokenizer.model``),
+:mod:`.tokenizer` (the :class:`Tokenizer` interface they all offer) and :mod:`.chat` (a conversation's
+token ids, stop tokens and streamed text, and the chat loop).
+
+This package reads only the tokenizer's own files; ``load_tokenizer``, which recognises any tokenizer
+file, checkpoints' included (``tokenizer.json``, GGUF metadata), is in :mod:`llama_from_scratch.checkpoints`.
+Below it are only the model core and :mod:`llama_from_scratch.files` (the rules for untrusted files).
 """
 
 from .bpe import merge, pair_counts
 from .byte_bpe import ByteLevelBPE
-from .load import Tokenizer, load_tokenizer
 from .sentencepiece_bpe import SPACE, SentencePieceTokenizer
+from .tokenizer import Tokenizer
 from .trainer import train_bpe
 
 __all__ = [
@@ -18,7 +23,6 @@ __all__ = [
     "ByteLevelBPE",
     "SentencePieceTokenizer",
     "Tokenizer",
-    "load_tokenizer",
     "merge",
     "pair_counts",
     "train_bpe",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from ..files import regular_file
 from ..errors import FormatError
 
 
@@ -227,8 +228,6 @@ def read_model(path: str | Path) -> SentencePieceModel:
     Raises ``FileNotFoundError`` if there is no such file and :class:`FormatError`, naming the file,
     if it is not a SentencePiece model (or not a regular file: a FIFO would block the read forever).
     """
-    from ..checkpoints.files import regular_file
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no SentencePiece model file at {path}")

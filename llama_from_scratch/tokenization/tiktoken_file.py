@@ -29,6 +29,7 @@ import binascii
 import re
 from pathlib import Path
 
+from ..files import regular_file
 from ..errors import FormatError
 from .byte_bpe import LLAMA3_PATTERN, ByteLevelBPE, bytes_to_unicode
 
@@ -70,8 +71,6 @@ def read_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
     (so that they are the ids of the first ``n`` tokens); all 256 single bytes must be tokens, or some
     text could not be encoded at all.
     """
-    from ..checkpoints.files import regular_file
-
     path = Path(path)
     regular_file(path)
     ranks: dict[bytes, int] = {}

@@ -34,7 +34,7 @@ import torch
 from ..checkpoints.atomic import atomic_write
 from ..checkpoints.hf import write_hf
 from ..checkpoints.load import LATEST, latest_checkpoint, load_checkpoint
-from ..checkpoints.save import model_tensors
+from ..checkpoints.tensors import model_tensors
 from ..model import Llama
 
 # A resumed run may change only these settings (how often it reports and saves, and how long it runs);

@@ -21,7 +21,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import FormatError, is_finite_number, is_int
+from .errors import FormatError, is_finite_number, is_int
 
 _KINDS = {
     "int": "an integer",

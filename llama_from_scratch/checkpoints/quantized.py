@@ -1,7 +1,11 @@
 """A quantized model on disk: one safetensors file, integers and scales as they are, plus a JSON header.
 
+The fourth format of :func:`.save.save_checkpoint` (``format="quantized"``): a model quantized by
+:func:`~llama_from_scratch.quantization.quantize`, saved without dequantizing. A checkpoint directory holds
+``config.json`` (as :mod:`.hf` writes it), the tokenizer and :data:`QUANTIZED_WEIGHTS`.
+
 safetensors stores named tensors of any dtype (int8, uint8, float32, ...) and a string-to-string
-metadata map; nothing else is needed. The file ``model.safetensors`` holds:
+metadata map; nothing else is needed. The file holds:
 
 * every tensor of the quantized model's ``state_dict`` under its own name: for a quantized layer
   ``layers.0.attention.wq.qweight`` (int8, or uint8 with two 4-bit codes per byte),
@@ -16,7 +20,7 @@ metadata map; nothing else is needed. The file ``model.safetensors`` holds:
 
 :func:`load_quantized` reads the header first, builds the model on the ``meta`` device with those
 layers swapped in (empty, right shapes and dtypes), then fills it through
-:func:`~llama_from_scratch.checkpoints.load.assemble`, which checks every tensor's name, shape and
+:func:`.tensors.assemble`, which checks every tensor's name, shape and
 dtype against that model: a truncated tensor, a wrong dtype or a header whose group size does not
 match the tensors is an error naming the tensor. Nothing is dequantized on the way: the loaded
 buffers equal the saved ones bit for bit.
@@ -32,15 +36,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoints.atomic import atomic_write
-from ..checkpoints.load import QUANTIZED_WEIGHTS, assemble
-from ..checkpoints.save import model_tensors
 from ..config import LlamaConfig
 from ..errors import FormatError
 from ..model import Llama
-from .int4 import Int4Linear
-from .swap import layer_class, quantized_layers, scheme_of
+from ..quantization.int4 import Int4Linear
+from ..quantization.swap import layer_class, quantized_layers, scheme_of
+from .atomic import atomic_write
+from .tensors import assemble, model_tensors
 
+QUANTIZED_WEIGHTS = "quantized.safetensors"  # a quantized model's directory: config.json + this (format="quantized")
 HEADER_KEY = "llama_from_scratch.quantization"
 VERSION = 2  # 2: int4 codes paired inside each group (code j with j + group_size/2); 1 paired neighbours
 
@@ -57,11 +61,11 @@ def quantization_header(model: nn.Module) -> dict:
 
 
 def save_quantized(model: Llama, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` (quantized by :func:`~.swap.quantize`) to the safetensors file ``path``, atomically.
+    """Write ``model`` (quantized by :func:`~..quantization.swap.quantize`) to the safetensors file ``path``.
 
     ``dtype`` converts the layers left in floating point (norms, an unquantized embedding); integer codes and
-    their float32 scales are written as they are. In a checkpoint directory the file is :data:`QUANTIZED_WEIGHTS`
-    (``save_checkpoint(model, tokenizer, path, format="quantized")`` writes config and tokenizer beside it).
+    their float32 scales are written as they are, atomically. In a checkpoint directory the file is
+    :data:`QUANTIZED_WEIGHTS` (``save_checkpoint(model, tokenizer, path, format="quantized")`` writes config and tokenizer beside it).
     """
     path = Path(path)
     metadata = {"format": "pt", HEADER_KEY: json.dumps(quantization_header(model))}

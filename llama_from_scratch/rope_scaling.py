@@ -2,7 +2,7 @@
 
 RoPE turns feature pair ``i`` of the token at position ``m`` by the angle
 ``m * f_i``, with the (inverse) frequencies ``f_i = theta ** (-2i / head_dim)``
-of :func:`..rope.rope_frequencies` (``theta``: the base). A model trained on
+of :func:`.rope.rope_frequencies` (``theta``: the base). A model trained on
 ``L`` tokens has seen these angles only for positions ``m < L``. Past ``L``
 the slow pairs (small ``f_i``) reach angles they never had in training, and
 quality collapses. Every method below fixes this by changing the frequencies
@@ -32,14 +32,15 @@ wavelength ``2 pi / f_i``, the number of positions of one full turn:
   wavelengths untouched, longer ones divided by ``factor``, a smooth blend
   between.
 
-:class:`RopeScaling` holds a method and its parameters;
-:func:`scaled_rope_frequencies` applies it; :func:`rope_scaling_from_hf`
-reads it from a Hugging Face ``config.json``. A model takes it from
-``LlamaConfig.rope_scaling``: its ``_rope`` computes cos and sin through
-:func:`rope_cos_sin_scaled`, the one line where scaling meets the model.
-llama.cpp stores Llama 3.1's scaling as per-pair divisors
-(:func:`rope_frequency_divisors`), Meta's ``params.json`` as a flag
-(:func:`meta_llama3_scaling`).
+:class:`RopeScaling` holds a method and its parameters; :data:`ROPE_SCALING_FUNCTIONS`, one table
+from the method's name to its function (as ``transformers`` keeps ``ROPE_INIT_FUNCTIONS``), is how
+:func:`scaled_rope_frequencies` applies it. A model takes it from ``LlamaConfig.rope_scaling``: its
+``_rope`` computes cos and sin through :func:`rope_cos_sin_scaled`, the one line where scaling meets the
+model. RoPE scaling is part of the model, so it lives in the core; chapter 11 (``long_context/``) teaches
+and fine-tunes with it. Each checkpoint format spells it its own way, read and written by that format's
+module: Hugging Face's ``rope_scaling`` / ``rope_parameters`` (``checkpoints/hf.py``), llama.cpp's
+metadata and per-pair divisors (``checkpoints/gguf.py``), Meta's ``use_scaled_rope`` flag
+(``checkpoints/meta.py``, through :func:`meta_llama3_scaling`).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..errors import is_finite_number
-from ..rope import rope_frequencies
+from .errors import is_finite_number
+from .rope import rope_frequencies
 
 # The parameters each type needs, and those it may take; any other parameter is an error.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -223,7 +224,42 @@ def llama3_scaling(
     return torch.where(kept, inv_freq, torch.where(divided, inv_freq / factor, blended))
 
 
-# -- one entry point -------------------------------------------------------------------------------------------------
+# -- one table from the type's name to its frequencies ---------------------------------------------------------------
+
+
+def _linear(
+    scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device
+) -> tuple[torch.Tensor, float]:
+    return linear_scaling(rope_frequencies(head_dim, theta, device), scaling.factor), 1.0
+
+
+def _dynamic(
+    scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device
+) -> tuple[torch.Tensor, float]:
+    L = scaling.original_max_position_embeddings
+    theta = dynamic_ntk_theta(theta, head_dim, scaling.factor, L, L if seq_len is None else seq_len)
+    return rope_frequencies(head_dim, theta, device), 1.0
+
+
+def _yarn(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device) -> tuple[torch.Tensor, float]:
+    inv_freq = rope_frequencies(head_dim, theta, device)
+    L, beta_fast, beta_slow = scaling.original_max_position_embeddings, scaling.beta_fast or 32, scaling.beta_slow or 1
+    inv_freq = yarn_scaling(inv_freq, theta, scaling.factor, L, beta_fast, beta_slow)
+    attention_factor = scaling.attention_factor
+    return inv_freq, yarn_attention_factor(scaling.factor) if attention_factor is None else attention_factor
+
+
+def _llama3(
+    scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device
+) -> tuple[torch.Tensor, float]:
+    inv_freq = rope_frequencies(head_dim, theta, device)
+    low, high, L = scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_position_embeddings
+    return llama3_scaling(inv_freq, scaling.factor, low, high, L), 1.0
+
+
+# Each type's ``(scaling, head_dim, theta, seq_len, device) -> (inv_freq, attention_factor)``. A new method is
+# one function and one entry here (and its parameters in REQUIRED_FIELDS / OPTIONAL_FIELDS).
+ROPE_SCALING_FUNCTIONS = {"linear": _linear, "dynamic": _dynamic, "yarn": _yarn, "llama3": _llama3}
 
 
 def scaled_rope_frequencies(
@@ -235,41 +271,14 @@ def scaled_rope_frequencies(
 ) -> tuple[torch.Tensor, float]:
     """The inverse frequencies ``(head_dim // 2,)`` float32 and the attention factor of ``scaling``.
 
-    ``scaling=None`` is plain RoPE: :func:`..rope.rope_frequencies` and factor 1. ``seq_len``, the current
-    sequence length (last position + 1), matters only to ``dynamic``; left out, it counts as the original
-    context (no change). The attention factor multiplies cos and sin; it is 1 except for YaRN.
+    ``scaling=None`` is plain RoPE: :func:`.rope.rope_frequencies` and factor 1; otherwise the function of
+    :data:`ROPE_SCALING_FUNCTIONS` for ``scaling.type``. ``seq_len``, the current sequence length (last
+    position + 1), matters only to ``dynamic``; left out, it counts as the original context (no change).
+    The attention factor multiplies cos and sin; it is 1 except for YaRN.
     """
     if scaling is None:
         return rope_frequencies(head_dim, theta, device), 1.0
-    if scaling.type == "dynamic":
-        L = scaling.original_max_position_embeddings
-        theta = dynamic_ntk_theta(theta, head_dim, scaling.factor, L, L if seq_len is None else seq_len)
-        return rope_frequencies(head_dim, theta, device), 1.0
-    inv_freq = rope_frequencies(head_dim, theta, device)
-    if scaling.type == "linear":
-        return linear_scaling(inv_freq, scaling.factor), 1.0
-    if scaling.type == "llama3":
-        return (
-            llama3_scaling(
-                inv_freq,
-                scaling.factor,
-                scaling.low_freq_factor,
-                scaling.high_freq_factor,
-                scaling.original_max_position_embeddings,
-            ),
-            1.0,
-        )
-    # yarn
-    inv_freq = yarn_scaling(
-        inv_freq,
-        theta,
-        scaling.factor,
-        scaling.original_max_position_embeddings,
-        scaling.beta_fast or 32,
-        scaling.beta_slow or 1,
-    )
-    attention_factor = scaling.attention_factor
-    return inv_freq, yarn_attention_factor(scaling.factor) if attention_factor is None else attention_factor
+    return ROPE_SCALING_FUNCTIONS[scaling.type](scaling, head_dim, theta, seq_len, device)
 
 
 def rope_cos_sin_scaled(
@@ -279,7 +288,7 @@ def rope_cos_sin_scaled(
     scaling: RopeScaling | None = None,
     seq_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`..rope.rope_cos_sin` with RoPE scaling: the seam through which a model uses it.
+    """:func:`.rope.rope_cos_sin` with RoPE scaling: the seam through which a model uses it.
 
     ``positions`` ``(seq,)`` integers; returns ``cos, sin``, each float32 ``(seq, head_dim // 2)``, both
     multiplied by the attention factor (YaRN's temperature; 1 otherwise). ``seq_len`` for ``dynamic``
@@ -292,69 +301,7 @@ def rope_cos_sin_scaled(
     return angles.cos() * attention_factor, angles.sin() * attention_factor  # times 1.0 is exact
 
 
-# -- reading a Hugging Face config -----------------------------------------------------------------------------------
-
-# Keys a Hugging Face rope dictionary may hold besides the parameters of RopeScaling.
-_HF_BOOKKEEPING = ("type", "rope_type", "rope_theta")
-
-
-def rope_scaling_from_hf(hf: dict, source: str = "config.json") -> RopeScaling | None:
-    """The RoPE scaling of a parsed Hugging Face ``config.json``; ``None`` for plain RoPE.
-
-    Reads both spellings: transformers 4.x ``rope_scaling`` (``type`` or ``rope_type``; ``rope_theta`` at
-    the top level) and 5.x ``rope_parameters`` (``rope_type``, ``rope_theta`` inside). As in
-    ``transformers``, ``dynamic`` takes its original context from the top-level
-    ``max_position_embeddings``, and ``yarn``/``llama3`` fall back to it when the dictionary has no
-    ``original_max_position_embeddings`` (2048 if absent, as there). ``ValueError`` names ``source`` and the
-    field for a bad value; ``NotImplementedError`` for ``longrope`` and for parameters this package does not
-    compute (YaRN's ``mscale``, ``partial_rotary_factor``, ...).
-    """
-    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
-    rope = hf.get(key) or {}
-    where = f"{source}: {key}"
-    if not isinstance(rope, dict):
-        raise ValueError(f"{where} must be an object, got {rope!r:.60} ({type(rope).__name__})")
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if not isinstance(rope_type, str):
-        raise ValueError(f"{where}: rope_type must be a string, got {rope_type!r:.60} ({type(rope_type).__name__})")
-    if rope_type == "default":
-        return None
-    if rope_type == "longrope":
-        raise NotImplementedError(f"{where}: rope_type 'longrope' (Phi-3's per-pair factors) is not implemented")
-    if rope_type not in REQUIRED_FIELDS:
-        raise ValueError(f"{where}: rope_type must be one of default, {', '.join(REQUIRED_FIELDS)}, got {rope_type!r}")
-    known = {field.name for field in fields(RopeScaling)}
-    unknown = sorted(k for k in rope if k not in known and k not in _HF_BOOKKEEPING)
-    if unknown:
-        allowed = REQUIRED_FIELDS[rope_type] + OPTIONAL_FIELDS.get(rope_type, ())
-        raise NotImplementedError(
-            f"{where}: {', '.join(unknown)}: not implemented; {rope_type!r} scaling takes {', '.join(allowed)}"
-        )
-    parameters = {k: v for k, v in rope.items() if k in known and k != "type" and v is not None}
-    if rope_type == "dynamic" or (rope_type != "linear" and "original_max_position_embeddings" not in parameters):
-        parameters["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
-    try:
-        return RopeScaling(rope_type, **parameters)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-
-
-def rope_parameters_to_hf(scaling: RopeScaling | None, theta: float) -> dict:
-    """The 5.x ``rope_parameters`` dictionary of ``scaling`` and base ``theta``: :func:`rope_scaling_from_hf` reversed.
-
-    For ``dynamic`` the original context is not part of the dictionary: ``transformers`` takes it from
-    ``max_position_embeddings``, which must then be set to ``scaling.original_max_position_embeddings``.
-    """
-    parameters = {"rope_type": "default" if scaling is None else scaling.type, "rope_theta": theta}
-    if scaling is not None:
-        given = {f.name: getattr(scaling, f.name) for f in fields(scaling)[1:]}
-        parameters.update((name, value) for name, value in given.items() if value is not None)
-        if scaling.type == "dynamic":
-            del parameters["original_max_position_embeddings"]
-    return parameters
-
-
-# -- llama.cpp's per-pair factors (GGUF's ``rope_freqs`` tensor) ------------------------------------------------------
+# -- Meta's Llama 3.1 scaling ---------------------------------------------------------------------------------------
 
 # What Meta's reference code fixes for Llama 3.1 and 3.2 (only the factor varies: 8, or 32 for 3.2), and so
 # what a params.json's ``use_scaled_rope`` or a GGUF file's ``rope_freqs`` stands for.
@@ -370,27 +317,3 @@ def meta_llama3_scaling(factor: float, original_max_position_embeddings: int = L
         high_freq_factor=LLAMA3_HIGH_FREQ_FACTOR,
         original_max_position_embeddings=original_max_position_embeddings,
     )
-
-
-def rope_frequency_divisors(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
-    """How many times slower each pair turns under ``scaling``: plain frequency / scaled frequency.
-
-    ``(head_dim // 2,)`` float32, computed in float64 from the float32 frequencies. llama.cpp stores Llama
-    3.1's scaling this way, as a tensor ``rope_freqs`` of per-pair divisors (1 for the fast pairs, ``factor``
-    for the slow ones), and divides each pair's angle by it. Only frequency-only scalings (linear, llama3)
-    have such a form: YaRN also changes the attention temperature, dynamic NTK the length.
-    """
-    if scaling.type not in ("linear", "llama3"):
-        raise ValueError(f"{scaling.type!r} scaling is not a fixed divisor per pair (only linear and llama3 are)")
-    plain = rope_frequencies(head_dim, theta).double()
-    if scaling.type == "linear":
-        return (plain / linear_scaling(plain, scaling.factor)).float()
-    scaled = llama3_scaling(
-        plain,
-        scaling.factor,
-        scaling.low_freq_factor,
-        scaling.high_freq_factor,
-        scaling.original_max_position_embeddings,
-    )
-    return (plain / scaled).float()
-
