@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import SMOLLM2, SMOLLM2_INSTALL
-from llama_from_scratch.tokenization import ByteLevelBPE, SentencePieceTokenizer, load_tokenizer, merge, pair_counts
+from llama_from_scratch.checkpoints import load_tokenizer
+from llama_from_scratch.tokenization import ByteLevelBPE, SentencePieceTokenizer, merge, pair_counts
 from llama_from_scratch.tokenization.byte_bpe import GPT2_PATTERN, bytes_to_unicode, pre_tokenize
 from llama_from_scratch.tokenization.sentencepiece_model import Piece, PieceType
 from llama_from_scratch.tokenization.trainer import train_bpe
