@@ -226,22 +226,20 @@ def llama3_scaling(
 
 # -- one table from the type's name to its frequencies ---------------------------------------------------------------
 
+Frequencies = tuple[torch.Tensor, float]  # the inverse frequencies (head_dim // 2,) and the attention factor
 
-def _linear(
-    scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device
-) -> tuple[torch.Tensor, float]:
+
+def _linear(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device) -> Frequencies:
     return linear_scaling(rope_frequencies(head_dim, theta, device), scaling.factor), 1.0
 
 
-def _dynamic(
-    scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device
-) -> tuple[torch.Tensor, float]:
+def _dynamic(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device) -> Frequencies:
     L = scaling.original_max_position_embeddings
     theta = dynamic_ntk_theta(theta, head_dim, scaling.factor, L, L if seq_len is None else seq_len)
     return rope_frequencies(head_dim, theta, device), 1.0
 
 
-def _yarn(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device) -> tuple[torch.Tensor, float]:
+def _yarn(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device) -> Frequencies:
     inv_freq = rope_frequencies(head_dim, theta, device)
     L, beta_fast, beta_slow = scaling.original_max_position_embeddings, scaling.beta_fast or 32, scaling.beta_slow or 1
     inv_freq = yarn_scaling(inv_freq, theta, scaling.factor, L, beta_fast, beta_slow)
@@ -249,9 +247,7 @@ def _yarn(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None
     return inv_freq, yarn_attention_factor(scaling.factor) if attention_factor is None else attention_factor
 
 
-def _llama3(
-    scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device
-) -> tuple[torch.Tensor, float]:
+def _llama3(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | None, device) -> Frequencies:
     inv_freq = rope_frequencies(head_dim, theta, device)
     low, high, L = scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_position_embeddings
     return llama3_scaling(inv_freq, scaling.factor, low, high, L), 1.0

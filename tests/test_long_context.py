@@ -29,7 +29,14 @@ from llama_from_scratch.checkpoints.load import load_checkpoint
 from llama_from_scratch.checkpoints.save import save_checkpoint
 from llama_from_scratch.config import PRESETS
 from llama_from_scratch.long_context import flash_attention
-from llama_from_scratch.rope_scaling import RopeScaling, meta_llama3_scaling, rope_cos_sin_scaled, scaled_rope_frequencies
+from llama_from_scratch.rope_scaling import (
+    REQUIRED_FIELDS,
+    ROPE_SCALING_FUNCTIONS,
+    RopeScaling,
+    meta_llama3_scaling,
+    rope_cos_sin_scaled,
+    scaled_rope_frequencies,
+)
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
@@ -281,6 +288,10 @@ def test_bad_rope_configs_raise_clear_errors(rope, error, message):
     with pytest.raises(error, match="config.json: rope_parameters") as raised:
         rope_scaling_from_hf({"rope_parameters": rope, "max_position_embeddings": 8192})
     assert message in str(raised.value)
+
+
+def test_every_scaling_type_has_its_parameters_and_its_frequencies():
+    assert set(ROPE_SCALING_FUNCTIONS) == set(REQUIRED_FIELDS)
 
 
 def test_rope_scaling_validates_its_fields():

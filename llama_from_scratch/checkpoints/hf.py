@@ -23,6 +23,10 @@ The tokenizer sits beside the weights: ``tokenizer.model`` (SentencePiece) or
 ``tokenizer.json`` (the ``tokenizers`` library's format, for byte-level BPE),
 and ``tokenizer_config.json``, which names the BOS/EOS tokens and holds the
 chat template. This module reads and writes all of them.
+
+RoPE scaling (:mod:`llama_from_scratch.rope_scaling`) is spelled two ways in a
+``config.json``: transformers 4.x's ``rope_scaling`` and 5.x's ``rope_parameters``;
+:func:`rope_scaling_from_hf` reads both, :func:`rope_parameters_to_hf` writes them.
 """
 
 from __future__ import annotations

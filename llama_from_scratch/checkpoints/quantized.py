@@ -65,7 +65,8 @@ def save_quantized(model: Llama, path: str | Path, dtype: torch.dtype | None = N
 
     ``dtype`` converts the layers left in floating point (norms, an unquantized embedding); integer codes and
     their float32 scales are written as they are, atomically. In a checkpoint directory the file is
-    :data:`QUANTIZED_WEIGHTS` (``save_checkpoint(model, tokenizer, path, format="quantized")`` writes config and tokenizer beside it).
+    :data:`QUANTIZED_WEIGHTS` (``save_checkpoint(model, tokenizer, path, format="quantized")`` writes config
+    and tokenizer beside it).
     """
     path = Path(path)
     metadata = {"format": "pt", HEADER_KEY: json.dumps(quantization_header(model))}
