@@ -1,12 +1,12 @@
-"""Feedback for chapter 11's exercises: attention with an online softmax, and linear / NTK RoPE scaling.
+"""Chapter 11's exercises (long context): attention with an online softmax, and linear / NTK RoPE scaling.
 
-Like :mod:`.quantization_checks`: each check calls the learner's function through
-:func:`~.feedback.answer` (which enforces the exercise's forbidden calls), compares with the package
-(``flash_attention``'s result computed the plain way in float64, ``linear_scaling``,
-``dynamic_ntk_theta``) and raises :class:`~.feedback.CheckFailed` naming the case, what differed and,
-when the answer matches a common mistake listed here, its likely cause. The attention check also
-watches the size of every tensor the answer makes: a tiled attention never holds a
-``(seq, kv_seq)`` matrix. Every message line fits what ``nbgrader validate`` shows.
+Each check calls the learner's function through the skeleton of :mod:`.feedback`
+(:func:`~.feedback.check_cases`, which enforces the exercise's forbidden calls), compares with the package
+(``flash_attention``'s result computed the plain way in float64, ``linear_scaling``, ``dynamic_ntk_theta``)
+and raises :class:`~.feedback.CheckFailed` naming the case, what differed and, when the answer matches a
+common mistake listed here, its likely cause. The attention check also watches the size of every tensor the
+answer makes: a tiled attention never holds a ``(seq, kv_seq)`` matrix. Every message line fits what
+``nbgrader validate`` shows.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..attention import Attention, attention_weights, causal_mask, repeat_kv
 from ..long_context import dynamic_ntk_theta, flash_attention, linear_scaling, scaled_rope_frequencies
 from ..rope import rope_frequencies
-from .feedback import CheckFailed, Mistake, answer, compare_tensors, fail, passed
+from .feedback import Case, Mistake, check_cases, fail, tensors
 
 # --- the common wrong answers ----------------------------------------------------------------------
 
@@ -221,61 +221,69 @@ def check_online_softmax_attention(fn: Callable[..., torch.Tensor]) -> None:
     SDPA, the package's attention and ``flash_attention`` are ruled out, and no tensor of ``seq * kv_seq``
     elements may appear.
     """
-    rules = [F.scaled_dot_product_attention, flash_attention, attention_weights, Attention]
+    cases = []
     for case in [*ATTENTION_CASES, MEMORY_CASE]:
         label, batch, n_heads, n_kv_heads, seq, kv_seq, head_dim, causal, block_size = case
         generator = torch.Generator().manual_seed(seq * 100 + kv_seq)
         q = torch.randn(batch, n_heads, seq, head_dim, generator=generator)
         k, v = torch.randn(2, batch, n_kv_heads, kv_seq, head_dim, generator=generator)
         name = f"my_online_softmax_attention({label})"
+        cases.append(Case(name, (q, k, v, causal, block_size), _plain_attention(q, k, v, causal)))
+    largest = []  # the largest tensor of each call, in elements
+
+    def watched(*args):
         with _LargestTensor() as sizes:
-            got = answer(
-                "my_online_softmax_attention", fn, q.clone(), k.clone(), v.clone(), causal, block_size,
-                forbidden=rules,
-            )
-        if case is MEMORY_CASE and sizes.largest >= seq * kv_seq:
+            try:
+                return fn(*args)
+            finally:
+                largest.append(sizes.largest)
+
+    def small(case, given, got):
+        seq, kv_seq, block_size = case.args[0].shape[2], case.args[1].shape[2], case.args[4]
+        if case is cases[-1] and largest[-1] >= seq * kv_seq:  # the memory case
             raise fail(
-                name,
-                f"  a tensor of {sizes.largest:,} elements appeared; the whole (seq, kv_seq) score\n"
+                case.label,
+                f"  a tensor of {largest[-1]:,} elements appeared; the whole (seq, kv_seq) score\n"
                 f"  matrix of one head has {seq * kv_seq:,} (a score block of {block_size} x {block_size}: "
                 f"{block_size * block_size})",
                 "looks like the full score matrix (or a full mask) is built:\n"
                 "compute the scores one block of keys at a time, q_block @ k_block^T",
             )
-        # float32 inputs, sums of at most 96 terms of size < 30: a few units of 1.2e-7 relative in any
-        # correct order, far inside the default 1e-5; every mistake above moves the output by 1e-2 or more
-        compare_tensors(
-            name,
-            got,
-            _plain_attention(q, k, v, causal),
-            args=(q, k, v, causal, block_size),
-            mistakes=ONLINE_ATTENTION,
-        )
-    passed("online-softmax attention", len(ATTENTION_CASES) + 1)
+
+    # float32 inputs, sums of at most 96 terms of size < 30: a few units of 1.2e-7 relative in any
+    # correct order, far inside the default 1e-5; every mistake above moves the output by 1e-2 or more
+    check_cases(
+        "online-softmax attention", "my_online_softmax_attention", watched, cases, compare=tensors(),
+        mistakes=ONLINE_ATTENTION, before=small,
+        forbidden=[F.scaled_dot_product_attention, flash_attention, attention_weights, Attention],
+    )
+
+
+# (head_dim, theta, factor): small and real head sizes and bases, factor 1 (no change) and a fractional one
+SCALING_CASES = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
 
 
 def check_linear_scaling(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(inv_freq, factor)``: position interpolation, as the package's ``linear_scaling``."""
-    cases = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
-    for head_dim, theta, factor in cases:
+    cases = []
+    for head_dim, theta, factor in SCALING_CASES:
         inv_freq = rope_frequencies(head_dim, theta)
-        before = inv_freq.clone()
         name = f"my_linear_scaling(frequencies of head_dim {head_dim}, theta {theta:g}, factor {factor:g})"
-        got = answer(
-            "my_linear_scaling", fn, inv_freq, factor, forbidden=[linear_scaling, scaled_rope_frequencies]
-        )
-        if not torch.equal(inv_freq, before):
+        cases.append(Case(name, (inv_freq, factor), linear_scaling(inv_freq, factor)))
+
+    def unchanged(case, given, got):
+        if not torch.equal(given[0], case.args[0]):
             raise fail(
-                name,
+                case.label,
                 "  changed its input inv_freq (an in-place /= ?)",
                 "return a new tensor, inv_freq / factor:\nthe caller still needs the plain frequencies",
             )
-        # one division per element, as the package does it: equal up to one rounding
-        compare_tensors(
-            name, got, linear_scaling(before, factor), atol=0, rtol=1e-6, args=(before, factor),
-            mistakes=LINEAR_SCALING,
-        )
-    passed("linear scaling", len(cases))
+
+    # one division per element, as the package does it: equal up to one rounding
+    check_cases(
+        "linear scaling", "my_linear_scaling", fn, cases, compare=tensors(atol=0, rtol=1e-6), mistakes=LINEAR_SCALING,
+        forbidden=[linear_scaling, scaled_rope_frequencies], before=unchanged,
+    )
 
 
 def _ntk_expected(head_dim: int, theta: float, factor: float) -> torch.Tensor:
@@ -290,17 +298,12 @@ def _ntk_expected(head_dim: int, theta: float, factor: float) -> torch.Tensor:
 
 def check_ntk_frequencies(fn: Callable[[int, float, float], torch.Tensor]) -> None:
     """``fn(head_dim, theta, factor)``: RoPE's frequencies from the NTK-aware base, float32 ``(head_dim // 2,)``."""
-    cases = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
-    rules = [dynamic_ntk_theta, scaled_rope_frequencies, linear_scaling]
-    for head_dim, theta, factor in cases:
-        name = f"my_ntk_frequencies(head_dim={head_dim}, theta={theta:g}, factor={factor:g})"
-        got = answer("my_ntk_frequencies", fn, head_dim, theta, factor, forbidden=rules)
-        # a power and a division per element in float32 (or float64): a few roundings, well within 1e-5
-        compare_tensors(
-            name, got, _ntk_expected(head_dim, theta, factor), atol=0, rtol=1e-5, args=(head_dim, theta, factor),
-            mistakes=NTK_FREQUENCIES,
-        )
-    passed("NTK-aware frequencies", len(cases))
-
-
-__all__ = ["CheckFailed", "check_linear_scaling", "check_ntk_frequencies", "check_online_softmax_attention"]
+    cases = [
+        Case(f"my_ntk_frequencies(head_dim={d}, theta={t:g}, factor={f:g})", (d, t, f), _ntk_expected(d, t, f))
+        for d, t, f in SCALING_CASES
+    ]
+    # a power and a division per element in float32 (or float64): a few roundings, well within 1e-5
+    check_cases(
+        "NTK-aware frequencies", "my_ntk_frequencies", fn, cases, compare=tensors(atol=0, rtol=1e-5),
+        mistakes=NTK_FREQUENCIES, forbidden=[dynamic_ntk_theta, scaled_rope_frequencies, linear_scaling],
+    )
