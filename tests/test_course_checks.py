@@ -113,21 +113,17 @@ def test_three_diagnoses_as_a_learner_sees_them():
         ("check_quantize_q8_0", lambda x: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), "quants.quantize"),
         ("check_lora_linear", lambda base, rank, alpha: LoRALinear(base, rank, alpha), "LoRALinear"),
         (
-            "check_online_softmax_attention",
+            "check_flash_attention",
             lambda q, k, v, causal, block: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True),
             "scaled_dot_product_attention",
         ),
         (
-            "check_online_softmax_attention",
+            "check_flash_attention",
             lambda q, k, v, causal, block: flash_attention(q, k, v, causal, block),
             "flash_attention",
         ),
         ("check_linear_scaling", linear_scaling, "linear_scaling"),
-        (
-            "check_ntk_frequencies",
-            lambda d, theta, factor: rope_frequencies(d, dynamic_ntk_theta(theta, d, 1.0, 64, round(64 * factor))),
-            "dynamic_ntk_theta",
-        ),
+        ("check_dynamic_ntk_theta", dynamic_ntk_theta, "dynamic_ntk_theta"),
     ],
 )
 def test_a_forbidden_call_is_caught(name, answer, called):
@@ -216,7 +212,7 @@ def materialised(q, k, v, causal, block_size):
 
 
 def test_the_full_score_matrix_is_caught():
-    message = check_failure(long_context_checks.check_online_softmax_attention, materialised)
+    message = check_failure(long_context_checks.check_flash_attention, materialised)
     assert "full score matrix" in message and "seq 96" in message, message
 
 
@@ -228,10 +224,11 @@ def test_an_input_changed_in_place_is_named():
     assert "changed its input" in check_failure(long_context_checks.check_linear_scaling, in_place)
 
 
-def test_long_context_wrong_shapes_are_named():
-    message = check_failure(long_context_checks.check_online_softmax_attention, lambda q, k, v, causal, block: q[:, :1])
+def test_long_context_wrong_shapes_and_types_are_named():
+    message = check_failure(long_context_checks.check_flash_attention, lambda q, k, v, causal, block: q[:, :1])
     assert "shape" in message
     message = check_failure(
-        long_context_checks.check_ntk_frequencies, lambda d, theta, factor: rope_frequencies(2 * d, theta)
+        long_context_checks.check_dynamic_ntk_theta,
+        lambda theta, d, factor, L, seq_len: rope_frequencies(d, theta * factor ** (d / (d - 2))),
     )
-    assert "shape" in message
+    assert "expected a float, got Tensor" in message, message

@@ -150,13 +150,13 @@ CHAPTERS = (
         "11_long_context",
         (
             Exercise(
-                "my_online_softmax_attention",
-                long_context_checks.check_online_softmax_attention,
-                long_context_checks.ONLINE_ATTENTION,
+                "my_flash_attention", long_context_checks.check_flash_attention, long_context_checks.FLASH_ATTENTION
             ),
             Exercise("my_linear_scaling", long_context_checks.check_linear_scaling, long_context_checks.LINEAR_SCALING),
             Exercise(
-                "my_ntk_frequencies", long_context_checks.check_ntk_frequencies, long_context_checks.NTK_FREQUENCIES
+                "my_dynamic_ntk_theta",
+                long_context_checks.check_dynamic_ntk_theta,
+                long_context_checks.DYNAMIC_NTK_THETA,
             ),
         ),
     ),
