@@ -43,10 +43,12 @@ def _merge_without_skip(ids, pair, new_id):
     return out
 
 
-def _merge_dropping_last(ids, pair, new_id):
+def _merge(ids, pair, new_id, keep_last=True):
+    """The merge as the package's :func:`..tokenization.bpe.merge` does it (which the checks forbid, so the
+    mistakes cannot call it); ``keep_last=False`` stops at the last pair and drops an unmatched last id."""
     out, i = [], 0
-    while i < len(ids) - 1:
-        if (ids[i], ids[i + 1]) == tuple(pair):
+    while i < len(ids) - (0 if keep_last else 1):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
             out.append(new_id)
             i += 2
         else:
@@ -63,21 +65,9 @@ MERGE = [
     Mistake(
         "looks like the last id is dropped when it is not part of a match:\n"
         "after the loop over pairs, keep the id that is left",
-        _merge_dropping_last,
+        lambda ids, pair, new_id: _merge(ids, pair, new_id, keep_last=False),
     ),
 ]
-
-
-def _merge(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 def _utf8(text):
