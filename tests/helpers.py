@@ -7,6 +7,7 @@ skipped one by one, with the reason, and every other test still runs.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 
 import pytest
@@ -93,12 +94,12 @@ def assert_same_logits(got: torch.Tensor, expected: torch.Tensor, rounding: floa
     assert difference <= bound, f"logits differ by {difference:.3g}, more than float32 rounding allows ({bound:.3g})"
 
 
-def check_failure(checks, check: str, answer) -> str:
-    """The message with which ``checks.<check>(answer)`` fails, every line short enough for ``nbgrader validate``."""
+def check_failure(check, answer) -> str:
+    """The message with which ``check(answer)`` fails, every line short enough for ``nbgrader validate``."""
     from llama_from_scratch.course.feedback import FIRST_LINE_WIDTH, LINE_WIDTH, CheckFailed
 
     with pytest.raises(CheckFailed) as raised:
-        getattr(checks, check)(answer)
+        check(answer)
     message = str(raised.value)
     too_long = [line for line in message.splitlines() if len(line) > LINE_WIDTH]
     assert not too_long, f"lines nbgrader validate would cut: {too_long}"
@@ -106,8 +107,9 @@ def check_failure(checks, check: str, answer) -> str:
     return message
 
 
-def solution_answer(notebook: str, name: str):
-    """The model answer ``name`` of ``solutions/<notebook>``: its set-up cell and answer cells, executed."""
+@functools.cache
+def _solution_namespace(notebook: str) -> dict:
+    """The names ``solutions/<notebook>`` defines in its set-up cell and answer cells, executed once."""
     import json
     from pathlib import Path
 
@@ -116,4 +118,9 @@ def solution_answer(notebook: str, name: str):
     namespace: dict = {}
     for cell in code[:1] + [c for c in code if c.get("metadata", {}).get("nbgrader", {}).get("solution")]:
         exec("".join(cell["source"]), namespace)  # noqa: S102 (the course's own solution notebook)
-    return namespace[name]
+    return namespace
+
+
+def solution_answer(notebook: str, name: str):
+    """The model answer ``name`` of ``solutions/<notebook>``: its set-up cell and answer cells, executed."""
+    return _solution_namespace(notebook)[name]

@@ -3,8 +3,8 @@
 A check calls the learner's function through :func:`answer`, which turns the exercise's
 ``raise NotImplementedError()`` into "not implemented yet" and enforces the exercise's rules
 (:mod:`.rules`). It compares the result with the expected one; when they differ it tries the
-catalogued wrong answers of :mod:`.diagnosis` on the same input and, if one of them gives what the
-learner got, says which mistake that is, above the plain difference:
+catalogued wrong answers of the chapter's module (``rmsnorm_checks.RMSNORM``, ...) on the same input
+and, if one of them gives what the learner got, says which mistake that is, above the plain difference:
 
     my_rms_norm(x of shape (1, 1, 4), eps=0.01):
     looks like eps is missing:
@@ -12,15 +12,18 @@ learner got, says which mistake that is, above the plain difference:
       4 of 4 elements differ; the first at index (0, 0, 0):
       expected 0.571226, got 0.571948
 
+Most checks are :func:`check_cases`: that skeleton on a list of :class:`Case`, then the ✓ line.
 Every line of a message stays within :data:`LINE_WIDTH` characters: ``nbgrader validate`` cuts longer ones.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -161,6 +164,69 @@ def compare_values(
     if got != expected:
         cause = diagnose(got, args, mistakes, lambda a, b: a == b)
         raise fail(name, f"{wrapped('  expected ', expected)}\n{wrapped('  got      ', got)}", cause)
+
+
+def tensors(atol: float = 1e-5, rtol: float = 1e-5) -> Callable[..., None]:
+    """:func:`compare_tensors` with these tolerances, called as :func:`compare_values` is (a ``compare`` of
+    :func:`check_cases`)."""
+
+    def compare(name: str, got: object, expected: torch.Tensor, args: tuple, mistakes: Iterable[Mistake]) -> None:
+        compare_tensors(name, got, expected, atol, rtol, args, mistakes)
+
+    return compare
+
+
+def as_list(got: object) -> object:
+    """A list or tuple answer as a list (so that the message shows it as one); anything else as it is."""
+    return list(got) if isinstance(got, (list, tuple)) else got
+
+
+def as_dict(got: object) -> object:
+    """A dict answer (a ``Counter``, say) as a plain dict; anything else as it is."""
+    return dict(got) if isinstance(got, dict) else got
+
+
+class Case(NamedTuple):
+    """One test case of a check: how the message names it, the arguments of the learner's function, the answer."""
+
+    label: str
+    args: tuple
+    expected: object
+
+
+def check_cases(
+    title: str | None,
+    name: str,
+    fn: Callable,
+    cases: Sequence[Case],
+    *,
+    compare: Callable[..., None] = compare_values,
+    mistakes: Iterable[Mistake] = (),
+    forbidden: Sequence[Callable] = (),
+    convert: Callable[[object], object] = lambda got: got,
+    before: Callable[[Case, tuple, object], None] | None = None,
+    after: Callable[[Case, object], None] | None = None,
+) -> None:
+    """The skeleton of a check: call ``fn`` (named ``name``) on each case, compare, name the mistake, or print ✓.
+
+    ``fn`` gets a deep copy of each case's ``args`` (an answer that changes its input cannot change the case),
+    through :func:`answer` (``forbidden`` calls fail); ``convert`` normalises the result (:func:`as_list`);
+    ``compare(case.label, got, case.expected, case.args, mistakes)`` raises :class:`CheckFailed` on a difference,
+    naming the catalogued mistake that gives ``got`` (:func:`compare_values`, or :func:`tensors`).
+    ``before(case, given, got)`` runs ahead of the comparison (``given``: the copy ``fn`` was called with, to see
+    whether it changed), ``after(case, got)`` once it passed: the checks of one exercise that the comparison
+    does not make. Then ``✓ title: correct on N test cases`` (``title=None``: the caller, checking more, says ✓).
+    """
+    for case in cases:
+        given = copy.deepcopy(case.args)
+        got = convert(answer(name, fn, *given, forbidden=forbidden))
+        if before is not None:
+            before(case, given, got)
+        compare(case.label, got, case.expected, case.args, mistakes)
+        if after is not None:
+            after(case, got)
+    if title is not None:
+        passed(title, len(cases))
 
 
 def passed(name: str, cases: int) -> None:

@@ -1,7 +1,7 @@
-"""Feedback for chapter 10's exercises: a LoRA layer (forward and merge), and the loss mask of a conversation.
+"""Chapter 10's exercises (fine-tuning): a LoRA layer (forward and merge), and the loss mask of a conversation.
 
-Like :mod:`.quantization_checks` (whose helpers these reuse): each check calls the learner's code
-through :func:`~.feedback.answer`, compares with the arithmetic of :mod:`llama_from_scratch.finetuning`
+Each check calls the learner's code through :func:`~.feedback.answer` (the mask through the skeleton,
+:func:`~.feedback.check_cases`), compares with the arithmetic of :mod:`llama_from_scratch.finetuning`
 (``LoRALinear``, ``tokenize_conversation``), and raises :class:`~.feedback.CheckFailed` naming the case,
 what differed and, when the answer matches a common mistake listed here, its likely cause. Every
 message line fits what ``nbgrader validate`` shows (:data:`.feedback.LINE_WIDTH`).
@@ -24,7 +24,18 @@ from torch import nn
 
 from ..finetuning.lora import LoRALinear
 from ..finetuning.sft import IGNORE_INDEX
-from .feedback import CheckFailed, Mistake, answer, close, compare_values, diagnose, fail, passed, tensor_difference
+from .feedback import (
+    Case,
+    Mistake,
+    answer,
+    as_list,
+    check_cases,
+    close,
+    diagnose,
+    fail,
+    passed,
+    tensor_difference,
+)
 
 # --- the common wrong answers: a LoRA layer --------------------------------------------------------
 
@@ -360,18 +371,20 @@ def _mask_cases() -> list[tuple[str, list[int], list[int], int, list[int] | None
 def check_mask_labels(fn: Callable[[list[int], list[int], int], Sequence[int]]) -> None:
     """``fn(tokens, header, end_id)`` -> the ``len(tokens) - 1`` targets of ``tokens[:-1]``: the next token where
     it belongs to an assistant's answer (the tokens after each ``header`` up to and including ``end_id``), else -100."""
-    cases = _mask_cases()
-    for label, tokens, header, end_id, expected in cases:
-        name = f"my_mask_labels({label})"
-        got = answer("my_mask_labels", fn, list(tokens), list(header), end_id)
-        if isinstance(got, torch.Tensor):
-            got = got.tolist()
-        if not isinstance(got, (list, tuple)) or not all(isinstance(t, int) for t in got):
-            raise fail(name, f"  expected a list of ints (or a 1-D tensor), got {type(got).__name__}")
-        if expected is None:
-            expected = _mask(tokens, header, end_id)
-        compare_values(name, list(got), expected, (tokens, header, end_id), MASK_LABELS)
-    passed("loss mask", len(cases))
+    cases = [
+        Case(
+            f"my_mask_labels({label})",
+            (tokens, header, end_id),
+            _mask(tokens, header, end_id) if expected is None else expected,
+        )
+        for label, tokens, header, end_id, expected in _mask_cases()
+    ]
 
+    def ints(case, given, got):
+        if not isinstance(got, list) or not all(isinstance(t, int) for t in got):
+            raise fail(case.label, f"  expected a list of ints (or a 1-D tensor), got {type(got).__name__}")
 
-__all__ = ["CheckFailed", "check_lora_linear", "check_mask_labels"]
+    check_cases(
+        "loss mask", "my_mask_labels", fn, cases, mistakes=MASK_LABELS, before=ints,
+        convert=lambda got: as_list(got.tolist() if isinstance(got, torch.Tensor) else got),
+    )

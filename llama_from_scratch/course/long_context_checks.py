@@ -1,12 +1,12 @@
-"""Feedback for chapter 11's exercises: attention with an online softmax, and linear / NTK RoPE scaling.
+"""Chapter 11's exercises (long context): attention with an online softmax, linear RoPE scaling, dynamic NTK's base.
 
-Like :mod:`.quantization_checks`: each check calls the learner's function through
-:func:`~.feedback.answer` (which enforces the exercise's forbidden calls), compares with the package
-(``flash_attention``'s result computed the plain way in float64, ``linear_scaling``,
-``dynamic_ntk_theta``) and raises :class:`~.feedback.CheckFailed` naming the case, what differed and,
-when the answer matches a common mistake listed here, its likely cause. The attention check also
-watches the size of every tensor the answer makes: a tiled attention never holds a
-``(seq, kv_seq)`` matrix. Every message line fits what ``nbgrader validate`` shows.
+Each check calls the learner's function through the skeleton of :mod:`.feedback`
+(:func:`~.feedback.check_cases`, which enforces the exercise's forbidden calls), compares with the package
+(``flash_attention``'s result computed the plain way in float64, ``linear_scaling``, ``dynamic_ntk_theta``)
+and raises :class:`~.feedback.CheckFailed` naming the case, what differed and, when the answer matches a
+common mistake listed here, its likely cause. The attention check also watches the size of every tensor the
+answer makes: a tiled attention never holds a ``(seq, kv_seq)`` matrix. Every message line fits what
+``nbgrader validate`` shows.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from ..attention import Attention, attention_weights, causal_mask, repeat_kv
 from ..long_context import flash_attention
 from ..rope_scaling import dynamic_ntk_theta, linear_scaling, scaled_rope_frequencies
 from ..rope import rope_frequencies
-from .feedback import CheckFailed, Mistake, answer, compare_tensors, fail, passed
+from .feedback import Case, Mistake, check_cases, diagnose, fail, tensors
 
 # --- the common wrong answers ----------------------------------------------------------------------
 
 
-def _online_attention(
+def _flash_attention(
     q, k, v, causal=True, block_size=16, rescale="both", correction="old - new", offset=True, mask="global",
     normalise="end", scale=True, heads="interleave",
 ):
@@ -73,56 +73,56 @@ def _online_attention(
     return out.to(torch.float32)
 
 
-ONLINE_ATTENTION = [
+FLASH_ATTENTION = [
     Mistake(
         "looks like the running sum l is not rescaled when the max changes:\n"
         "l was summed relative to the old max; multiply it by exp(m_old - m_new)\n"
         "before adding the new block's sum, as you do for acc",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, rescale="acc"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, rescale="acc"),
     ),
     Mistake(
         "looks like nothing is rescaled when the max changes:\n"
         "l and acc were summed relative to the old max m_old; multiply both by\n"
         "exp(m_old - m_new) before adding the new block",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, rescale="none"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, rescale="none"),
     ),
     Mistake(
         "looks like the correction is exp(m_new - m_old), the wrong way round:\n"
         "it must be exp(m_old - m_new) <= 1 (and 0 on the first block, where m_old = -inf)",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, correction="new - old"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, correction="new - old"),
     ),
     Mistake(
         "looks like the values are divided by the running sum too early:\n"
         "keep acc unnormalised (the sum of p @ v) and divide by l once,\n"
         "after the last key block: later blocks still change l",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, normalise="early"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, normalise="early"),
     ),
     Mistake(
         "looks like query i is placed at position i, ignoring the cache:\n"
         "the queries are the LAST seq of kv_seq positions: query i sits at\n"
         "position kv_seq - seq + i and sees keys 0 ... kv_seq - seq + i",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, offset=False),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, offset=False),
     ),
     Mistake(
         "looks like the mask compares positions counted inside each block:\n"
         "compare the global positions, key k_start + j against query\n"
         "(kv_seq - seq) + q_start + i; blocks off the diagonal or after a cache differ",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, mask="local"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, mask="local"),
     ),
     Mistake(
         "looks like the block crossing the diagonal is not masked:\n"
         "skipping the blocks above the diagonal is not enough; inside the block that\n"
         "crosses it, set the scores of keys after the query to -inf",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, mask="blocks only"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, mask="blocks only"),
     ),
     Mistake(
         "looks like the scores are not scaled:\ndivide q·k by √head_dim before the exponential",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, scale=False),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, scale=False),
     ),
     Mistake(
         "looks like the key/value heads are tiled with `repeat`:\n"
         "query head h uses key/value head h // n_rep; use repeat_interleave",
-        lambda q, k, v, causal, block_size: _online_attention(q, k, v, causal, block_size, heads="tile"),
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, heads="tile"),
     ),
 ]
 
@@ -135,36 +135,46 @@ LINEAR_SCALING = [
 ]
 
 
-def _ntk(head_dim, theta, factor, exponent=None, pairs="even"):
+def _ntk_theta(theta, head_dim, factor, L, seq_len, exponent=None, clamp=True, shift=True, scaled=True, dynamic=True):
+    """The base of dynamic NTK, right or with one of the common mistakes (the keyword arguments)."""
     exponent = head_dim / (head_dim - 2) if exponent is None else exponent
-    base = theta * factor**exponent
-    if pairs == "even":
-        return rope_frequencies(head_dim, base)
-    return 1.0 / base ** (torch.arange(head_dim // 2).float() / head_dim)  # i / head_dim instead of 2i / head_dim
+    length = max(seq_len, L) if clamp else seq_len
+    growth = (factor if scaled else 1.0) * length / L - ((factor - 1) if shift else 0.0)
+    return theta * (growth if dynamic else factor) ** exponent
 
 
-NTK_FREQUENCIES = [
+DYNAMIC_NTK_THETA = [
     Mistake(
         "looks like the exponent is (head_dim - 2) / head_dim, upside down:\n"
-        "the base becomes theta * factor ** (head_dim / (head_dim - 2)), so that the\n"
-        "slowest pair, theta ** -((head_dim - 2) / head_dim), is divided by exactly factor",
-        lambda head_dim, theta, factor: _ntk(head_dim, theta, factor, (head_dim - 2) / head_dim),
+        "the base becomes theta * g ** (head_dim / (head_dim - 2)), so that the\n"
+        "slowest pair, theta ** -((head_dim - 2) / head_dim), is divided by exactly g",
+        lambda theta, d, factor, L, seq_len: _ntk_theta(theta, d, factor, L, seq_len, exponent=(d - 2) / d),
     ),
     Mistake(
-        "looks like the base is multiplied by factor alone:\n"
-        "raise factor to the power head_dim / (head_dim - 2):\n"
-        "theta' = theta * factor ** (head_dim / (head_dim - 2))",
-        lambda head_dim, theta, factor: _ntk(head_dim, theta, factor, 1.0),
+        "looks like the base is multiplied by the growth g alone:\n"
+        "raise g to the power head_dim / (head_dim - 2):\n"
+        "theta' = theta * g ** (head_dim / (head_dim - 2))",
+        lambda theta, d, factor, L, seq_len: _ntk_theta(theta, d, factor, L, seq_len, exponent=1.0),
     ),
     Mistake(
-        "looks like every frequency is divided by factor (that is linear interpolation):\n"
-        "NTK changes the base theta and computes the frequencies from the new base",
-        lambda head_dim, theta, factor: rope_frequencies(head_dim, theta) / factor,
+        "looks like the base changes below the original context:\n"
+        "up to L = original_max_position_embeddings nothing changes: use max(seq_len, L)",
+        lambda theta, d, factor, L, seq_len: _ntk_theta(theta, d, factor, L, seq_len, clamp=False),
     ),
     Mistake(
-        "looks like the exponents are i / head_dim:\n"
-        "pair i turns at base ** (-2i / head_dim): torch.arange(0, head_dim, 2) / head_dim",
-        lambda head_dim, theta, factor: _ntk(head_dim, theta, factor, pairs="odd"),
+        "looks like the growth is factor * seq_len / L:\n"
+        "subtract factor - 1, so that g is 1 at seq_len = L (no jump when the\n"
+        "original context is first exceeded)",
+        lambda theta, d, factor, L, seq_len: _ntk_theta(theta, d, factor, L, seq_len, shift=False),
+    ),
+    Mistake(
+        "looks like factor is left out of the growth:\ng = factor * max(seq_len, L) / L - (factor - 1)",
+        lambda theta, d, factor, L, seq_len: _ntk_theta(theta, d, factor, L, seq_len, scaled=False, shift=False),
+    ),
+    Mistake(
+        "looks like the growth is factor alone (static NTK):\n"
+        "dynamic NTK follows the length: g = factor * max(seq_len, L) / L - (factor - 1)",
+        lambda theta, d, factor, L, seq_len: _ntk_theta(theta, d, factor, L, seq_len, dynamic=False),
     ),
 ]
 
@@ -214,7 +224,7 @@ ATTENTION_CASES = [
 MEMORY_CASE = ("causal, 2 heads, seq 96, block 16", 1, 2, 2, 96, 96, 16, True, 16)
 
 
-def check_online_softmax_attention(fn: Callable[..., torch.Tensor]) -> None:
+def check_flash_attention(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(q, k, v, causal, block_size)``: attention over key blocks with an online softmax.
 
     ``q`` ``(batch, n_heads, seq, head_dim)``, ``k`` and ``v`` ``(batch, n_kv_heads, kv_seq, head_dim)``
@@ -222,86 +232,105 @@ def check_online_softmax_attention(fn: Callable[..., torch.Tensor]) -> None:
     SDPA, the package's attention and ``flash_attention`` are ruled out, and no tensor of ``seq * kv_seq``
     elements may appear.
     """
-    rules = [F.scaled_dot_product_attention, flash_attention, attention_weights, Attention]
+    cases = []
     for case in [*ATTENTION_CASES, MEMORY_CASE]:
         label, batch, n_heads, n_kv_heads, seq, kv_seq, head_dim, causal, block_size = case
         generator = torch.Generator().manual_seed(seq * 100 + kv_seq)
         q = torch.randn(batch, n_heads, seq, head_dim, generator=generator)
         k, v = torch.randn(2, batch, n_kv_heads, kv_seq, head_dim, generator=generator)
-        name = f"my_online_softmax_attention({label})"
+        name = f"my_flash_attention({label})"
+        cases.append(Case(name, (q, k, v, causal, block_size), _plain_attention(q, k, v, causal)))
+    largest = []  # the largest tensor of each call, in elements
+
+    def watched(*args):
         with _LargestTensor() as sizes:
-            got = answer(
-                "my_online_softmax_attention", fn, q.clone(), k.clone(), v.clone(), causal, block_size,
-                forbidden=rules,
-            )
-        if case is MEMORY_CASE and sizes.largest >= seq * kv_seq:
+            try:
+                return fn(*args)
+            finally:
+                largest.append(sizes.largest)
+
+    def small(case, given, got):
+        seq, kv_seq, block_size = case.args[0].shape[2], case.args[1].shape[2], case.args[4]
+        if case is cases[-1] and largest[-1] >= seq * kv_seq:  # the memory case
             raise fail(
-                name,
-                f"  a tensor of {sizes.largest:,} elements appeared; the whole (seq, kv_seq) score\n"
+                case.label,
+                f"  a tensor of {largest[-1]:,} elements appeared; the whole (seq, kv_seq) score\n"
                 f"  matrix of one head has {seq * kv_seq:,} (a score block of {block_size} x {block_size}: "
                 f"{block_size * block_size})",
                 "looks like the full score matrix (or a full mask) is built:\n"
                 "compute the scores one block of keys at a time, q_block @ k_block^T",
             )
-        # float32 inputs, sums of at most 96 terms of size < 30: a few units of 1.2e-7 relative in any
-        # correct order, far inside the default 1e-5; every mistake above moves the output by 1e-2 or more
-        compare_tensors(
-            name,
-            got,
-            _plain_attention(q, k, v, causal),
-            args=(q, k, v, causal, block_size),
-            mistakes=ONLINE_ATTENTION,
-        )
-    passed("online-softmax attention", len(ATTENTION_CASES) + 1)
+
+    # float32 inputs, sums of at most 96 terms of size < 30: a few units of 1.2e-7 relative in any
+    # correct order, far inside the default 1e-5; every mistake above moves the output by 1e-2 or more
+    check_cases(
+        "flash attention", "my_flash_attention", watched, cases, compare=tensors(),
+        mistakes=FLASH_ATTENTION, before=small,
+        forbidden=[F.scaled_dot_product_attention, flash_attention, attention_weights, Attention],
+    )
+
+
+# (head_dim, theta, factor): small and real head sizes and bases, factor 1 (no change) and a fractional one
+LINEAR_CASES = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
 
 
 def check_linear_scaling(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(inv_freq, factor)``: position interpolation, as the package's ``linear_scaling``."""
-    cases = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
-    for head_dim, theta, factor in cases:
+    cases = []
+    for head_dim, theta, factor in LINEAR_CASES:
         inv_freq = rope_frequencies(head_dim, theta)
-        before = inv_freq.clone()
         name = f"my_linear_scaling(frequencies of head_dim {head_dim}, theta {theta:g}, factor {factor:g})"
-        got = answer(
-            "my_linear_scaling", fn, inv_freq, factor, forbidden=[linear_scaling, scaled_rope_frequencies]
-        )
-        if not torch.equal(inv_freq, before):
+        cases.append(Case(name, (inv_freq, factor), linear_scaling(inv_freq, factor)))
+
+    def unchanged(case, given, got):
+        if not torch.equal(given[0], case.args[0]):
             raise fail(
-                name,
+                case.label,
                 "  changed its input inv_freq (an in-place /= ?)",
                 "return a new tensor, inv_freq / factor:\nthe caller still needs the plain frequencies",
             )
-        # one division per element, as the package does it: equal up to one rounding
-        compare_tensors(
-            name, got, linear_scaling(before, factor), atol=0, rtol=1e-6, args=(before, factor),
-            mistakes=LINEAR_SCALING,
-        )
-    passed("linear scaling", len(cases))
+
+    # one division per element, as the package does it: equal up to one rounding
+    check_cases(
+        "linear scaling", "my_linear_scaling", fn, cases, compare=tensors(atol=0, rtol=1e-6), mistakes=LINEAR_SCALING,
+        forbidden=[linear_scaling, scaled_rope_frequencies], before=unchanged,
+    )
 
 
-def _ntk_expected(head_dim: int, theta: float, factor: float) -> torch.Tensor:
-    """NTK-aware frequencies for ``factor``: the base dynamic NTK reaches when its growth equals ``factor``.
-
-    With the dynamic factor 1, :func:`dynamic_ntk_theta`'s growth is ``seq_len / L``: ``factor`` at
-    ``seq_len = factor * L``.
-    """
-    original = 1000
-    return rope_frequencies(head_dim, dynamic_ntk_theta(theta, head_dim, 1.0, original, round(factor * original)))
-
-
-def check_ntk_frequencies(fn: Callable[[int, float, float], torch.Tensor]) -> None:
-    """``fn(head_dim, theta, factor)``: RoPE's frequencies from the NTK-aware base, float32 ``(head_dim // 2,)``."""
-    cases = [(64, 10000.0, 2.0), (128, 500000.0, 8.0), (8, 100.0, 4.0), (64, 100000.0, 1.0), (16, 10000.0, 2.5)]
-    rules = [dynamic_ntk_theta, scaled_rope_frequencies, linear_scaling]
-    for head_dim, theta, factor in cases:
-        name = f"my_ntk_frequencies(head_dim={head_dim}, theta={theta:g}, factor={factor:g})"
-        got = answer("my_ntk_frequencies", fn, head_dim, theta, factor, forbidden=rules)
-        # a power and a division per element in float32 (or float64): a few roundings, well within 1e-5
-        compare_tensors(
-            name, got, _ntk_expected(head_dim, theta, factor), atol=0, rtol=1e-5, args=(head_dim, theta, factor),
-            mistakes=NTK_FREQUENCIES,
-        )
-    passed("NTK-aware frequencies", len(cases))
+# (theta, head_dim, factor, L, seq_len): 2x and 8x the context with factor 1, a factor that is not 1 (every
+# mistaken growth differs there), a sequence shorter than L and one of exactly L (the base stays), a fraction
+NTK_CASES = [
+    (10000.0, 64, 1.0, 1000, 2000),
+    (500000.0, 128, 1.0, 8192, 65536),
+    (100.0, 8, 2.0, 64, 256),
+    (10000.0, 64, 2.0, 1000, 500),
+    (10000.0, 64, 4.0, 1000, 1000),
+    (100000.0, 16, 1.5, 4096, 10000),
+]
 
 
-__all__ = ["CheckFailed", "check_linear_scaling", "check_ntk_frequencies", "check_online_softmax_attention"]
+def _same_float(label: str, got: object, expected: float, args: tuple, mistakes) -> None:
+    """Equal up to float64 rounding: a power and a few products, each within 1.1e-16 relative, so another correct
+    order is some 1e-15 off; 1e-9 leaves room, and every catalogued mistake is off by 5% or more."""
+
+    def same(a, b):
+        return isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+
+    if not isinstance(got, (int, float)):
+        raise fail(label, f"  expected a float, got {type(got).__name__}", "return a Python float, as theta is one")
+    if not same(got, expected):
+        raise fail(label, f"  expected {expected!r}, got {got!r}", diagnose(got, args, mistakes, same))
+
+
+def check_dynamic_ntk_theta(fn: Callable[[float, int, float, int, int], float]) -> None:
+    """``fn(theta, head_dim, factor, original_max_position_embeddings, seq_len)``: the base of dynamic NTK-aware
+    scaling for ``seq_len`` tokens, as the package's ``dynamic_ntk_theta``."""
+    cases = [
+        Case(f"my_dynamic_ntk_theta({theta:g}, head_dim={d}, factor={f:g}, L={L}, seq_len={n})", (theta, d, f, L, n),
+             dynamic_ntk_theta(theta, d, f, L, n))
+        for theta, d, f, L, n in NTK_CASES
+    ]  # fmt: skip
+    check_cases(
+        "dynamic NTK base", "my_dynamic_ntk_theta", fn, cases, compare=_same_float, mistakes=DYNAMIC_NTK_THETA,
+        forbidden=[dynamic_ntk_theta, scaled_rope_frequencies],
+    )

@@ -1,10 +1,10 @@
-"""Feedback for chapter 09's exercises: group-wise INT4 with packing, and a Q8_0 block quantizer.
+"""Chapter 09's exercises (quantization): group-wise INT4 with packing, and a Q8_0 block quantizer.
 
-Like :mod:`.checks` (whose helpers these reuse): each check calls the learner's function through
-:func:`~.feedback.answer`, compares with the package (``quantize_int4`` / ``dequantize_int4``) or with
-``gguf.quants.quantize``, and raises :class:`~.feedback.CheckFailed` naming the case, what differed
-and, when the answer matches a common mistake listed here, its likely cause. Every message line fits
-what ``nbgrader validate`` shows (:data:`.feedback.LINE_WIDTH`).
+Each check calls the learner's function through :func:`~.feedback.answer` (dequantization through the
+skeleton, :func:`~.feedback.check_cases`), compares with the package (``quantize_int4`` /
+``dequantize_int4``) or with ``gguf.quants.quantize``, and raises :class:`~.feedback.CheckFailed` naming
+the case, what differed and, when the answer matches a common mistake listed here, its likely cause.
+Every message line fits what ``nbgrader validate`` shows (:data:`.feedback.LINE_WIDTH`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ import torch
 
 from ..quantization.int4 import dequantize_int4, quantize_int4
 from ..quantization.packing import pack_int4, unpack_int4
-from .feedback import CheckFailed, Mistake, answer, compare_tensors, diagnose, fail, passed, tensor_difference
+from .feedback import (
+    Case,
+    Mistake,
+    answer,
+    check_cases,
+    diagnose,
+    fail,
+    passed,
+    tensor_difference,
+    tensors,
+)
 
 # --- the common wrong answers ----------------------------------------------------------------------
 
@@ -197,24 +207,21 @@ def check_quantize_int4(fn: Callable[[torch.Tensor, int], tuple]) -> None:
 
 def check_dequantize_int4(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]) -> None:
     """``fn(packed, scales, mins, group_size)`` -> float32 ``(out, in)``, as the package's ``dequantize_int4``."""
-    cases = _int4_cases()
-    for label, weight, group_size in cases:
+    cases = []
+    for label, weight, group_size in _int4_cases():
         packed, scales, mins = quantize_int4(weight, group_size)
-        args = (packed.clone(), scales.clone(), mins.clone(), group_size)
-        got = answer("my_dequantize_int4", fn, *args, forbidden=[dequantize_int4, unpack_int4])
-        # scale * q + min: one multiply and one add in float32, off by a rounding at most
-        compare_tensors(
-            f"my_dequantize_int4(the codes of {label})",
-            got,
-            dequantize_int4(packed, scales, mins, group_size),
-            atol=1e-7,
-            rtol=1e-6,
-            args=args,
-            mistakes=DEQUANTIZE_INT4,
-        )
+        expected = dequantize_int4(packed, scales, mins, group_size)
+        cases.append(Case(f"my_dequantize_int4(the codes of {label})", (packed, scales, mins, group_size), expected))
+
+    def in_float32(case, got):
         if got.dtype != torch.float32:
-            raise fail(f"my_dequantize_int4({label})", f"  expected dtype torch.float32, got {got.dtype}")
-    passed("int4 dequantize", len(cases))
+            raise fail(case.label, f"  expected dtype torch.float32, got {got.dtype}")
+
+    # scale * q + min: one multiply and one add in float32, off by a rounding at most
+    check_cases(
+        "int4 dequantize", "my_dequantize_int4", fn, cases, compare=tensors(atol=1e-7, rtol=1e-6),
+        mistakes=DEQUANTIZE_INT4, forbidden=[dequantize_int4, unpack_int4], after=in_float32,
+    )
 
 
 @functools.cache
@@ -281,6 +288,3 @@ def check_quantize_q8_0(fn: Callable[[np.ndarray], np.ndarray]) -> None:
                 diagnose(got, (x,), QUANTIZE_Q8_0, lambda a, b: np.array_equal(a, b)),
             )
     passed("Q8_0 quantize", len(cases))
-
-
-__all__ = ["CheckFailed", "check_dequantize_int4", "check_quantize_int4", "check_quantize_q8_0"]

