@@ -142,7 +142,6 @@ def shakespeare_experiment(args) -> dict:
         batch_size=args.ft_batch_size,
         seq_len=args.ft_seq_len,
         lr=args.ft_lr,
-        min_lr=args.ft_lr / 10,
         warmup_steps=min(10, args.ft_steps),
         eval_every=args.ft_steps,
         eval_batches=4,

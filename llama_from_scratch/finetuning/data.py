@@ -72,7 +72,7 @@ def load_records(
     validation: str | Path | None = None,
     train_per_play: int | None = None,
     test_per_play: int | None = None,
-    max_chars: int = 400,
+    max_chars: int = tasks.MAX_CHARS,
 ) -> RecordSplit:
     """``data`` is ``"plays"`` (the built-in task; ``max_chars``: its longest passage) or a JSON Lines file;
     ``validation`` an optional second file."""

@@ -58,7 +58,9 @@ def finetune_long_context(
     writing checkpoints to ``out_dir`` as pre-training does; a checkpoint's config holds the scaling,
     so it loads ready for the longer context. Returns the training history.
     """
-    from ..training.train import train
+    from ..training.checkpoint import RunFolder
+    from ..training.train import TextWindows, train
 
     extend_context(model, max(model.config.max_seq_len, config.seq_len), scaling)
-    return train(model, train_data, val_data, config, out_dir, on_eval=on_eval, extra_files=extra_files)
+    folder = RunFolder(out_dir, extra_files=extra_files or {}) if out_dir is not None else None
+    return train(model, TextWindows(train_data, val_data), config, folder, on_eval)

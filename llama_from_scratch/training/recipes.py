@@ -86,7 +86,6 @@ RECIPES = {
             batch_size=16,
             seq_len=256,
             lr=2.5e-3,
-            min_lr=2.5e-4,
             warmup_steps=50,
             eval_every=110,
             eval_batches=16,
