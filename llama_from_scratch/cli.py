@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .chat import CHAT_TEMPLATES
@@ -321,9 +322,12 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = main_parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, func, help: str, computes: bool = True) -> argparse.ArgumentParser:
-        """A sub-command run by ``func(args)``; ``computes``: it runs PyTorch (set its threads first)."""
-        sub = commands.add_parser(name, help=help)
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int | None], help_text: str, computes: bool = True
+    ) -> argparse.ArgumentParser:
+        """A sub-command that ``main`` runs as ``func(args)`` (its exit status, None for 0); ``computes``: it
+        runs PyTorch, whose threads are set first."""
+        sub = commands.add_parser(name, help=help_text)
         sub.set_defaults(func=func, computes=computes)
         return sub
 
@@ -375,7 +379,9 @@ def parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
 
-    quant = command("quantize", command_quantize, "quantize a checkpoint (our int8/int4 layout, or a GGUF block format)")
+    quant = command(
+        "quantize", command_quantize, "quantize a checkpoint (our int8/int4 layout, or a GGUF block format)"
+    )
     quant.add_argument("src", type=Path, help="any checkpoint `chat` reads")
     quant.add_argument("dst", type=Path, help="a new directory (int8, int4, int4-sym) or a new .gguf file (q8_0, ...)")
     quant.add_argument(
@@ -419,7 +425,9 @@ def parser() -> argparse.ArgumentParser:
     exercises = command("exercises", command_exercises, "generate exercises/ from solutions/", computes=False)
     exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")
     exercises.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
-    exercise = command("exercise", command_exercise, "copy an exercise to my_exercises/ to answer it there", computes=False)
+    exercise = command(
+        "exercise", command_exercise, "copy an exercise to my_exercises/ to answer it there", computes=False
+    )
     exercise.add_argument("number", help="the chapter number, e.g. 02")
     exercise.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
     return main_parser

@@ -65,6 +65,22 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert learning_rate(1000, config) == pytest.approx(1e-4)
 
 
+def test_the_floor_is_a_tenth_of_the_peak_unless_given():
+    config = TrainConfig(lr=3e-3)
+    assert config.min_lr == 3e-3 * 0.1  # the same float product as TrainConfig's default
+    assert config.replace(lr=1e-2).min_lr == 1e-2 * 0.1  # a new peak brings its own floor, not the old one
+    assert config.replace(steps=5).min_lr == config.min_lr
+    assert config.replace(lr=1e-2, min_lr=0.0).min_lr == 0.0
+    with pytest.raises(ValueError, match="0 <= min_lr <= lr"):
+        config.replace(min_lr=1.0)
+
+
+def test_a_run_folder_is_resumed_or_overwritten_not_both(tmp_path):
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        RunFolder(tmp_path, resume=True, overwrite=True)
+    assert RunFolder(str(tmp_path), extra_files={"a": str(tmp_path / "a")}).extra_files == {"a": tmp_path / "a"}
+
+
 def test_weight_decay_only_on_matrices_of_attention_and_feed_forward():
     model = Llama(MODEL.replace(tie_embeddings=True))
     decay, no_decay = configure_optimizer(model, quick_config()).param_groups

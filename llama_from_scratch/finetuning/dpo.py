@@ -209,7 +209,9 @@ class PreferenceData:
         tokens, labels = pair_batch([self.train[i] for i in rows], self.pad_id)
         return tokens, labels, torch.cat([self.reference[rows, 0], self.reference[rows, 1]])
 
-    def loss(self, model: Llama, tokens: torch.Tensor, labels: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, model: Llama, tokens: torch.Tensor, labels: torch.Tensor, reference_logps: torch.Tensor
+    ) -> torch.Tensor:
         return dpo_batch_loss(model, tokens, labels, reference_logps, self.beta, self.nll_weight)
 
     def validate(self, model: Llama, config: TrainConfig) -> dict[str, float]:

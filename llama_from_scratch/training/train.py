@@ -237,7 +237,8 @@ class TrainingData(Protocol):
 
     def batch(self, index: int, config: TrainConfig, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
         """Micro-batch ``index`` (step ``s`` reads ``s * grad_accum`` to ``(s + 1) * grad_accum - 1``) for
-        process ``rank``: a tuple of tensors whose first has ``(batch_size, ...)`` tokens, handed to :meth:`loss`."""
+        process ``rank``: a tuple of tensors handed to :meth:`loss`, the first holding the token ids the model
+        reads (``batch[0].numel()`` is what the throughput counts)."""
 
     def loss(self, model: Llama, *batch: torch.Tensor) -> torch.Tensor:
         """The loss to minimise on one micro-batch (a scalar tensor)."""
@@ -309,7 +310,8 @@ def train(
     def save(step: int) -> None:
         if is_main and folder is not None:
             save_training_checkpoint(
-                folder.out_dir, model, optimizer, step, config, history, folder.extra_files, model_files=folder.model_files
+                folder.out_dir, model, optimizer, step, config, history, folder.extra_files,
+                model_files=folder.model_files,
             )
 
     quiet = not is_main or bool(os.environ.get("TQDM_DISABLE"))  # tqdm's notebook bar ignores TQDM_DISABLE
