@@ -24,10 +24,12 @@ from .checkpoints.gguf import GGUF_QUANT_NAMES
 from .checkpoints.offline import smollm2_path
 from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
+from .finetuning.data import CACHE_DIR
 from .finetuning.tasks import MAX_CHARS
 from .model import count_parameters
+from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
-from .training.recipes import RECIPES
+from .training.recipes import DEFAULT_RECIPE, RECIPES
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 
@@ -310,6 +312,13 @@ def command_exercise(args: argparse.Namespace) -> None:
         print(f"{path} exists already: kept as it is, with your answers (delete it to start over)")
 
 
+def add_group_size(command: argparse.ArgumentParser) -> None:
+    """``--group-size``: int4's weights per scale; the finest of :data:`GROUP_SIZES` (32) unless told."""
+    command.add_argument(
+        "--group-size", type=int, default=min(GROUP_SIZES), choices=GROUP_SIZES, help="int4: weights per scale"
+    )
+
+
 ADAPTER_HELP = "a LoRA adapter (PEFT layout) or a LoRA run's folder, merged into the base; may be repeated"
 
 
@@ -336,8 +345,8 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="a Hugging Face or Meta directory, a .gguf file, or a training run's folder")
 
     train = command("train", command_train, "train with a named recipe")
-    train.add_argument("--recipe", default="shakespeare", choices=list(RECIPES))
-    train.add_argument("--out", type=Path, default=Path("runs/shakespeare"), help="where checkpoints go")
+    train.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES))
+    train.add_argument("--out", type=Path, default=RECIPES[DEFAULT_RECIPE].run_dir, help="where checkpoints go")
     train.add_argument("--data-dir", type=Path, help="where the tokenizer and token files are cached")
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", type=int, help="sequences per step per process")
@@ -372,7 +381,7 @@ def parser() -> argparse.ArgumentParser:
             choices=tuple(SCHEMES),
             help="quantize the weights (head included) after loading; implies --compile",
         )
-        sub.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
+        add_group_size(sub)
         if name == "generate":
             sub.add_argument("--prompt", required=True)
             sub.add_argument("--top-k", type=int)
@@ -387,7 +396,7 @@ def parser() -> argparse.ArgumentParser:
     quant.add_argument(
         "--scheme", required=True, choices=(*SCHEMES, *GGUF_QUANT_NAMES)
     )
-    quant.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
+    add_group_size(quant)
     quant.add_argument("--float-head", action="store_true", help="int8/int4: keep the embedding and output head in float")
 
     finetune = command("finetune", command_finetune, "fine-tune a checkpoint: LoRA or full, SFT or DPO")
@@ -417,7 +426,7 @@ def parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument("--eval-questions", type=int, default=50, help="plays task: questions per validation")
     finetune.add_argument("--baseline", action="store_true", help="plays task: zero- and few-shot accuracy first")
-    finetune.add_argument("--data-cache", type=Path, default=Path("data") / "finetune", help="tokenized-data cache")
+    finetune.add_argument("--data-cache", type=Path, default=CACHE_DIR, help="tokenized-data cache")
     used = finetune.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")

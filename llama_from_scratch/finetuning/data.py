@@ -25,6 +25,7 @@ from .sft import check_messages
 
 TASK_NAME = "plays"  # --data plays: the built-in task of :mod:`.tasks`
 VALIDATION_SHARE = 10  # without a validation file, the last 1/10 of the lines
+CACHE_DIR = Path("data") / "finetune"  # where tokenized data is kept (relative to the repository's root)
 
 
 @dataclass
