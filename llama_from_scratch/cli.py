@@ -68,7 +68,7 @@ def command_train(args: argparse.Namespace) -> None:
     from .generate import generate
     from .model import Llama
     from .training.checkpoint import RunFolder, prepare_run_dir
-    from .training.distributed import init_distributed
+    from .training.distributed import init_distributed, leave_distributed, main_process_first
     from .training.train import TextWindows, train
 
     recipe = RECIPES[args.recipe]
@@ -77,13 +77,8 @@ def command_train(args: argparse.Namespace) -> None:
     rank, world_size, device = init_distributed()
     if rank == 0:  # an unusable or already used --out is reported now, not after the data and the model are ready
         prepare_run_dir(args.out, args.resume, args.overwrite)
-    data_dir = args.data_dir or recipe.data_dir
-    if rank == 0:
-        data = recipe.prepare(data_dir)
-    if world_size > 1:
-        torch.distributed.barrier()  # the other ranks wait until rank 0 has prepared the data
-    if rank != 0:
-        data = recipe.prepare(data_dir)
+    with main_process_first():  # rank 0 prepares the data, the others then read its cache
+        data = recipe.prepare(args.data_dir)
     tokenizer, train_data, val_data = data.tokenizer, data.train, data.validation
 
     torch.manual_seed(config.seed)
@@ -107,9 +102,7 @@ def command_train(args: argparse.Namespace) -> None:
         )
     folder = RunFolder(args.out, args.resume, args.overwrite, data.files_to_keep)
     train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample)
-    if world_size > 1:
-        torch.distributed.barrier()  # wait for rank 0's last checkpoint: tearing down gloo mid-talk can abort
-        torch.distributed.destroy_process_group()
+    leave_distributed()
 
 
 def command_quantize(args: argparse.Namespace) -> None:

@@ -194,14 +194,15 @@ def _ddp_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    from llama_from_scratch.training.distributed import leave_distributed
+
     model = new_model(dtype=torch.float64)  # train() sees the process group and trains on this rank's half
     history = train(model, TextWindows(synthetic_data()), quick_config(batch_size=2))
     losses = torch.tensor([r["loss"] for r in history], dtype=torch.float64)
     dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged
     if rank == 0:
         out.write_text(json.dumps((losses / world_size).tolist()))
-    dist.barrier()  # leave together: a rank tearing down gloo while the other still talks to it can abort
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):

@@ -11,8 +11,9 @@ through NCCL between CUDA GPUs or gloo between CPU processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,26 @@ def init_distributed() -> tuple[int, int, torch.device]:
         return dist.get_rank(), world_size, torch.device("cuda", local_rank)
     dist.init_process_group("gloo")
     return dist.get_rank(), world_size, torch.device("cpu")
+
+
+def leave_distributed() -> None:
+    """Leave the process group together, once every process is done (rank 0 writes the last checkpoint):
+    a process tearing down gloo while another still talks to it can abort. Alone: nothing to do."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other processes: work with a cache on disk (preparing the
+    data, say), which rank 0 fills and the others then read, rather than all of them writing it at once."""
+    rank, world_size = process_group()
+    if world_size > 1 and rank != 0:
+        dist.barrier()  # wait for rank 0's block
+    yield
+    if world_size > 1 and rank == 0:
+        dist.barrier()  # let the others start theirs
 
 
 def process_group() -> tuple[int, int]:
