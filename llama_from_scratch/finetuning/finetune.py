@@ -45,9 +45,9 @@ from .lora import LORA_TARGETS, add_lora, merge_lora
 from .sft import IGNORE_INDEX, Example, SFTData
 
 METHODS = ("lora", "full")
+OBJECTIVES = ("sft", "dpo")
 LEARNING_RATES = {"lora": 1e-3, "full": 5e-5}  # each method's default peak: full fine-tuning moves every weight
 DEFAULT_TEMPLATE = "chatml"  # for a checkpoint that has no chat template of its own
-OBJECTIVES = ("sft", "dpo")
 ADAPTER_FOLDER = "adapter"  # inside each checkpoint of a LoRA run
 IDENTITY_FILE = "run_identity.json"  # inside each checkpoint: what the run fine-tunes, on what data
 
