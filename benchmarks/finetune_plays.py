@@ -37,16 +37,15 @@ from pathlib import Path
 import torch
 from quantization_smollm2 import machine
 
-from llama_from_scratch.chat import CHAT_TEMPLATES
 from llama_from_scratch.checkpoints.load import latest_checkpoint, load_pretrained
 from llama_from_scratch.checkpoints import smollm2_path
-from llama_from_scratch.cli import apply_adapters
 from llama_from_scratch.cross_entropy import linear_cross_entropy
 from llama_from_scratch.finetuning import tasks
-from llama_from_scratch.finetuning.data import load_records
+from llama_from_scratch.finetuning.data import CACHE_DIR, load_records
 from llama_from_scratch.finetuning.dpo import pair_logprobs, tokenize_pairs
-from llama_from_scratch.finetuning.finetune import FinetuneConfig, prepare_model
-from llama_from_scratch.finetuning.sft import pad_batch, sample_indices, sft_loss, tokenize_dataset
+from llama_from_scratch.finetuning.finetune import LEARNING_RATES, FinetuneConfig, apply_adapters, prepare_model
+from llama_from_scratch.finetuning.sft import pad_batch, padding_id, sample_indices, sft_loss, tokenize_dataset
+from llama_from_scratch.training.recipes import RECIPES
 from llama_from_scratch.training.train import configure_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,13 +77,8 @@ def load(base: Path, adapters: list[Path] = ()):
 
 
 def template_of(pretrained, name: str | None = None) -> str:
-    """The chat template ``finetune`` uses: ``--template NAME``, else the checkpoint's own, else ChatML."""
-    return CHAT_TEMPLATES[name] if name else pretrained.chat_template or CHAT_TEMPLATES["chatml"]
-
-
-def pad_of(tokenizer) -> int:
-    """The padding id ``finetune`` uses: the tokenizer's pad, else its EOS, else 0."""
-    return next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    """The chat template ``finetune`` uses: ``--template NAME``, else the checkpoint's own, else the default."""
+    return FinetuneConfig(template=name).chat_template(pretrained.chat_template)
 
 
 def evaluate(pretrained, template: str, task, questions, shots=()) -> tuple[float, list[str]]:
@@ -118,12 +112,12 @@ def worker(args: argparse.Namespace) -> None:
     model, tokenizer = pretrained.model, pretrained.tokenizer
     task = tasks.play_task(test_per_play=args.test_per_play, max_chars=args.passage_chars)
     examples = tokenize_dataset(
-        tasks.sft_conversations(task, task.train), tokenizer, template_of(pretrained), ROOT / "data" / "finetune"
+        tasks.sft_conversations(task, task.train), tokenizer, template_of(pretrained), ROOT / CACHE_DIR
     )
     config = FinetuneConfig(method=args.worker, rank=args.rank, batch_size=args.batch_size)
     trainable = prepare_model(model, config)
     optimizer = configure_optimizer(model, config)
-    pad = pad_of(tokenizer)
+    pad = padding_id(tokenizer)
     reset = peak_reset()
     tokens, seconds = 0, 0.0
     for step in range(args.warmup + args.timed):
@@ -194,22 +188,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test-per-play", type=int, default=10, help="held-out questions per play (fixed)")
     parser.add_argument("--shots", type=int, default=3)
-    parser.add_argument("--passage-chars", type=int, default=400, help="the longest passage, characters")
+    parser.add_argument("--passage-chars", type=int, default=tasks.MAX_CHARS, help="the longest passage, characters")
     parser.add_argument("--steps", type=int, default=90, help="LoRA-SFT steps")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
+    parser.add_argument("--rank", type=int, default=FinetuneConfig.rank)
+    parser.add_argument("--lr", type=float, default=LEARNING_RATES["lora"])
     parser.add_argument("--eval-every", type=int, default=30)
     parser.add_argument("--dpo-steps", type=int, default=40)
     parser.add_argument("--dpo-eval-every", type=int, default=20)
     parser.add_argument("--dpo-batch-size", type=int, default=4, help="pairs per DPO step")
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--dpo-train-per-play", type=int, default=16, help="DPO training pairs per play")
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=FinetuneConfig.beta)
     parser.add_argument("--nll-weight", type=float, default=1.0, help="dpo: weight of the chosen answers' NLL (0: plain DPO)")
     parser.add_argument("--timed", type=int, default=4, help="throughput: measured steps per method")
     parser.add_argument("--warmup", type=int, default=1, help="throughput: unmeasured steps first")
-    parser.add_argument("--ch07", type=Path, default=Path("runs/shakespeare"), help="the chapter-07 run")
+    parser.add_argument("--ch07", type=Path, default=RECIPES["shakespeare"].run_dir, help="the chapter-07 run")
     parser.add_argument("--ch07-steps", type=int, default=200)
     parser.add_argument("--ch07-batch-size", type=int, default=16)
     parser.add_argument("--ch07-rank", type=int, default=16)
@@ -287,8 +281,8 @@ def main() -> None:
     if "dpo" in args.sections:
         sft_model = load(args.base, [sft_run])
         records = load_records("plays", "dpo", test_per_play=args.test_per_play, max_chars=args.passage_chars)
-        pairs = tokenize_pairs(records.validation, sft_model.tokenizer, template_of(sft_model), ROOT / "data" / "finetune")
-        pad = pad_of(sft_model.tokenizer)
+        pairs = tokenize_pairs(records.validation, sft_model.tokenizer, template_of(sft_model), ROOT / CACHE_DIR)
+        pad = padding_id(sft_model.tokenizer)
         reference = pair_logprobs(sft_model.model, pairs, 8, pad)  # the SFT model: DPO's reference and its start
         before = (reference[:, 0] > reference[:, 1]).float().mean().item()
         print(f"  before DPO: preference accuracy {before:.1%} on {len(pairs)} held-out pairs", flush=True)

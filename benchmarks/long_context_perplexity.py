@@ -142,7 +142,6 @@ def shakespeare_experiment(args) -> dict:
         batch_size=args.ft_batch_size,
         seq_len=args.ft_seq_len,
         lr=args.ft_lr,
-        min_lr=args.ft_lr / 10,
         warmup_steps=min(10, args.ft_steps),
         eval_every=args.ft_steps,
         eval_batches=4,
@@ -225,7 +224,7 @@ def smollm2_experiment(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/shakespeare"), help="run folder or checkpoint")
+    parser.add_argument("--run", type=Path, default=RECIPES["shakespeare"].run_dir, help="run folder or checkpoint")
     parser.add_argument("--data-dir", type=Path, default=RECIPES["shakespeare"].data_dir)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--max-windows", type=int, help="score at most this many windows of the longest length")

@@ -57,7 +57,7 @@ from .rope import (
     rope_frequencies,
 )
 from .tokenization import ByteLevelBPE, SentencePieceTokenizer, Tokenizer, train_bpe
-from .training import TrainConfig, shakespeare, train
+from .training import RunFolder, TextWindows, TrainConfig, shakespeare, train
 
 __version__ = "0.1.0"
 
@@ -70,8 +70,10 @@ __all__ = [
     "Llama",
     "LlamaConfig",
     "RMSNorm",
+    "RunFolder",
     "SentencePieceTokenizer",
     "SwiGLU",
+    "TextWindows",
     "Tokenizer",
     "TrainConfig",
     "TransformerBlock",

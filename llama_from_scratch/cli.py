@@ -15,16 +15,21 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from .chat import CHAT_TEMPLATES
 from .checkpoints.gguf import GGUF_QUANT_NAMES
 from .checkpoints.offline import smollm2_path
 from .config import PRESETS
+from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
+from .finetuning.data import CACHE_DIR
+from .finetuning.tasks import MAX_CHARS
 from .model import count_parameters
+from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
-from .training.recipes import RECIPES
+from .training.recipes import DEFAULT_RECIPE, RECIPES
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 
@@ -45,44 +50,39 @@ def presets_table() -> str:
     return "\n".join(rows)
 
 
+def command_presets(args: argparse.Namespace) -> None:
+    print(presets_table())
+
+
+def command_info(args: argparse.Namespace) -> None:
+    from .checkpoints.load import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint, device="cpu")
+    print(model.config)
+    print(f"{model.num_parameters():,} parameters")
+
+
 def command_train(args: argparse.Namespace) -> None:
     import torch
 
     from .generate import generate
     from .model import Llama
-    from .training.distributed import init_distributed, wrap_model
-    from .training.checkpoint import prepare_run_dir
-    from .training.train import train
+    from .training.checkpoint import RunFolder, prepare_run_dir
+    from .training.distributed import init_distributed, leave_distributed, main_process_first
+    from .training.train import TextWindows, train
 
     recipe = RECIPES[args.recipe]
-    changes = {
-        k: v
-        for k, v in (
-            ("steps", args.steps),
-            ("batch_size", args.batch_size),
-            ("lr", args.lr),
-            ("grad_accum", args.grad_accum),
-        )
-        if v is not None
-    }
-    if "lr" in changes:
-        changes["min_lr"] = changes["lr"] / 10
-    config = dataclasses.replace(recipe.train, **changes)
+    changes = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_accum") if getattr(args, k) is not None}
+    config = recipe.train.replace(**changes)
     rank, world_size, device = init_distributed()
     if rank == 0:  # an unusable or already used --out is reported now, not after the data and the model are ready
         prepare_run_dir(args.out, args.resume, args.overwrite)
-    data_dir = args.data_dir or recipe.data_dir
-    if rank == 0:
-        data = recipe.prepare(data_dir)
-    if world_size > 1:
-        torch.distributed.barrier()  # the other ranks wait until rank 0 has prepared the data
-    if rank != 0:
-        data = recipe.prepare(data_dir)
+    with main_process_first():  # rank 0 prepares the data, the others then read its cache
+        data = recipe.prepare(args.data_dir)
     tokenizer, train_data, val_data = data.tokenizer, data.train, data.validation
 
     torch.manual_seed(config.seed)
     model = Llama(recipe.model).to(device)
-    ddp_model = wrap_model(model, device) if world_size > 1 else None
     prompt = tokenizer.encode("ROMEO:\n", bos=True)
 
     def show_sample(step: int, metrics: dict[str, float]) -> None:
@@ -100,23 +100,9 @@ def command_train(args: argparse.Namespace) -> None:
             f"{len(train_data.tokens):,} training tokens",
             flush=True,
         )
-    train(
-        model,
-        train_data,
-        val_data,
-        config,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        on_eval=show_sample,
-        extra_files=data.files_to_keep,
-        rank=rank,
-        world_size=world_size,
-        ddp_model=ddp_model,
-    )
-    if world_size > 1:
-        torch.distributed.barrier()  # wait for rank 0's last checkpoint: tearing down gloo mid-talk can abort
-        torch.distributed.destroy_process_group()
+    folder = RunFolder(args.out, args.resume, args.overwrite, data.files_to_keep)
+    train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample)
+    leave_distributed()
 
 
 def command_quantize(args: argparse.Namespace) -> None:
@@ -194,19 +180,6 @@ def command_generate(args: argparse.Namespace) -> None:
     print()
 
 
-def apply_adapters(pretrained, adapters: list[Path] | None) -> None:
-    """Load each LoRA adapter (or LoRA run) in turn and merge it into the weights: the fine-tuned model at the
-    base's speed. The chat template a run trained with, saved beside its adapter, replaces the checkpoint's."""
-    from .checkpoints.hf import read_chat_template
-    from .finetuning import load_adapter, merge_lora
-    from .finetuning.finetune import find_adapter
-
-    for path in adapters or []:
-        adapter = find_adapter(path)
-        merge_lora(load_adapter(pretrained.model, adapter))
-        pretrained.chat_template = read_chat_template(adapter.parent) or pretrained.chat_template
-
-
 def describe_base(base: Path, adapters: list[Path] | None) -> str:
     """``"runs/x (123,456 bytes) + adapter runs/sft"``: where a fine-tune's base came from, for people."""
     size = f" ({base.stat().st_size:,} bytes)" if base.is_file() else ""
@@ -214,31 +187,30 @@ def describe_base(base: Path, adapters: list[Path] | None) -> str:
 
 
 def command_finetune(args: argparse.Namespace) -> None:
-    from .chat import CHAT_TEMPLATES
     from .checkpoints.load import load_pretrained
     from .finetuning import tasks
     from .finetuning.data import load_records
     from .finetuning.dpo import tokenize_pairs
-    from .finetuning.finetune import FinetuneConfig, finetune, run_files
-    from .finetuning.sft import tokenize_dataset
+    from .finetuning.finetune import FinetuneConfig, apply_adapters, finetune, run_files
+    from .finetuning.sft import padding_id, tokenize_dataset
     from .training.checkpoint import prepare_run_dir
 
     names = ("steps", "batch_size", "grad_accum", "seq_len", "lr", "eval_every", "checkpoint_every", "rank", "alpha")
-    changes = {name: getattr(args, name) for name in (*names, "beta", "nll_weight") if getattr(args, name) is not None}
-    changes.setdefault("lr", 1e-3 if args.method == "lora" else 5e-5)  # full fine-tuning moves every weight: gently
-    config = FinetuneConfig(method=args.method, objective=args.objective, min_lr=changes["lr"] / 10, **changes)
+    names += ("beta", "nll_weight", "template")
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    config = FinetuneConfig(method=args.method, objective=args.objective, **changes)
     prepare_run_dir(args.out, args.resume, args.overwrite)  # an unusable --out is reported before the model loads
     pretrained = load_pretrained(args.base)
     apply_adapters(pretrained, args.adapter)  # e.g. DPO on top of an SFT fine-tune: the SFT model is the base
     model, tokenizer = pretrained.model, pretrained.tokenizer
-    template = CHAT_TEMPLATES[args.template] if args.template else pretrained.chat_template or CHAT_TEMPLATES["chatml"]
+    template = config.chat_template(pretrained.chat_template)
     records = load_records(
         args.data, args.objective, args.val_data, args.train_per_play, args.test_per_play, args.passage_chars
     )
     tokenize = tokenize_pairs if args.objective == "dpo" else tokenize_dataset
     train_examples = tokenize(records.train, tokenizer, template, args.data_cache)
     val_examples = tokenize(records.validation, tokenizer, template, args.data_cache)
-    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    pad_id = padding_id(tokenizer)
 
     measure = None
     if records.task is not None and args.eval_questions > 0:
@@ -282,6 +254,7 @@ def command_finetune(args: argparse.Namespace) -> None:
 def command_chat(args: argparse.Namespace) -> None:
     from .tokenization.chat import chat
     from .checkpoints.load import load_pretrained
+    from .finetuning.finetune import apply_adapters
 
     path = args.checkpoint or smollm2_path()
     if path is None:
@@ -311,6 +284,34 @@ def command_chat(args: argparse.Namespace) -> None:
     chat(pretrained, read, write, args.max_new_tokens, args.temperature, args.top_p, args.seed, args.compile)
 
 
+def command_exercises(args: argparse.Namespace) -> int:
+    from .course.exercises import generate_exercises
+
+    if not (args.root / "solutions").is_dir():
+        raise ValueError(f"{args.root.resolve()} has no solutions/ folder; run this in the repository root")
+    changed = generate_exercises(args.root, check=args.check)
+    for path in changed:
+        print(f"{'out of date' if args.check else 'written'}: {path}")
+    return 1 if args.check and changed else 0
+
+
+def command_exercise(args: argparse.Namespace) -> None:
+    from .course.exercises import copy_exercise
+
+    path, created = copy_exercise(args.root, args.number)
+    if created:
+        print(f"copied to {path}: answer there (open it in JupyterLab's file browser)")
+    else:
+        print(f"{path} exists already: kept as it is, with your answers (delete it to start over)")
+
+
+def add_group_size(command: argparse.ArgumentParser) -> None:
+    """``--group-size``: int4's weights per scale; the finest of :data:`GROUP_SIZES` (32) unless told."""
+    command.add_argument(
+        "--group-size", type=int, default=min(GROUP_SIZES), choices=GROUP_SIZES, help="int4: weights per scale"
+    )
+
+
 ADAPTER_HELP = "a LoRA adapter (PEFT layout) or a LoRA run's folder, merged into the base; may be repeated"
 
 
@@ -322,24 +323,37 @@ def parser() -> argparse.ArgumentParser:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     commands = main_parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("presets", help="the LLaMA family table")
-    info = commands.add_parser("info", help="load a checkpoint and describe it")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int | None], help_text: str, computes: bool = True
+    ) -> argparse.ArgumentParser:
+        """A sub-command that ``main`` runs as ``func(args)`` (its exit status, None for 0); ``computes``: it
+        runs PyTorch, whose threads are set first."""
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(func=func, computes=computes)
+        return sub
+
+    command("presets", command_presets, "the LLaMA family table", computes=False)
+    info = command("info", command_info, "load a checkpoint and describe it")
     info.add_argument("checkpoint", help="a Hugging Face or Meta directory, a .gguf file, or a training run's folder")
 
-    train = commands.add_parser("train", help="train with a named recipe")
-    train.add_argument("--recipe", default="shakespeare", choices=list(RECIPES))
-    train.add_argument("--out", type=Path, default=Path("runs/shakespeare"), help="where checkpoints go")
+    train = command("train", command_train, "train with a named recipe")
+    train.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES))
+    train.add_argument("--out", type=Path, default=RECIPES[DEFAULT_RECIPE].run_dir, help="where checkpoints go")
     train.add_argument("--data-dir", type=Path, help="where the tokenizer and token files are cached")
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", type=int, help="sequences per step per process")
     train.add_argument("--grad-accum", type=int)
-    train.add_argument("--lr", type=float, help="peak learning rate (the floor is a tenth of it)")
+    train.add_argument("--lr", type=float, help="peak learning rate (the floor follows it: a tenth of it)")
     used = train.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
 
-    for name, help_text in (("generate", "continue a prompt"), ("chat", "talk to a chat model")):
-        sub = commands.add_parser(name, help=help_text)
+    for name, func, help_text in (
+        ("generate", command_generate, "continue a prompt"),
+        ("chat", command_chat, "talk to a chat model"),
+    ):
+        sub = command(name, func, help_text)
         sub.add_argument(
             "--checkpoint",
             type=Path,
@@ -360,54 +374,62 @@ def parser() -> argparse.ArgumentParser:
             choices=tuple(SCHEMES),
             help="quantize the weights (head included) after loading; implies --compile",
         )
-        sub.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
+        add_group_size(sub)
         if name == "generate":
             sub.add_argument("--prompt", required=True)
             sub.add_argument("--top-k", type=int)
         else:
             sub.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
 
-    quant = commands.add_parser("quantize", help="quantize a checkpoint (our int8/int4 layout, or a GGUF block format)")
+    quant = command(
+        "quantize", command_quantize, "quantize a checkpoint (our int8/int4 layout, or a GGUF block format)"
+    )
     quant.add_argument("src", type=Path, help="any checkpoint `chat` reads")
     quant.add_argument("dst", type=Path, help="a new directory (int8, int4, int4-sym) or a new .gguf file (q8_0, ...)")
     quant.add_argument(
         "--scheme", required=True, choices=(*SCHEMES, *GGUF_QUANT_NAMES)
     )
-    quant.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
+    add_group_size(quant)
     quant.add_argument("--float-head", action="store_true", help="int8/int4: keep the embedding and output head in float")
 
-    finetune = commands.add_parser("finetune", help="fine-tune a checkpoint: LoRA or full, SFT or DPO")
+    finetune = command("finetune", command_finetune, "fine-tune a checkpoint: LoRA or full, SFT or DPO")
     finetune.add_argument("--base", type=Path, required=True, help="the checkpoint to start from (any format chat reads)")
     finetune.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP + " (DPO after LoRA-SFT, say)")
     finetune.add_argument("--data", default="plays", help="`plays` (the built-in task) or a JSON Lines file")
     finetune.add_argument("--val-data", type=Path, help="a JSON Lines validation file (default: the data's last tenth)")
-    finetune.add_argument("--method", choices=("lora", "full"), default="lora")
-    finetune.add_argument("--objective", choices=("sft", "dpo"), default="sft")
+    finetune.add_argument("--method", choices=METHODS, default=FinetuneConfig.method)
+    finetune.add_argument("--objective", choices=OBJECTIVES, default=FinetuneConfig.objective)
     finetune.add_argument("--out", type=Path, required=True, help="where checkpoints go")
     finetune.add_argument(
-        "--template", choices=("chatml", "llama2", "llama3"), help="default: the checkpoint's own, else chatml"
+        "--template", choices=tuple(CHAT_TEMPLATES), help=f"default: the checkpoint's own, else {DEFAULT_TEMPLATE}"
     )
     for option in ("steps", "batch-size", "grad-accum", "seq-len", "eval-every", "checkpoint-every", "rank"):
         finetune.add_argument(f"--{option}", type=int)
-    for option in ("lr", "alpha", "beta"):
+    defaults = ", ".join(f"{method} {lr:g}" for method, lr in LEARNING_RATES.items())
+    finetune.add_argument("--lr", type=float, help=f"peak learning rate (default: {defaults}); the floor a tenth of it")
+    for option in ("alpha", "beta"):
         finetune.add_argument(f"--{option}", type=float)
     finetune.add_argument(
         "--nll-weight", type=float, help="dpo: add the chosen answers' log-likelihood, weighted (default 0: plain DPO)"
     )
     finetune.add_argument("--train-per-play", type=int, help="plays task: training questions per play (default all)")
     finetune.add_argument("--test-per-play", type=int, help="plays task: held-out questions per play (default all)")
-    finetune.add_argument("--passage-chars", type=int, default=400, help="plays task: the longest passage, characters")
+    finetune.add_argument(
+        "--passage-chars", type=int, default=MAX_CHARS, help="plays task: the longest passage, characters"
+    )
     finetune.add_argument("--eval-questions", type=int, default=50, help="plays task: questions per validation")
     finetune.add_argument("--baseline", action="store_true", help="plays task: zero- and few-shot accuracy first")
-    finetune.add_argument("--data-cache", type=Path, default=Path("data") / "finetune", help="tokenized-data cache")
+    finetune.add_argument("--data-cache", type=Path, default=CACHE_DIR, help="tokenized-data cache")
     used = finetune.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
 
-    exercises = commands.add_parser("exercises", help="generate exercises/ from solutions/")
+    exercises = command("exercises", command_exercises, "generate exercises/ from solutions/", computes=False)
     exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")
     exercises.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
-    exercise = commands.add_parser("exercise", help="copy an exercise to my_exercises/ to answer it there")
+    exercise = command(
+        "exercise", command_exercise, "copy an exercise to my_exercises/ to answer it there", computes=False
+    )
     exercise.add_argument("number", help="the chapter number, e.g. 02")
     exercise.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
     return main_parser
@@ -416,46 +438,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command not in ("presets", "exercises", "exercise"):  # the commands that compute
+        if args.computes:
             from .device import configure_threads
 
             configure_threads()  # PyTorch's threads less the busy cores; LLAMA_THREADS=N chooses (README)
-        if args.command == "presets":
-            print(presets_table())
-        elif args.command == "info":
-            from .checkpoints.load import load_checkpoint
-
-            model = load_checkpoint(args.checkpoint, device="cpu")
-            print(model.config)
-            print(f"{model.num_parameters():,} parameters")
-        elif args.command == "train":
-            command_train(args)
-        elif args.command == "generate":
-            command_generate(args)
-        elif args.command == "chat":
-            command_chat(args)
-        elif args.command == "quantize":
-            command_quantize(args)
-        elif args.command == "finetune":
-            command_finetune(args)
-        elif args.command == "exercises":
-            from .course.exercises import generate_exercises
-
-            if not (args.root / "solutions").is_dir():
-                raise ValueError(f"{args.root.resolve()} has no solutions/ folder; run this in the repository root")
-            changed = generate_exercises(args.root, check=args.check)
-            for path in changed:
-                print(f"{'out of date' if args.check else 'written'}: {path}")
-            if args.check and changed:
-                return 1
-        elif args.command == "exercise":
-            from .course.exercises import copy_exercise
-
-            path, created = copy_exercise(args.root, args.number)
-            if created:
-                print(f"copied to {path}: answer there (open it in JupyterLab's file browser)")
-            else:
-                print(f"{path} exists already: kept as it is, with your answers (delete it to start over)")
+        return args.func(args) or 0
     except (OSError, ValueError, NotImplementedError, ImportError) as error:
         # Every expected failure (a missing or broken file, bad input, an unsupported feature, a missing
         # optional package) is one line; anything else is a bug and keeps its traceback.
@@ -464,4 +451,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # Ctrl-C; `train` saves a checkpoint first and says where
         print(f"\ninterrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
         return 130
-    return 0

@@ -120,19 +120,20 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
     from llama_from_scratch.training import checkpoint as training_checkpoint
     from test_train import new_model, quick_config, synthetic_data
 
-    from llama_from_scratch.training.train import train
+    from llama_from_scratch.training.checkpoint import RunFolder
+    from llama_from_scratch.training.train import TextWindows, train
 
     disk = tmp_path / "small-disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", disk], capture_output=True).returncode != 0:
         pytest.skip("this machine does not allow mounting a small filesystem (needs root)")
     try:
-        train(new_model(), synthetic_data(), None, quick_config(steps=2), disk / "run")
+        train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(disk / "run"))
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         (disk / "filler").write_bytes(b"\0" * (free - 4096))  # leave a few KB: too little for a checkpoint
         with pytest.raises(OSError, match=r"no space left on device while writing step-0000004; "
                                           r"the previous checkpoint \(step-0000002\) is kept"):
-            train(new_model(), synthetic_data(), None, quick_config(steps=4), disk / "run", resume=True)
+            train(new_model(), TextWindows(synthetic_data()), quick_config(steps=4), RunFolder(disk / "run", True))
         assert latest_checkpoint(disk / "run").name == "step-0000002"
         assert [p.name for p in (disk / "run").iterdir() if p.name.startswith(".")] == []  # nothing half-written
         (disk / "filler").unlink()

@@ -500,6 +500,44 @@ def test_cli_finetune_accepts_every_chat_template():
         assert args.template == name
 
 
+def test_finetune_config_owns_the_defaults_of_a_run():
+    """The learning rate follows the method, the floor the rate; the template and pad id follow the checkpoint."""
+    from types import SimpleNamespace
+
+    from llama_from_scratch.chat import CHAT_TEMPLATES
+    from llama_from_scratch.finetuning.finetune import LEARNING_RATES
+    from llama_from_scratch.finetuning.sft import padding_id
+
+    for method in ("lora", "full"):
+        config = FinetuneConfig(method=method)
+        assert config.lr == LEARNING_RATES[method] and config.min_lr == config.lr * 0.1
+    assert LEARNING_RATES["full"] < LEARNING_RATES["lora"]  # every weight moves: gently
+    assert FinetuneConfig(lr=2e-3).min_lr == 2e-3 * 0.1
+    assert FinetuneConfig().chat_template(None) == CHAT_TEMPLATES["chatml"]
+    assert FinetuneConfig().chat_template("{{ own }}") == "{{ own }}"
+    assert FinetuneConfig(template="llama2").chat_template("{{ own }}") == LLAMA2_TEMPLATE
+    with pytest.raises(ValueError, match="FinetuneConfig.template must be one of"):
+        FinetuneConfig(template="alpaca")
+    assert padding_id(SimpleNamespace(pad_id=None, eos_id=2)) == 2
+    assert padding_id(SimpleNamespace(pad_id=0, eos_id=2)) == 0
+    assert padding_id(SimpleNamespace(pad_id=None, eos_id=None)) == 0
+
+
+def test_fine_tuning_batches_split_across_processes_as_pretraining_windows_do():
+    from llama_from_scratch.finetuning.sft import sample_indices
+
+    whole = sample_indices(50, step=3, batch_size=4, seed=5)
+    halves = [sample_indices(50, step=3, batch_size=2, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    assert halves[0] + halves[1] == whole
+
+
+def test_finetune_without_a_folder_cannot_resume(tokenizer):
+    example = tokenize_conversation(tokenizer, CHATML_TEMPLATE, [{"role": "user", "content": "Who?"},
+                                                                 {"role": "assistant", "content": "Hamlet"}])
+    with pytest.raises(ValueError, match="resume and overwrite need out_dir"):
+        finetune(random_llama(CONFIG), [example], [example], FinetuneConfig(steps=1), resume=True)
+
+
 @needs_corpus
 def test_play_task_passages_respect_max_chars():
     from llama_from_scratch.finetuning import tasks

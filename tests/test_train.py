@@ -14,8 +14,16 @@ import torch.multiprocessing as mp
 
 from llama_from_scratch import Llama, LlamaConfig, load_checkpoint
 from llama_from_scratch.training import checkpoint as train_checkpoint
+from llama_from_scratch.training.checkpoint import RunFolder
 from llama_from_scratch.training.dataset import TokenData, get_batch, read_tokens, write_tokens
-from llama_from_scratch.training.train import TrainConfig, configure_optimizer, evaluate_all, learning_rate, train
+from llama_from_scratch.training.train import (
+    TextWindows,
+    TrainConfig,
+    configure_optimizer,
+    evaluate_all,
+    learning_rate,
+    train,
+)
 
 MODEL = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=32)
 
@@ -57,6 +65,22 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert learning_rate(1000, config) == pytest.approx(1e-4)
 
 
+def test_the_floor_is_a_tenth_of_the_peak_unless_given():
+    config = TrainConfig(lr=3e-3)
+    assert config.min_lr == 3e-3 * 0.1  # the same float product as TrainConfig's default
+    assert config.replace(lr=1e-2).min_lr == 1e-2 * 0.1  # a new peak brings its own floor, not the old one
+    assert config.replace(steps=5).min_lr == config.min_lr
+    assert config.replace(lr=1e-2, min_lr=0.0).min_lr == 0.0
+    with pytest.raises(ValueError, match="0 <= min_lr <= lr"):
+        config.replace(min_lr=1.0)
+
+
+def test_a_run_folder_is_resumed_or_overwritten_not_both(tmp_path):
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        RunFolder(tmp_path, resume=True, overwrite=True)
+    assert RunFolder(str(tmp_path), extra_files={"a": str(tmp_path / "a")}).extra_files == {"a": tmp_path / "a"}
+
+
 def test_weight_decay_only_on_matrices_of_attention_and_feed_forward():
     model = Llama(MODEL.replace(tie_embeddings=True))
     decay, no_decay = configure_optimizer(model, quick_config()).param_groups
@@ -67,7 +91,7 @@ def test_weight_decay_only_on_matrices_of_attention_and_feed_forward():
 
 
 def test_loss_falls_on_a_learnable_stream():
-    history = train(new_model(), synthetic_data(), synthetic_data(seed=1), quick_config(steps=60, lr=3e-2))
+    history = train(new_model(), TextWindows(synthetic_data(), synthetic_data(seed=1)), quick_config(steps=60, lr=3e-2))
     assert history[0]["loss"] > math.log(64) - 0.5  # an untrained model guesses among 64 tokens
     assert history[-1]["val_loss"] < 1.5  # on the way to ln 2: each next token is one of two
 
@@ -93,7 +117,7 @@ def test_evaluate_all_predicts_every_token_of_the_split_once():
 def test_resumed_run_repeats_the_uninterrupted_run_exactly(tmp_path):
     data, val = synthetic_data(), synthetic_data(seed=1)
     full_model = new_model()
-    full = train(full_model, data, val, quick_config(), tmp_path / "full")
+    full = train(full_model, TextWindows(data, val), quick_config(), RunFolder(tmp_path / "full"))
 
     class Crash(Exception):
         pass
@@ -103,10 +127,10 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train(new_model(), data, val, quick_config(), tmp_path / "cut", on_eval=crash_at_step_6)
+        train(new_model(), TextWindows(data, val), quick_config(), RunFolder(tmp_path / "cut"), on_eval=crash_at_step_6)
     assert (tmp_path / "cut" / "latest").read_text().strip() == "step-0000004"
     resumed_model = new_model(seed=99)  # different initial weights: everything must come from the checkpoint
-    resumed = train(resumed_model, data, val, quick_config(), tmp_path / "cut", resume=True)
+    resumed = train(resumed_model, TextWindows(data, val), quick_config(), RunFolder(tmp_path / "cut", resume=True))
 
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
     for name, p in full_model.named_parameters():
@@ -115,7 +139,7 @@ def test_resumed_run_repeats_the_uninterrupted_run_exactly(tmp_path):
 
 def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
     model, data = new_model(), synthetic_data()
-    train(model, data, None, quick_config(steps=2), tmp_path)
+    train(model, TextWindows(data), quick_config(steps=2), RunFolder(tmp_path))
     before = load_checkpoint(tmp_path, device="cpu")
 
     def killed(*args, **kwargs):
@@ -123,7 +147,7 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path
 
     monkeypatch.setattr(train_checkpoint.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        train(model, data, None, quick_config(steps=4), tmp_path, resume=True)
+        train(model, TextWindows(data), quick_config(steps=4), RunFolder(tmp_path, resume=True))
     assert (tmp_path / "latest").read_text().strip() == "step-0000002"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-0000002"]  # no half-written folder
     after = load_checkpoint(tmp_path, device="cpu")
@@ -133,13 +157,13 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path
 
 def test_resuming_needs_a_matching_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(new_model(), synthetic_data(), None, quick_config(), tmp_path / "empty", resume=True)
-    train(new_model(), synthetic_data(), None, quick_config(steps=2), tmp_path / "run")
+        train(new_model(), TextWindows(synthetic_data()), quick_config(), RunFolder(tmp_path / "empty", resume=True))
+    train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(tmp_path / "run"))
     other = Llama(MODEL.replace(n_layers=3))
     with pytest.raises(ValueError, match="different model"):
-        train(other, synthetic_data(), None, quick_config(), tmp_path / "run", resume=True)
+        train(other, TextWindows(synthetic_data()), quick_config(), RunFolder(tmp_path / "run", resume=True))
     with pytest.raises(ValueError, match="seq_len: 16 -> 8"):
-        train(new_model(), synthetic_data(), None, quick_config(seq_len=8), tmp_path / "run", resume=True)
+        train(new_model(), TextWindows(synthetic_data()), quick_config(seq_len=8), RunFolder(tmp_path / "run", True))
 
 
 def test_token_files_and_bad_data(tmp_path):
@@ -170,24 +194,15 @@ def _ddp_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from llama_from_scratch.training.distributed import wrap_model
+    from llama_from_scratch.training.distributed import leave_distributed
 
-    model = new_model(dtype=torch.float64)
-    history = train(
-        model,
-        synthetic_data(),
-        None,
-        quick_config(batch_size=2),
-        rank=rank,
-        world_size=world_size,
-        ddp_model=wrap_model(model, torch.device("cpu")),
-    )
+    model = new_model(dtype=torch.float64)  # train() sees the process group and trains on this rank's half
+    history = train(model, TextWindows(synthetic_data()), quick_config(batch_size=2))
     losses = torch.tensor([r["loss"] for r in history], dtype=torch.float64)
     dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged
     if rank == 0:
         out.write_text(json.dumps((losses / world_size).tolist()))
-    dist.barrier()  # leave together: a rank tearing down gloo while the other still talks to it can abort
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
@@ -196,7 +211,7 @@ def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, tmp_path / "ddp.json"), nprocs=2)
     torch.set_num_threads(1)
-    single = train(new_model(dtype=torch.float64), synthetic_data(), None, quick_config(batch_size=4))
+    single = train(new_model(dtype=torch.float64), TextWindows(synthetic_data()), quick_config(batch_size=4))
     ddp = json.loads((tmp_path / "ddp.json").read_text())
     # Both runs in float64: averaging gradients across processes adds them in another order, and Adam
     # divides each gradient by its own size, which amplifies such rounding over the 8 steps. In float32
@@ -228,23 +243,24 @@ def test_recipes_prepare_their_own_data_and_the_cli_offers_them():
 
 def test_resume_keeps_the_run_and_refuses_other_settings(tmp_path):
     """Only steps and the reporting cadence may change on resume; everything else names what changed."""
-    train(new_model(), synthetic_data(), None, quick_config(steps=4), tmp_path / "run")
+    data, resumed = TextWindows(synthetic_data()), RunFolder(tmp_path / "run", resume=True)
+    train(new_model(), data, quick_config(steps=4), RunFolder(tmp_path / "run"))
     for change, message in (({"lr": 2e-2}, "lr: 0.01 -> 0.02"), ({"weight_decay": 0.0}, "weight_decay: 0.1 -> 0.0"),
                             ({"grad_clip": 0.5}, "grad_clip: 1.0 -> 0.5"), ({"warmup_steps": 3}, "warmup_steps: 2 -> 3")):
         with pytest.raises(ValueError, match=f"cannot resume with other settings \\({message}\\)"):
-            train(new_model(), synthetic_data(), None, quick_config(steps=6, **change), tmp_path / "run", resume=True)
-    longer = train(new_model(), synthetic_data(), None, quick_config(steps=6, eval_every=3), tmp_path / "run", resume=True)
+            train(new_model(), data, quick_config(steps=6, **change), resumed)
+    longer = train(new_model(), data, quick_config(steps=6, eval_every=3), resumed)
     assert [r["step"] for r in longer] == list(range(6))
     with pytest.raises(ValueError, match="already reached step 6"):
-        train(new_model(), synthetic_data(), None, quick_config(steps=6), tmp_path / "run", resume=True)
+        train(new_model(), data, quick_config(steps=6), resumed)
 
 
 def test_a_used_folder_is_resumed_or_overwritten_never_mixed(tmp_path):
     run = tmp_path / "run"
-    train(new_model(), synthetic_data(), None, quick_config(steps=6, checkpoint_every=2), run)
+    train(new_model(), TextWindows(synthetic_data()), quick_config(steps=6, checkpoint_every=2), RunFolder(run))
     with pytest.raises(FileExistsError, match="already holds a run \\(up to step-0000006\\).*--resume.*--overwrite"):
-        train(new_model(), synthetic_data(), None, quick_config(steps=2), run)
-    train(new_model(), synthetic_data(), None, quick_config(steps=2), run, overwrite=True)
+        train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(run))
+    train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(run, overwrite=True))
     assert [p.name for p in train_checkpoint.checkpoints_of(run)] == ["step-0000002"]
     assert load_checkpoint(run, device="cpu") is not None
 
@@ -257,11 +273,11 @@ def test_old_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path):
 
 def test_stale_staging_folders_of_a_killed_write_are_removed(tmp_path):
     run = tmp_path / "run"
-    train(new_model(), synthetic_data(), None, quick_config(steps=2), run)
+    train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(run))
     (run / ".step-0000004.x1y2z3").mkdir()  # what `kill -9` during a write leaves
     (run / ".step-0000004.x1y2z3" / "model.safetensors").write_bytes(b"\0" * 1000)
     (run / ".latest.abc").mkdir()
-    train(new_model(), synthetic_data(), None, quick_config(steps=4), run, resume=True)
+    train(new_model(), TextWindows(synthetic_data()), quick_config(steps=4), RunFolder(run, resume=True))
     assert sorted(p.name for p in run.iterdir()) == ["latest", "step-0000002", "step-0000004"]
 
 
@@ -272,11 +288,11 @@ def test_non_finite_settings_are_refused_and_a_non_finite_loss_stops_the_run(tmp
     with pytest.raises(ValueError, match="TrainConfig.lr must be a finite number, got inf"):
         quick_config(lr=math.inf, min_lr=0.0)
     run = tmp_path / "run"
-    train(new_model(), synthetic_data(), None, quick_config(steps=2), run)
+    train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(run))
     train_module = importlib.import_module("llama_from_scratch.training.train")  # the module, not train()
     real_step = train_module.train_step
     monkeypatch.setattr(train_module, "train_step", lambda *args: (math.nan, real_step(*args)[1]))
     with pytest.raises(ValueError, match=r"step 2: the loss is nan: training stopped.*step-0000002.*is intact"):
-        train(new_model(), synthetic_data(), None, quick_config(steps=4), run, resume=True)
+        train(new_model(), TextWindows(synthetic_data()), quick_config(steps=4), RunFolder(run, resume=True))
     assert train_checkpoint.latest_checkpoint(run).name == "step-0000002"
     load_checkpoint(run, device="cpu")

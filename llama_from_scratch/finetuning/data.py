@@ -25,6 +25,7 @@ from .sft import check_messages
 
 TASK_NAME = "plays"  # --data plays: the built-in task of :mod:`.tasks`
 VALIDATION_SHARE = 10  # without a validation file, the last 1/10 of the lines
+CACHE_DIR = Path("data") / "finetune"  # where tokenized data is kept (relative to the repository's root)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def load_records(
     validation: str | Path | None = None,
     train_per_play: int | None = None,
     test_per_play: int | None = None,
-    max_chars: int = 400,
+    max_chars: int = tasks.MAX_CHARS,
 ) -> RecordSplit:
     """``data`` is ``"plays"`` (the built-in task; ``max_chars``: its longest passage) or a JSON Lines file;
     ``validation`` an optional second file."""

@@ -20,6 +20,8 @@ from the policy and from the frozen reference (with LoRA: the same model with it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,8 +29,9 @@ import torch.nn.functional as F
 
 from ..model import Llama
 from ..tokenization.tokenizer import Tokenizer
+from ..training.train import TrainConfig
 from .lora import adapters_disabled
-from .sft import IGNORE_INDEX, Example, pad_batch, tokenize_dataset
+from .sft import IGNORE_INDEX, Example, pad_batch, sample_indices, tokenize_dataset
 
 
 def sequence_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -179,3 +182,39 @@ def preference_metrics(policy: torch.Tensor, reference: torch.Tensor, beta: floa
         "chosen_log_ratio": (policy[:, 0] - reference[:, 0]).mean().item(),
         "rejected_log_ratio": (policy[:, 1] - reference[:, 1]).mean().item(),
     }
+
+
+@dataclass
+class PreferenceData:
+    """DPO's data as the training loop reads it (a :class:`~llama_from_scratch.training.train.TrainingData`).
+
+    A batch is ``(tokens, labels, reference_logps)`` of :func:`pair_batch`'s layout, the pairs drawn as a
+    pure function of the step; its loss is :func:`dpo_batch_loss` with ``beta`` and ``nll_weight``;
+    validation is :func:`preference_metrics` on the ``validation`` pairs plus whatever ``measure(model)``
+    adds. ``reference`` / ``val_reference`` ``(pairs, 2)``: the reference's log-probabilities of each
+    pair's chosen and rejected answer (:func:`reference_logprobs`), computed once before training.
+    """
+
+    train: list[tuple[Example, Example]]
+    validation: list[tuple[Example, Example]]
+    reference: torch.Tensor
+    val_reference: torch.Tensor
+    beta: float
+    nll_weight: float
+    pad_id: int = 0
+    measure: Callable[[Llama], dict[str, float]] | None = None
+
+    def batch(self, index: int, config: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        rows = sample_indices(len(self.train), index, config.batch_size, config.seed, rank=rank, world_size=world_size)
+        tokens, labels = pair_batch([self.train[i] for i in rows], self.pad_id)
+        return tokens, labels, torch.cat([self.reference[rows, 0], self.reference[rows, 1]])
+
+    def loss(
+        self, model: Llama, tokens: torch.Tensor, labels: torch.Tensor, reference_logps: torch.Tensor
+    ) -> torch.Tensor:
+        return dpo_batch_loss(model, tokens, labels, reference_logps, self.beta, self.nll_weight)
+
+    def validate(self, model: Llama, config: TrainConfig) -> dict[str, float]:
+        policy = pair_logprobs(model, self.validation, config.batch_size, self.pad_id)
+        figures = preference_metrics(policy, self.val_reference, self.beta)
+        return {**figures, **(self.measure(model) if self.measure is not None else {})}

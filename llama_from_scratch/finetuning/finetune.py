@@ -2,7 +2,8 @@
 
 The loop is pretraining's (:func:`llama_from_scratch.training.train.train`): AdamW, warm-up and cosine
 schedule, gradient clipping, the progress bar, periodic validation, crash-safe checkpoints, exact
-resumption, Ctrl-C saving a checkpoint. What changes is handed to it:
+resumption, Ctrl-C saving a checkpoint. What changes is handed to it, as its data source
+(:class:`.sft.SFTData`, :class:`.dpo.PreferenceData`) and its run folder:
 
 * the batches: conversations padded on the right (:mod:`.sft`), or preference pairs, chosen and
   rejected answers in one batch (:mod:`.dpo`), drawn as a pure function of the step, so a resumed
@@ -21,7 +22,6 @@ resumption, Ctrl-C saving a checkpoint. What changes is handed to it:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -30,20 +30,24 @@ from pathlib import Path
 
 import torch
 
+from ..chat import CHAT_TEMPLATES
 from ..checkpoints.atomic import atomic_write
+from ..checkpoints.hf import read_chat_template
 from ..files import read_json
 from ..checkpoints.load import latest_checkpoint
 from ..errors import FormatError, is_finite_number
 from ..model import Llama
-from ..training.checkpoint import FULL_MODEL, ModelFiles
+from ..training.checkpoint import FULL_MODEL, ModelFiles, RunFolder
 from ..training.train import TrainConfig, train
 from .adapter import load_adapter, save_adapter
-from .dpo import dpo_batch_loss, pair_batch, pair_logprobs, preference_metrics, reference_logprobs
-from .lora import LORA_TARGETS, add_lora
-from .sft import IGNORE_INDEX, Example, pad_batch, sample_indices, sft_loss
+from .dpo import PreferenceData, reference_logprobs
+from .lora import LORA_TARGETS, add_lora, merge_lora
+from .sft import IGNORE_INDEX, Example, SFTData
 
 METHODS = ("lora", "full")
 OBJECTIVES = ("sft", "dpo")
+LEARNING_RATES = {"lora": 1e-3, "full": 5e-5}  # each method's default peak: full fine-tuning moves every weight
+DEFAULT_TEMPLATE = "chatml"  # for a checkpoint that has no chat template of its own
 ADAPTER_FOLDER = "adapter"  # inside each checkpoint of a LoRA run
 IDENTITY_FILE = "run_identity.json"  # inside each checkpoint: what the run fine-tunes, on what data
 
@@ -52,17 +56,19 @@ IDENTITY_FILE = "run_identity.json"  # inside each checkpoint: what the run fine
 class FinetuneConfig(TrainConfig):
     """A fine-tuning run: :class:`TrainConfig`'s settings (with fine-tuning's defaults) and what to train how.
 
-    ``seq_len`` is the longest example allowed, in tokens. ``weight_decay`` defaults to 0: the update
-    should stay small, and LoRA's ``B`` starts at zero anyway. ``beta`` is DPO's β, how far the policy
-    may move from the reference; ``nll_weight`` adds the chosen answers' log-likelihood to DPO's loss
-    (0: the paper's DPO; see :func:`.dpo.dpo_batch_loss`).
+    ``seq_len`` is the longest example allowed, in tokens. ``lr`` defaults to the method's
+    (:data:`LEARNING_RATES`: full fine-tuning moves every weight, gently), ``min_lr`` to a tenth of it.
+    ``weight_decay`` defaults to 0: the update should stay small, and LoRA's ``B`` starts at zero anyway.
+    ``beta`` is DPO's β, how far the policy may move from the reference; ``nll_weight`` adds the chosen
+    answers' log-likelihood to DPO's loss (0: the paper's DPO; see :func:`.dpo.dpo_batch_loss`).
+    ``template`` names the chat template of :data:`~llama_from_scratch.chat.CHAT_TEMPLATES` the data is
+    written in; ``None``: the checkpoint's own (:meth:`chat_template`).
     """
 
     steps: int = 100
     batch_size: int = 8
     seq_len: int = 512
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    lr: float | None = None
     warmup_steps: int = 10
     weight_decay: float = 0.0
     eval_every: int = 50
@@ -75,18 +81,30 @@ class FinetuneConfig(TrainConfig):
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     beta: float = 0.1
     nll_weight: float = 0.0
+    template: str | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.method not in METHODS or self.objective not in OBJECTIVES:
             raise ValueError(
                 f"FinetuneConfig needs method in {METHODS} and objective in {OBJECTIVES}, "
                 f"got method={self.method!r}, objective={self.objective!r}"
             )
+        if self.template is not None and self.template not in CHAT_TEMPLATES:
+            raise ValueError(f"FinetuneConfig.template must be one of {tuple(CHAT_TEMPLATES)}, got {self.template!r}")
+        if self.lr is None:
+            self.lr = LEARNING_RATES[self.method]
+        super().__post_init__()
         if not is_finite_number(self.beta) or self.beta <= 0:
             raise ValueError(f"FinetuneConfig.beta must be a positive number, got {self.beta!r}")
         if not is_finite_number(self.nll_weight) or self.nll_weight < 0:
             raise ValueError(f"FinetuneConfig.nll_weight must be a number >= 0, got {self.nll_weight!r}")
+
+    def chat_template(self, checkpoint_template: str | None) -> str:
+        """The template the run's conversations are written in: :attr:`template`, else the checkpoint's own
+        (``checkpoint_template``), else :data:`DEFAULT_TEMPLATE`."""
+        if self.template is not None:
+            return CHAT_TEMPLATES[self.template]
+        return checkpoint_template or CHAT_TEMPLATES[DEFAULT_TEMPLATE]
 
 
 def write_adapter(model: Llama, folder: Path) -> None:
@@ -165,28 +183,6 @@ def check_identity(out_dir: Path, identity: dict[str, str]) -> None:
             )
 
 
-@torch.no_grad()
-def sft_validation(model: Llama, examples: list[Example], batch_size: int, pad_id: int) -> dict[str, float]:
-    """The loss on every held-out example's assistant tokens, in nats per token."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        inputs, targets = pad_batch(examples[start : start + batch_size], pad_id)
-        n = int((targets != IGNORE_INDEX).sum())
-        total += sft_loss(model, inputs.to(model.device), targets.to(model.device)).item() * n
-        count += n
-    model.train()
-    return {"loss": total / count}
-
-
-def dpo_validation(
-    model: Llama, pairs: list[tuple[Example, Example]], reference: torch.Tensor, config: FinetuneConfig, pad_id: int
-) -> dict[str, float]:
-    """On held-out pairs: the DPO loss, reward margin and accuracy, preference accuracy and log-ratios to the
-    reference (:func:`~.dpo.preference_metrics`)."""
-    return preference_metrics(pair_logprobs(model, pairs, config.batch_size, pad_id), reference, config.beta)
-
-
 def finetune(
     model: Llama,
     train_examples: list,
@@ -211,6 +207,8 @@ def finetune(
     """
     if not train_examples or not val_examples:
         raise ValueError("fine-tuning needs training and validation examples; one of them is empty")
+    if out_dir is None and (resume or overwrite):
+        raise ValueError("resume and overwrite need out_dir, the run's folder")
     dpo = config.objective == "dpo"
     for what, items in (("training example", train_examples), ("validation example", val_examples)):
         check_lengths([e for item in items for e in (item if dpo else (item,))], config, model, what)
@@ -227,47 +225,17 @@ def finetune(
         reference = reference_logprobs(model, train_examples, config.batch_size, pad_id)
         val_reference = reference_logprobs(model, val_examples, config.batch_size, pad_id)
     prepare_model(model, config)
-
-    def batches(step: int) -> list[tuple[torch.Tensor, ...]]:
-        micro = []
-        for m in range(config.grad_accum):
-            rows = sample_indices(len(train_examples), step * config.grad_accum + m, config.batch_size, config.seed)
-            chosen = [train_examples[i] for i in rows]
-            if dpo:
-                micro.append((*pair_batch(chosen, pad_id), torch.cat([reference[rows, 0], reference[rows, 1]])))
-            else:
-                micro.append(pad_batch(chosen, pad_id))
-        return micro
-
     if dpo:
-        loss_fn = functools.partial(dpo_batch_loss, beta=config.beta, nll_weight=config.nll_weight)
-        validation = functools.partial(
-            dpo_validation, pairs=val_examples, reference=val_reference, config=config, pad_id=pad_id
+        data = PreferenceData(
+            train_examples, val_examples, reference, val_reference, config.beta, config.nll_weight, pad_id, measure
         )
     else:
-        loss_fn = sft_loss
-        validation = functools.partial(
-            sft_validation, examples=val_examples, batch_size=config.batch_size, pad_id=pad_id
-        )
-
-    def validate(model: Llama) -> dict[str, float]:
-        return {**validation(model), **(measure(model) if measure is not None else {})}
-
-    return train(
-        model,
-        None,
-        None,
-        config,
-        out_dir,
-        resume=resume,
-        overwrite=overwrite,
-        on_eval=on_eval,
-        extra_files=extra_files,
-        batches=batches,
-        loss_fn=loss_fn,
-        validate=validate,
-        model_files=ADAPTER_ONLY if config.method == "lora" else FULL_MODEL,
-    )
+        data = SFTData(train_examples, val_examples, pad_id, measure)
+    folder = None
+    if out_dir is not None:
+        model_files = ADAPTER_ONLY if config.method == "lora" else FULL_MODEL
+        folder = RunFolder(out_dir, resume, overwrite, extra_files, model_files)
+    return train(model, data, config, folder, on_eval)
 
 
 def run_files(out_dir: Path, tokenizer, chat_template: str) -> dict[str, Path]:
@@ -279,6 +247,16 @@ def run_files(out_dir: Path, tokenizer, chat_template: str) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     write_hf_tokenizer(tokenizer, folder, chat_template)
     return {path.name: path for path in sorted(folder.iterdir())}
+
+
+def apply_adapters(pretrained, adapters: list[Path] | None) -> None:
+    """Load each LoRA adapter (or LoRA run) in turn into ``pretrained`` (a loaded checkpoint) and merge it into
+    the weights: the fine-tuned model at the base's speed. The chat template a run trained with, saved beside
+    its adapter, replaces the checkpoint's."""
+    for path in adapters or []:
+        adapter = find_adapter(path)
+        merge_lora(load_adapter(pretrained.model, adapter))
+        pretrained.chat_template = read_chat_template(adapter.parent) or pretrained.chat_template
 
 
 def find_adapter(path: str | Path) -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..cross_entropy import linear_cross_entropy
 from ..model import Llama
 from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
 from ..tokenization.tokenizer import Tokenizer
+from ..training.train import TrainConfig
 
 IGNORE_INDEX = -100  # the target that carries no loss (PyTorch's and Llama.loss's default)
 
@@ -95,6 +97,12 @@ def tokenize_conversation(tokenizer: Tokenizer, template: str, messages: list[di
     return Example(tokens, labels)
 
 
+def padding_id(tokenizer: Tokenizer) -> int:
+    """The input id of padding: the tokenizer's pad token, else its end of sequence, else 0 (any valid id
+    would do, see :func:`pad_batch`; a real one reads better when a batch is printed)."""
+    return next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+
+
 def pad_batch(examples: list[Example], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)``, both ``(batch, longest - 1)``, padded on the right.
 
@@ -124,11 +132,54 @@ def sft_loss(model: Llama, inputs: torch.Tensor, targets: torch.Tensor) -> torch
     return linear_cross_entropy(hidden[kept], model.output.weight, targets[kept])  # hidden[kept]: (n, dim)
 
 
-def sample_indices(n: int, step: int, batch_size: int, seed: int, stream: int = 0) -> list[int]:
+def sample_indices(
+    n: int, step: int, batch_size: int, seed: int, stream: int = 0, rank: int = 0, world_size: int = 1
+) -> list[int]:
     """Which of ``n`` examples make the batch of ``step``: a pure function of ``(seed, stream, step)``, so a
     resumed run draws what the uninterrupted one would have (as
-    :func:`~llama_from_scratch.training.dataset.get_batch` does)."""
-    return np.random.default_rng([seed, stream, step]).integers(0, n, size=batch_size).tolist()
+    :func:`~llama_from_scratch.training.dataset.get_batch` does). Of a global batch of
+    ``batch_size * world_size`` examples, process ``rank`` takes its ``batch_size``."""
+    rows = np.random.default_rng([seed, stream, step]).integers(0, n, size=batch_size * world_size)
+    return rows[rank * batch_size : (rank + 1) * batch_size].tolist()
+
+
+@torch.no_grad()
+def sft_validation(model: Llama, examples: list[Example], batch_size: int, pad_id: int) -> dict[str, float]:
+    """The loss on every held-out example's assistant tokens, in nats per token."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        inputs, targets = pad_batch(examples[start : start + batch_size], pad_id)
+        n = int((targets != IGNORE_INDEX).sum())
+        total += sft_loss(model, inputs.to(model.device), targets.to(model.device)).item() * n
+        count += n
+    model.train()
+    return {"loss": total / count}
+
+
+@dataclass
+class SFTData:
+    """Supervised fine-tuning's data as the training loop reads it (a
+    :class:`~llama_from_scratch.training.train.TrainingData`): padded batches of ``train`` conversations
+    drawn as a pure function of the step (:func:`sample_indices`), the loss on the assistant's tokens
+    (:func:`sft_loss`), and the held-out loss on ``validation`` plus whatever ``measure(model)`` adds (the
+    task's accuracy, say)."""
+
+    train: list[Example]
+    validation: list[Example]
+    pad_id: int = 0
+    measure: Callable[[Llama], dict[str, float]] | None = None
+
+    def batch(self, index: int, config: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        rows = sample_indices(len(self.train), index, config.batch_size, config.seed, rank=rank, world_size=world_size)
+        return pad_batch([self.train[i] for i in rows], self.pad_id)
+
+    def loss(self, model: Llama, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return sft_loss(model, inputs, targets)
+
+    def validate(self, model: Llama, config: TrainConfig) -> dict[str, float]:
+        figures = sft_validation(model, self.validation, config.batch_size, self.pad_id)
+        return {**figures, **(self.measure(model) if self.measure is not None else {})}
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

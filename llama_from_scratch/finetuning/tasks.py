@@ -43,6 +43,7 @@ TASK_PLAYS: tuple[str, ...] = (
     "twelfth-night",
 )
 HELD_OUT_FRACTION = 0.2  # the last fifth of each play's passages
+MAX_CHARS = 400  # the longest passage by default, in characters (a model with a short context needs less)
 _SPEECH = re.compile(r"^[^\n]+:\n")  # a speech starts with its speaker's line "HAMLET:"
 
 
@@ -65,7 +66,7 @@ class PlayTask:
     genres: dict[str, str]  # play -> its folder in the corpus: tragedies, comedies, ...
 
 
-def passages(play_text: str, speeches: int = 3, max_chars: int = 400) -> list[str]:
+def passages(play_text: str, speeches: int = 3, max_chars: int = MAX_CHARS) -> list[str]:
     """Consecutive runs of ``speeches`` speeches, in order, not overlapping; runs longer than ``max_chars``
     characters are left out (not cut), so every passage is whole."""
     found = [p for p in play_text.split("\n\n") if _SPEECH.match(p)]
@@ -84,7 +85,7 @@ def play_task(
     plays: tuple[str, ...] = TASK_PLAYS,
     train_per_play: int | None = None,
     test_per_play: int | None = None,
-    max_chars: int = 400,
+    max_chars: int = MAX_CHARS,
 ) -> PlayTask:
     """Build the task. ``train_per_play`` / ``test_per_play`` keep that many questions per play, evenly
     spread (for quick runs); by default all of them. ``max_chars``: the longest passage (a model with a

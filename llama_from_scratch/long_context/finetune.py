@@ -21,7 +21,8 @@ from pathlib import Path
 from ..model import Llama
 from ..rope_scaling import RopeScaling
 from ..training.dataset import TokenData
-from ..training.train import TrainConfig, train
+from ..training.checkpoint import RunFolder
+from ..training.train import TextWindows, TrainConfig, train
 
 
 def extend_context(model: Llama, max_seq_len: int, scaling: RopeScaling | None) -> Llama:
@@ -55,4 +56,5 @@ def finetune_long_context(
     so it loads ready for the longer context. Returns the training history.
     """
     extend_context(model, max(model.config.max_seq_len, config.seq_len), scaling)
-    return train(model, train_data, val_data, config, out_dir, on_eval=on_eval, extra_files=extra_files)
+    folder = RunFolder(out_dir, extra_files=extra_files or {}) if out_dir is not None else None
+    return train(model, TextWindows(train_data, val_data), config, folder, on_eval)

@@ -1,14 +1,16 @@
 """Training a Llama at laptop scale: LLaMA's recipe, small enough to read in one sitting.
 
 :mod:`.corpus` (Shakespeare's plays, split by play), :mod:`.dataset` (token files and the batches a step
-reads), :mod:`.train` (AdamW, the learning-rate schedule, clipping, the loop, evaluation),
-:mod:`.checkpoint` (training checkpoints that a crash cannot corrupt, exact resumption, the run folder),
+reads), :mod:`.train` (AdamW, the learning-rate schedule, clipping, the loop and the data source it reads,
+evaluation), :mod:`.checkpoint` (training checkpoints that a crash cannot corrupt, exact resumption, the
+run folder),
 :mod:`.signals` (Ctrl-C and SIGTERM stop a run after a step, with a checkpoint),
 :mod:`.distributed` (several processes with ``torchrun``) and :mod:`.recipes` (named runs: data, model,
 hyper-parameters).
 """
 
 from .corpus import shakespeare
-from .train import TrainConfig, train
+from .checkpoint import RunFolder
+from .train import TextWindows, TrainConfig, TrainingData, train
 
-__all__ = ["TrainConfig", "shakespeare", "train"]
+__all__ = ["RunFolder", "TextWindows", "TrainConfig", "TrainingData", "shakespeare", "train"]

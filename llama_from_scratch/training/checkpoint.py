@@ -15,6 +15,8 @@ Each checkpoint holds
 * ``trainer_state.pt``: the step, the optimizer's moments and the history;
 * ``train_config.json``: the hyper-parameters;
 * any extra files passed in (the tokenizer, for example).
+
+:class:`RunFolder` names a run's folder and what its checkpoints hold.
 """
 
 from __future__ import annotations
@@ -94,6 +96,29 @@ def read_full_model(model: Llama, checkpoint: Path) -> None:
 
 
 FULL_MODEL = ModelFiles(write_full_model, read_full_model)
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """Where a training run keeps its checkpoints, and what they hold.
+
+    ``out_dir`` is the run's folder. A folder that already holds checkpoints is refused unless ``resume``
+    (continue from the newest) or ``overwrite`` (delete them, start over) says what to do with it.
+    ``extra_files`` (name in the checkpoint -> file) are copied into every checkpoint, the tokenizer say,
+    so that a checkpoint is usable alone; ``model_files`` says what a checkpoint holds of the model.
+    """
+
+    out_dir: Path
+    resume: bool = False
+    overwrite: bool = False
+    extra_files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    model_files: ModelFiles = FULL_MODEL
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.extra_files = {name: Path(path) for name, path in (self.extra_files or {}).items()}
+        if self.resume and self.overwrite:
+            raise ValueError(f"RunFolder({self.out_dir}): resume and overwrite exclude each other; choose one")
 
 
 def save_training_checkpoint(

@@ -11,7 +11,9 @@ through NCCL between CUDA GPUs or gloo between CPU processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,24 +40,61 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), world_size, torch.device("cpu")
 
 
-class LanguageModelLoss(torch.nn.Module):
-    """A module whose forward pass is ``model.loss(inputs, targets)``.
+def leave_distributed() -> None:
+    """Leave the process group together, once every process is done (rank 0 writes the last checkpoint):
+    a process tearing down gloo while another still talks to it can abort. Alone: nothing to do."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other processes: work with a cache on disk (preparing the
+    data, say), which rank 0 fills and the others then read, rather than all of them writing it at once."""
+    rank, world_size = process_group()
+    if world_size > 1 and rank != 0:
+        dist.barrier()  # wait for rank 0's block
+    yield
+    if world_size > 1 and rank == 0:
+        dist.barrier()  # let the others start theirs
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in the group it joined (:func:`init_distributed`); ``(0, 1)`` alone."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class TrainingLoss(torch.nn.Module):
+    """A module whose forward pass is ``loss_fn(model, *batch)``: the training loss of one micro-batch.
 
     ``DistributedDataParallel`` averages gradients of what runs inside *its* forward pass, and the model's
     forward returns logits; training needs the loss (computed without the logits), so DDP wraps this.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor]):
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(inputs, targets)
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, *batch)
 
 
-def wrap_model(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
-    """The gradient-averaging wrapper around the loss of a model already on ``device``."""
-    return DistributedDataParallel(LanguageModelLoss(model), device_ids=[device.index] if device.type == "cuda" else None)
+def wrap_model(
+    model: torch.nn.Module, device: torch.device, loss_fn: Callable[..., torch.Tensor]
+) -> DistributedDataParallel:
+    """The gradient-averaging wrapper around ``loss_fn(model, *batch)``, for a model already on ``device``."""
+    return DistributedDataParallel(
+        TrainingLoss(model, loss_fn), device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def wrapped_loss(wrapper: DistributedDataParallel, *batch: torch.Tensor) -> torch.Tensor:
+    """The loss of one micro-batch through :func:`wrap_model`'s wrapper: its forward pass (so DDP sees it)."""
+    return wrapper(*batch)
 
 
 def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:

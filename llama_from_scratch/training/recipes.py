@@ -63,7 +63,8 @@ def prepare_shakespeare(data_dir: Path, vocab_size: int = 4096) -> PreparedData:
 
 @dataclass
 class Recipe:
-    """Everything a training run needs besides its output folder, its data preparation included."""
+    """Everything a training run needs, its data preparation included: ``data_dir`` caches the prepared data,
+    ``run_dir`` is where the command line writes the checkpoints unless told otherwise."""
 
     name: str
     model: LlamaConfig
@@ -71,12 +72,14 @@ class Recipe:
     vocab_size: int
     prepare_data: Callable[[Path, int], PreparedData]
     data_dir: Path = field(default_factory=lambda: Path("data"))
+    run_dir: Path = field(default_factory=lambda: Path("runs"))
 
     def prepare(self, data_dir: Path | None = None) -> PreparedData:
         """Prepare (or read from the cache in ``data_dir``, default :attr:`data_dir`) this recipe's data."""
         return self.prepare_data(Path(data_dir or self.data_dir), self.vocab_size)
 
 
+DEFAULT_RECIPE = "shakespeare"
 RECIPES = {
     "shakespeare": Recipe(
         name="shakespeare",
@@ -86,7 +89,6 @@ RECIPES = {
             batch_size=16,
             seq_len=256,
             lr=2.5e-3,
-            min_lr=2.5e-4,
             warmup_steps=50,
             eval_every=110,
             eval_batches=16,
@@ -95,5 +97,6 @@ RECIPES = {
         vocab_size=4096,
         prepare_data=prepare_shakespeare,
         data_dir=Path("data") / "shakespeare-4096",
+        run_dir=Path("runs") / "shakespeare",
     ),
 }

@@ -10,9 +10,12 @@ recipe, small enough to read in one sitting:
 * :func:`train_step`: one optimizer step, with gradient accumulation and clipping;
 * :func:`evaluate`: validation loss and bits per byte (sampled windows);
   :func:`evaluate_all` the same on every token of a split;
+* :class:`TrainingData`: what the loop reads, whatever it trains on: a step's
+  micro-batches, their loss, the held-out figures; :class:`TextWindows` is
+  pretraining's (fine-tuning's are in :mod:`llama_from_scratch.finetuning`);
 * :func:`train`: the loop, with progress bar, periodic evaluation, checkpoints
-  and exact resumption, on one process or several (``torchrun``, see
-  :mod:`.distributed`).
+  and exact resumption (:class:`.checkpoint.RunFolder`), on one process or
+  several (``torchrun``, see :mod:`.distributed`).
 
 On a CUDA GPU the forward pass runs under bfloat16 autocast; on the CPU
 everything stays float32 (bfloat16 is far slower on CPUs without native support).
@@ -21,38 +24,43 @@ everything stays float32 (bfloat16 is far slower on CPUs without native support)
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..checkpoints.load import latest_checkpoint
 from ..errors import is_finite_number, is_int
-from .dataset import EVAL, TokenData, get_batch
 from ..model import Llama
-from .checkpoint import FULL_MODEL, ModelFiles, load_training_state, prepare_run_dir, save_training_checkpoint
-from .distributed import any_rank
+from .checkpoint import RunFolder, load_training_state, prepare_run_dir, save_training_checkpoint
+from .dataset import EVAL, TokenData, get_batch
+from .distributed import any_rank, process_group, wrap_model, wrapped_loss
 from .signals import TrainingStopped, stop_requests
+
+MIN_LR_SHARE = 0.1  # the cosine ends at a tenth of the peak rate, as in the LLaMA papers
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of a training run. ``batch_size`` is per process and per micro-step."""
+    """Hyper-parameters of a training run. ``batch_size`` is per process and per micro-step.
+
+    ``min_lr``, the floor of the cosine, defaults to a tenth of ``lr`` (:data:`MIN_LR_SHARE`); it is set
+    when the config is made, and :meth:`replace` with a new ``lr`` sets it again.
+    """
 
     steps: int = 2000
     batch_size: int = 16
     grad_accum: int = 1
     seq_len: int = 256
     lr: float = 2e-3
-    min_lr: float = 2e-4
+    min_lr: float | None = None
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -64,6 +72,8 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
+        if self.min_lr is None and is_finite_number(self.lr):
+            self.min_lr = self.lr * MIN_LR_SHARE
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
@@ -83,6 +93,13 @@ class TrainConfig:
                 f"TrainConfig needs 0 <= beta1, beta2 < 1, weight_decay >= 0 and grad_clip > 0, got beta1={self.beta1}, "
                 f"beta2={self.beta2}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip}"
             )
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with some fields changed (and validated again); a new ``lr`` without a ``min_lr`` gets the
+        default floor for it (a tenth), not the old one."""
+        if "lr" in changes:
+            changes.setdefault("min_lr", None)
+        return dataclasses.replace(self, **changes)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -123,15 +140,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def language_model_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next-token predictions, in nats per token: :meth:`Llama.loss`.
-
-    ``model`` is a :class:`Llama`, or the ``DistributedDataParallel`` wrapper of
-    :func:`.distributed.wrap_model`, whose forward pass is that same loss (DDP
-    averages the gradients of whatever runs inside its forward).
-    """
-    if isinstance(model, DistributedDataParallel):
-        return model(inputs, targets)
+def language_model_loss(model: Llama, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next-token predictions, in nats per token: :meth:`Llama.loss`."""
     return model.loss(inputs, targets)
 
 
@@ -217,91 +227,101 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
     return _loss_and_bits_per_byte(total / count, data)
 
 
+class TrainingData(Protocol):
+    """What the training loop reads, whatever it trains on (pretraining's windows, fine-tuning's batches).
+
+    Every batch is a pure function of its index and the config's seed, so a resumed run reads exactly
+    what the uninterrupted one would have, and ``world_size`` processes split one global batch between
+    them without talking to each other (process ``rank`` takes its slice).
+    """
+
+    def batch(self, index: int, config: TrainConfig, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
+        """Micro-batch ``index`` (step ``s`` reads ``s * grad_accum`` to ``(s + 1) * grad_accum - 1``) for
+        process ``rank``: a tuple of tensors handed to :meth:`loss`, the first holding the token ids the model
+        reads (``batch[0].numel()`` is what the throughput counts)."""
+
+    def loss(self, model: Llama, *batch: torch.Tensor) -> torch.Tensor:
+        """The loss to minimise on one micro-batch (a scalar tensor)."""
+
+    def validate(self, model: Llama, config: TrainConfig) -> dict[str, float] | None:
+        """Figures on held-out data (``loss`` first), logged as ``val_<name>``; ``None`` when nothing is held out."""
+
+
+@dataclass
+class TextWindows:
+    """Pretraining's data: random windows of ``seq_len + 1`` tokens of ``train`` (:func:`.dataset.get_batch`),
+    the language-model loss, and :func:`evaluate` on ``validation`` (none: no validation)."""
+
+    train: TokenData
+    validation: TokenData | None = None
+
+    def batch(self, index: int, config: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        return get_batch(self.train, index, config.batch_size, config.seq_len, config.seed, rank, world_size)
+
+    def loss(self, model: Llama, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return language_model_loss(model, inputs, targets)
+
+    def validate(self, model: Llama, config: TrainConfig) -> dict[str, float] | None:
+        return None if self.validation is None else evaluate(model, self.validation, config)
+
+
 def train(
     model: Llama,
-    train_data: TokenData | None,
-    val_data: TokenData | None,
+    data: TrainingData,
     config: TrainConfig,
-    out_dir: str | Path | None = None,
-    resume: bool = False,
+    folder: RunFolder | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
-    extra_files: dict[str, Path] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    ddp_model: torch.nn.Module | None = None,
-    overwrite: bool = False,
-    batches: Callable[[int], list[tuple[torch.Tensor, ...]]] | None = None,
-    loss_fn: Callable[..., torch.Tensor] = language_model_loss,
-    validate: Callable[[Llama], dict[str, float]] | None = None,
-    model_files: ModelFiles = FULL_MODEL,
 ) -> list[dict[str, float]]:
-    """Train ``model`` for ``config.steps`` steps; return the history of logged values.
+    """Train ``model`` on ``data`` for ``config.steps`` steps; return the history of logged values.
 
-    Every ``eval_every`` steps (and at the end) the validation loss is
-    measured and ``on_eval(step, metrics)`` is called (to print a sample, say).
-    Every ``checkpoint_every`` steps (and at the end) a checkpoint is written
-    to ``out_dir``; ``resume=True`` continues from the latest one, and the
-    resumed run computes exactly what the uninterrupted run would have. A
-    folder that already holds checkpoints is refused unless ``resume`` or
-    ``overwrite`` (which deletes them) says what to do with it.
+    Every ``eval_every`` steps (and at the end) ``data.validate`` measures the model and
+    ``on_eval(step, metrics)`` is called (to print a sample, say). Every ``checkpoint_every`` steps
+    (and at the end) a checkpoint is written to ``folder`` (:class:`.checkpoint.RunFolder`: where,
+    whether to resume or overwrite a run there, what a checkpoint holds); a resumed run computes exactly
+    what the uninterrupted run would have. Without a folder nothing is written.
 
     Ctrl-C or SIGTERM stops the run after the current step, with a checkpoint
     (:class:`TrainingStopped`); a non-finite loss stops it with a ``ValueError``
     before anything of that step is saved.
 
-    For several processes, pass ``rank``, ``world_size`` and the
-    ``DistributedDataParallel`` wrapper of :func:`.distributed.wrap_model` as
-    ``ddp_model``: each process trains on its slice of every global batch;
-    only rank 0 evaluates and writes.
-
-    Fine-tuning runs the same loop on other data and objectives: ``batches(step)`` gives a step's
-    micro-batches instead of windows of ``train_data``, ``loss_fn`` is handed to :func:`train_step`,
-    ``validate(model)`` replaces :func:`evaluate` on ``val_data``, and ``model_files`` says what a
-    checkpoint holds of the model (LoRA keeps only the adapters).
+    Launched on several processes (``torchrun``; :func:`.distributed.init_distributed` has joined the
+    process group), each process trains on its slice of every global batch, through the gradient-
+    averaging wrapper of :func:`.distributed.wrap_model`; only rank 0 evaluates and writes.
     """
-    out_dir = Path(out_dir) if out_dir is not None else None
+    rank, world_size = process_group()
     is_main = rank == 0
-    if out_dir is not None and is_main:
-        prepare_run_dir(out_dir, resume, overwrite)
+    out_dir = folder.out_dir if folder is not None else None
+    if folder is not None and is_main:
+        prepare_run_dir(folder.out_dir, folder.resume, folder.overwrite)
     optimizer = configure_optimizer(model, config)
     history: list[dict[str, float]] = []
     start = 0
-    if resume:
-        if out_dir is None or latest_checkpoint(out_dir) is None:
-            raise FileNotFoundError(f"resume=True but {out_dir} holds no checkpoint to resume from")
-        start, history = load_training_state(latest_checkpoint(out_dir), model, optimizer, config, model_files)
-    forward = ddp_model if ddp_model is not None else model
+    if folder is not None and folder.resume:
+        checkpoint = latest_checkpoint(folder.out_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"resume=True but {folder.out_dir} holds no checkpoint to resume from")
+        start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files)
+    if world_size > 1:  # the wrapper averages the gradients of what runs inside its forward: the loss
+        forward, loss_fn = wrap_model(model, model.device, data.loss), wrapped_loss
+    else:
+        forward, loss_fn = model, data.loss
     model.train()
 
     def save(step: int) -> None:
-        if is_main and out_dir is not None:
+        if is_main and folder is not None:
             save_training_checkpoint(
-                out_dir, model, optimizer, step, config, history, extra_files, model_files=model_files
+                folder.out_dir, model, optimizer, step, config, history, folder.extra_files,
+                model_files=folder.model_files,
             )
 
-    def windows(step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:  # pretraining's batches: text windows
-        return [
-            get_batch(
-                train_data,
-                step * config.grad_accum + m,
-                config.batch_size,
-                config.seq_len,
-                config.seed,
-                rank,
-                world_size,
-            )
-            for m in range(config.grad_accum)
-        ]
-
-    batches = batches or windows
-    if validate is None and val_data is not None:
-        validate = functools.partial(evaluate, data=val_data, config=config)
     quiet = not is_main or bool(os.environ.get("TQDM_DISABLE"))  # tqdm's notebook bar ignores TQDM_DISABLE
     with stop_requests() as stop_requested:  # before the progress bar: once it shows, Ctrl-C is handled
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training", disable=quiet)
         clock = time.perf_counter()
         for step in progress:
-            micro_batches = batches(step)
+            micro_batches = [
+                data.batch(step * config.grad_accum + m, config, rank, world_size) for m in range(config.grad_accum)
+            ]
             tokens_per_step = sum(batch[0].numel() for batch in micro_batches) * world_size
             lr = learning_rate(step, config)
             loss, grad_norm = train_step(forward, optimizer, micro_batches, lr, config.grad_clip, loss_fn)
@@ -318,12 +338,13 @@ def train(
             clock = now
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
             last = step == config.steps - 1
-            if is_main and validate is not None and ((step + 1) % config.eval_every == 0 or last):
-                metrics = validate(model)
-                record.update({f"val_{k}": v for k, v in metrics.items()})
-                if on_eval is not None:
-                    on_eval(step + 1, metrics)
-                clock = time.perf_counter()  # evaluation time is not training throughput
+            if is_main and ((step + 1) % config.eval_every == 0 or last):
+                metrics = data.validate(model, config)
+                if metrics is not None:
+                    record.update({f"val_{k}": v for k, v in metrics.items()})
+                    if on_eval is not None:
+                        on_eval(step + 1, metrics)
+                    clock = time.perf_counter()  # evaluation time is not training throughput
             history.append(record)
             scheduled = (step + 1) % config.checkpoint_every == 0 or last
             if scheduled:
