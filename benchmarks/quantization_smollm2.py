@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from decode_smollm2 import FILE, llama_cpp_tok_s, smollm2_folder, transformers_smollm2
+from decode_smollm2 import llama_cpp_tok_s, smollm2_file, transformers_smollm2
 
 from llama_from_scratch import generate_stream, load_pretrained
 from llama_from_scratch.checkpoints import model_tensors
@@ -80,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     held_out = shakespeare().validation
 
-    pretrained = load_pretrained(smollm2_folder() / FILE, device="cpu", dtype=torch.float32)
+    pretrained = load_pretrained(smollm2_file(), device="cpu", dtype=torch.float32)
     theirs, tokenizer, prompt = transformers_smollm2()
     eos = tokenizer.eos_token_id
     models = {name: quantized(pretrained.model, name) for name in args.schemes}
@@ -125,7 +125,7 @@ def main() -> None:
             times[name].append((len(tokens[name]) - 1) / seconds)
         seconds, tokens["transformers"] = decode_transformers()
         times["transformers"].append((len(tokens["transformers"]) - 1) / seconds)
-        cpp = llama_cpp_tok_s(smollm2_folder() / FILE, prompt, args.tokens, args.threads)
+        cpp = llama_cpp_tok_s(smollm2_file(), prompt, args.tokens, args.threads)
         if cpp is not None:
             times["llama.cpp"].append(cpp)
     reference = statistics.median(times["transformers"])
