@@ -38,6 +38,7 @@ from ..checkpoints.save import model_tensors
 from ..config import LlamaConfig
 from ..errors import FormatError
 from ..model import Llama
+from ..swap import swap_layers
 from .swap import layer_from_entry, quantized_layers, scheme_entry
 
 HEADER_KEY = "llama_from_scratch.quantization"
@@ -85,18 +86,21 @@ def quantized_skeleton(config: LlamaConfig, layers: dict[str, dict], path: Path)
     """``Llama(config)`` on the ``meta`` device with the header's layers swapped for empty quantized ones."""
     with torch.device("meta"):
         model = Llama(config)
-        for name, entry in layers.items():
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                module = None
-            if not isinstance(module, (nn.Linear, nn.Embedding)):
-                raise FormatError(f"{path}: the quantization header names {name!r}, not a linear layer of this model")
-            try:
-                layer = layer_from_entry(entry, *module.weight.shape, embedding=isinstance(module, nn.Embedding))
-                model.set_submodule(name, layer)
-            except ValueError as error:
-                raise FormatError(f"{path}: layer {name!r} in the quantization header: {error}") from None
+    modules = dict(model.named_modules())
+    for name in layers:
+        if not name or not isinstance(modules.get(name), (nn.Linear, nn.Embedding)):
+            raise FormatError(f"{path}: the quantization header names {name!r}, not a linear layer of this model")
+
+    def empty(name: str, module: nn.Module) -> nn.Module | None:
+        if name not in layers:
+            return None
+        try:
+            return layer_from_entry(layers[name], *module.weight.shape, embedding=isinstance(module, nn.Embedding))
+        except ValueError as error:
+            raise FormatError(f"{path}: layer {name!r} in the quantization header: {error}") from None
+
+    with torch.device("meta"):
+        swap_layers(model, empty)
     if config.tie_embeddings and layers.get("tok_embeddings") != layers.get("output"):
         raise FormatError(
             f"{path}: this config ties the output head to the embedding, but the quantization header gives them "
