@@ -21,7 +21,8 @@ in subpackages named after what it is:
   on the frequencies, FlashAttention's tiled online softmax.
 
 ``cli`` is the command line (``python -m llama_from_scratch``); ``errors``
-holds :class:`FormatError`, raised by every reader for a broken file.
+holds :class:`FormatError`, raised by every reader for a broken file; ``swap``
+replaces layers of a model from the outside (quantization and LoRA both use it).
 """
 
 from .attention import Attention, attention_weights, causal_mask, repeat_kv
