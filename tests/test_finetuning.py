@@ -492,13 +492,15 @@ def random_pairs(n, seed=0):
 
 
 def weight_copies(model):
-    """The live tensors shaped like one of ``model``'s weight matrices that do not share its storage: copies."""
+    """The live tensors shaped like one of ``model``'s weight matrices that do not share its storage: copies.
+    (Plain tensors and parameters only: torch.compile leaves fake tensors of symbolic shapes behind.)"""
     gc.collect()
     own = {p.untyped_storage().data_ptr() for p in model.parameters()}
     shapes = {p.shape for p in model.parameters() if p.ndim == 2}
     return [
         t for t in gc.get_objects()
-        if issubclass(type(t), torch.Tensor) and t.shape in shapes and t.untyped_storage().data_ptr() not in own
+        if type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_meta and t.shape in shapes
+        and t.untyped_storage().data_ptr() not in own
     ]
 
 
