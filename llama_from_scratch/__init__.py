@@ -24,7 +24,8 @@ finetuning and long_context, then course, and ``cli`` on top.
 * ``course``: exercise checks, exercise generation, pictures.
 
 ``cli`` is the command line (``python -m llama_from_scratch``); ``errors``
-holds :class:`FormatError`, raised by every reader for a broken file.
+holds :class:`FormatError`, raised by every reader for a broken file; ``swap``
+replaces layers of a model from the outside (quantization and LoRA both use it).
 """
 
 from .attention import Attention, attention_weights, causal_mask, repeat_kv

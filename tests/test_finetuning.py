@@ -1,6 +1,7 @@
 """Fine-tuning: LoRA (exact at step 0, merging, what trains), PEFT-layout adapters, SFT loss masks, DPO, the CLI."""
 
 import copy
+import gc
 import importlib.util
 import io
 import json
@@ -25,7 +26,7 @@ from llama_from_scratch.finetuning import (
     tokenize_conversation,
 )
 from llama_from_scratch.finetuning.lora import LORA_TARGETS, lora_layers
-from llama_from_scratch.finetuning.sft import IGNORE_INDEX, pad_batch, sft_loss
+from llama_from_scratch.finetuning.sft import IGNORE_INDEX, Example, pad_batch, sft_loss
 from llama_from_scratch.tokenization.chat import encode_chat
 from llama_from_scratch.training.train import TrainConfig, configure_optimizer
 
@@ -474,6 +475,80 @@ def test_a_frozen_output_head_gets_no_weight_gradient_computed():
     matmul = 2 * rows * dim * vocab  # one (rows, dim) x (dim, vocab) product
     assert flops == {False: 2 * matmul, True: 3 * matmul}  # logits and d/d hidden; plus d/d weight if trained
     assert torch.equal(grads[False], grads[True])
+
+
+# Unusual sizes, so that no other test's tensor has the shape of one of this model's weights (weight_copies).
+DPO_CONFIG = LlamaConfig(dim=24, n_layers=2, n_heads=3, n_kv_heads=1, vocab_size=301, hidden_dim=40, max_seq_len=32)
+
+
+def random_pairs(n, seed=0):
+    """``n`` (chosen, rejected) examples of random tokens: a prompt without labels, then a short answer."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def example(length, answer):
+        tokens = torch.randint(0, DPO_CONFIG.vocab_size, (length,), generator=generator).tolist()
+        return Example(tokens, [IGNORE_INDEX] * (length - answer) + tokens[length - answer :])
+
+    return [(example(10, 3), example(9 + i % 2, 2)) for i in range(n)]
+
+
+def weight_copies(model):
+    """The live tensors shaped like one of ``model``'s weight matrices that do not share its storage: copies.
+    (Plain tensors and parameters only: torch.compile leaves fake tensors of symbolic shapes behind.)"""
+    gc.collect()
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    shapes = {p.shape for p in model.parameters() if p.ndim == 2}
+    return [
+        t for t in gc.get_objects()
+        if type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_meta and t.shape in shapes
+        and t.untyped_storage().data_ptr() not in own
+    ]
+
+
+def test_dpo_reference_is_the_base_model_with_its_adapters_off():
+    from llama_from_scratch.finetuning.dpo import pair_logprobs, reference_logprobs
+
+    pairs = random_pairs(5)
+    model = random_llama(DPO_CONFIG).double()
+    base = pair_logprobs(model, pairs, batch_size=2)
+    add_lora(model, rank=2, alpha=4, dropout=0.1)
+    randomize_adapters(model)  # a policy that has moved away from its base
+    assert not torch.equal(pair_logprobs(model, pairs, batch_size=2), base)
+    # Adapters off, every LoRALinear computes base(x): the same operations on the same numbers as the
+    # untouched model, so the same bits, not merely close ones.
+    assert torch.equal(reference_logprobs(model, pairs, batch_size=2), base)
+    assert all(layer.enabled for layer in lora_layers(model).values())  # switched back on afterwards
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_dpo_reference_needs_no_second_copy_of_the_model(monkeypatch, method):
+    """finetune's DPO reference: the policy model itself (LoRA: adapters off; full: before the first step),
+    its log-probabilities those of the untouched base, and no copy of a weight alive meanwhile."""
+    from llama_from_scratch.finetuning import dpo
+
+    seen, logps = [], []
+    original = dpo.pair_logprobs
+
+    def spy(model, pairs, batch_size, pad_id):  # reference_logprobs's pass over the pairs
+        adapters_on = [layer.enabled for layer in lora_layers(model).values()]
+        seen.append((id(model), adapters_on, len(weight_copies(model))))
+        logps.append(original(model, pairs, batch_size, pad_id))
+        return logps[-1]
+
+    monkeypatch.setattr(dpo, "pair_logprobs", spy)
+    train_pairs, val_pairs = random_pairs(6, seed=1), random_pairs(2, seed=2)
+    config = FinetuneConfig(steps=2, batch_size=2, warmup_steps=0, eval_every=2, checkpoint_every=10, rank=2,
+                            method=method, objective="dpo")
+    policy = random_llama(DPO_CONFIG)
+    finetune(policy, train_pairs, val_pairs, config)
+    adapters = [False] * len(LORA_TARGETS) * DPO_CONFIG.n_layers if method == "lora" else []
+    # the reference first: training pairs, then validation pairs (the calls after them are the policy's validation)
+    assert seen[:2] == [(id(policy), adapters, 0)] * 2
+    monkeypatch.undo()
+    del policy  # the untouched base is rebuilt from its seed only now: no copy of it lived during the run
+    base = random_llama(DPO_CONFIG)
+    for pairs, reference in zip((train_pairs, val_pairs), logps):  # same batches, same weights: the same bits
+        assert torch.equal(dpo.pair_logprobs(base, pairs, config.batch_size, 0), reference)
 
 
 def test_preference_metrics_of_the_reference_itself():

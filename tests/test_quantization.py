@@ -7,7 +7,9 @@ float32 operation's result is within a relative ``u`` of the exact one).
 from __future__ import annotations
 
 import copy
+import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -36,6 +38,7 @@ from llama_from_scratch.quantization import (
     quantize_int8,
     unpack_int4,
 )
+from llama_from_scratch.swap import swap_layers
 
 U = 2.0**-24  # float32 unit roundoff
 SCHEMES = [("int8", 64), ("int4", 32), ("int4", 64), ("int4-sym", 32), ("int4-sym", 64)]
@@ -249,6 +252,29 @@ def test_quantize_names_the_layer_it_cannot_quantize():
         quantize(model, "int3")
 
 
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_swap_layers_offers_each_module_once_and_frees_what_it_replaced_at_once_if_asked(one_at_a_time):
+    model = random_llama(CONFIG)
+    offered, replaced = [], []
+
+    def swap_blocks(name, module):  # replaces whole blocks: what is inside them is not offered any more
+        offered.append(name)
+        gc.collect()
+        alive = [ref() is not None for ref in replaced]  # the blocks swapped out so far
+        assert alive == [not one_at_a_time] * len(replaced)
+        if name.count(".") == 1 and name.startswith("layers."):
+            replaced.append(weakref.ref(module))
+            return nn.Identity()
+        return None
+
+    new = swap_layers(model, swap_blocks, one_at_a_time)
+    assert list(new) == [f"layers.{i}" for i in range(CONFIG.n_layers)]
+    assert all(isinstance(block, nn.Identity) for block in model.layers)
+    assert offered == ["tok_embeddings", "layers", *new, "norm", "output"]  # nothing inside a replaced block
+    gc.collect()
+    assert all(ref() is None for ref in replaced)
+
+
 @pytest.mark.parametrize("scheme, group_size", SCHEMES)
 def test_quantized_logits_equal_the_dequantized_model_bit_for_bit(scheme, group_size):
     model = quantize(random_llama(CONFIG), scheme, group_size, include_embeddings=True, include_output=True)
@@ -389,12 +415,16 @@ WQ = "layers.1.attention.wq"
         (None, lambda h: h["layers"][WQ].update(scheme="int4-sym"), rf"unexpected tensor '{WQ}.mins'"),
         (None, lambda h: h["layers"][WQ].update(scheme="int3"), rf"layer '{WQ}'.*unknown quantization scheme 'int3'"),
         (None, lambda h: h["layers"][WQ].update(group_size=48), rf"layer '{WQ}'.*group_size must be one of"),
+        (None, lambda h: h["layers"][WQ].update(group_size=32.0), rf"layer '{WQ}'.*one of.*got 32.0"),
+        (None, lambda h: h["layers"][WQ].pop("group_size"), rf"layer '{WQ}'.*missing \['group_size'\]"),
+        (None, lambda h: h["layers"][WQ].update(symmetric=True), rf"layer '{WQ}'.*unexpected \['symmetric'\]"),
         (None, lambda h: h["layers"].update({"layers.1.attention": {"scheme": "int8"}}),
          r"names 'layers.1.attention', not a linear layer"),
         (None, lambda h: h.update(version=1), "the quantization header must be"),
     ],
     ids=["truncated", "wrong-int-dtype", "scales-not-float", "missing", "group-size", "symmetric",
-         "unknown-scheme", "bad-group-size", "not-a-layer", "version"],
+         "unknown-scheme", "bad-group-size", "float-group-size", "no-group-size", "fixed-setting", "not-a-layer",
+         "version"],
 )
 def test_a_damaged_file_is_an_error_naming_what_is_wrong(tmp_path, change_tensors, change_header, message):
     path = save_quantized(quantize(random_llama(CONFIG), "int4", 32), tmp_path / "model.safetensors")

@@ -39,8 +39,8 @@ from torch import nn
 from ..config import LlamaConfig
 from ..errors import FormatError
 from ..model import Llama
-from ..quantization.int4 import Int4Linear
-from ..quantization.swap import layer_class, quantized_layers, scheme_of
+from ..quantization.swap import layer_from_entry, quantized_layers, scheme_entry
+from ..swap import swap_layers
 from .atomic import atomic_write
 from .tensors import assemble, model_tensors
 
@@ -50,13 +50,8 @@ VERSION = 2  # 2: int4 codes paired inside each group (code j with j + group_siz
 
 
 def quantization_header(model: nn.Module) -> dict:
-    """The JSON header for ``model``: each quantized layer's scheme and settings."""
-    layers = {}
-    for name, layer in quantized_layers(model).items():
-        entry = {"scheme": scheme_of(layer)}
-        if isinstance(layer, Int4Linear):
-            entry["group_size"] = layer.group_size
-        layers[name] = entry
+    """The JSON header for ``model``: each quantized layer's scheme and settings (:func:`~.swap.scheme_entry`)."""
+    layers = {name: scheme_entry(layer) for name, layer in quantized_layers(model).items()}
     return {"version": VERSION, "layers": layers}
 
 
@@ -76,7 +71,8 @@ def save_quantized(model: Llama, path: str | Path, dtype: torch.dtype | None = N
 
 
 def read_header(path: Path, metadata: dict[str, str] | None) -> dict[str, dict]:
-    """The ``layers`` of a file's quantization header, each entry's fields and types checked."""
+    """The ``layers`` of a file's quantization header, each entry a dict with a ``scheme`` (the settings are
+    checked by the layers built from them, :func:`quantized_skeleton`)."""
     if not metadata or HEADER_KEY not in metadata:
         raise FormatError(f"{path}: no {HEADER_KEY!r} entry in the safetensors metadata: not a quantized model file")
     try:
@@ -88,9 +84,6 @@ def read_header(path: Path, metadata: dict[str, str] | None) -> dict[str, dict]:
     for name, entry in header["layers"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("scheme"), str):
             raise FormatError(f"{path}: layer {name!r} in the quantization header has no 'scheme'")
-        group_size = entry.get("group_size")
-        if group_size is not None and (type(group_size) is not int):
-            raise FormatError(f"{path}: layer {name!r}: group_size must be an integer, got {group_size!r}")
     return header["layers"]
 
 
@@ -98,22 +91,21 @@ def quantized_skeleton(config: LlamaConfig, layers: dict[str, dict], path: Path)
     """``Llama(config)`` on the ``meta`` device with the header's layers swapped for empty quantized ones."""
     with torch.device("meta"):
         model = Llama(config)
-        for name, entry in layers.items():
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                module = None
-            if not isinstance(module, (nn.Linear, nn.Embedding)):
-                raise FormatError(f"{path}: the quantization header names {name!r}, not a linear layer of this model")
-            embedding = isinstance(module, nn.Embedding)
-            try:
-                cls, settings = layer_class(entry["scheme"], embedding)
-                if issubclass(cls, Int4Linear):
-                    settings["group_size"] = entry.get("group_size")
-                out_features, in_features = module.weight.shape
-                model.set_submodule(name, cls(in_features, out_features, **settings))
-            except ValueError as error:
-                raise FormatError(f"{path}: layer {name!r} in the quantization header: {error}") from None
+    modules = dict(model.named_modules())
+    for name in layers:
+        if not name or not isinstance(modules.get(name), (nn.Linear, nn.Embedding)):
+            raise FormatError(f"{path}: the quantization header names {name!r}, not a linear layer of this model")
+
+    def empty(name: str, module: nn.Module) -> nn.Module | None:
+        if name not in layers:
+            return None
+        try:
+            return layer_from_entry(layers[name], *module.weight.shape, embedding=isinstance(module, nn.Embedding))
+        except ValueError as error:
+            raise FormatError(f"{path}: layer {name!r} in the quantization header: {error}") from None
+
+    with torch.device("meta"):
+        swap_layers(model, empty)
     if config.tie_embeddings and layers.get("tok_embeddings") != layers.get("output"):
         raise FormatError(
             f"{path}: this config ties the output head to the embedding, but the quantization header gives them "

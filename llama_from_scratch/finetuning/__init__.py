@@ -1,10 +1,11 @@
 """Fine-tuning a pretrained Llama: LoRA, instruction tuning (SFT) and preference tuning (DPO).
 
-:mod:`.lora` (low-rank adapters swapped in from outside the model, merged back), :mod:`.adapter`
-(adapters on disk in PEFT's layout), :mod:`.sft` (conversations to tokens, the loss on the assistant's
-tokens only, padded batches, a tokenized-data cache), :mod:`.dpo` (Direct Preference Optimization: the
-loss and the sequence log-probabilities it needs), :mod:`.tasks` (the held-out "which play?" task built
-from the Shakespeare corpus) and :mod:`.finetune` (the training loop of :mod:`..training`, given these).
+:mod:`.lora` (low-rank adapters swapped in from outside the model, merged back, switched off for DPO's
+reference), :mod:`.adapter` (adapters on disk in PEFT's layout), :mod:`.sft` (conversations to tokens, the
+loss on the assistant's tokens only, padded batches, a tokenized-data cache), :mod:`.dpo` (Direct Preference
+Optimization: the loss and the sequence log-probabilities it needs), :mod:`.tasks` (the held-out "which
+play?" task built from the Shakespeare corpus) and :mod:`.finetune` (the training loop of :mod:`..training`,
+given these).
 """
 
 from .adapter import load_adapter, save_adapter

@@ -73,18 +73,18 @@ def save_adapter(model: torch.nn.Module, directory: str | Path, base_model_name_
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA adapters to save (add_lora first)")
-    settings = {(layer.rank, layer.alpha, layer.dropout_p) for layer in layers.values()}
+    settings = {tuple(layer.settings().items()) for layer in layers.values()}
     if len(settings) != 1:
-        raise ValueError(f"the adapters differ in (rank, alpha, dropout): {sorted(settings)}; PEFT's layout needs one")
-    (rank, alpha, dropout), = settings
+        raise ValueError(f"the adapters differ in their settings: {sorted(settings)}; PEFT's layout needs one")
+    shared = dict(settings.pop())
     targets = sorted({name.rsplit(".", 1)[-1] for name in layers}, key=LORA_TARGETS.index)
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
-        "r": rank,
-        "lora_alpha": alpha,
-        "lora_dropout": dropout,
+        "r": shared["rank"],
+        "lora_alpha": shared["alpha"],
+        "lora_dropout": shared["dropout"],
         "target_modules": [HF_TARGETS[t] for t in targets],
         "bias": "none",
         "fan_in_fan_out": False,
@@ -99,7 +99,8 @@ def save_adapter(model: torch.nn.Module, directory: str | Path, base_model_name_
 
 
 def read_adapter_config(directory: Path) -> dict:
-    """The settings of a PEFT LoRA adapter, checked: ``{"rank", "alpha", "dropout", "targets"}`` (Meta's names)."""
+    """The settings of a PEFT LoRA adapter, checked: ``{"rank", "alpha", "dropout", "targets"}`` (Meta's names),
+    the arguments of :func:`~.lora.add_lora`."""
     path = Path(directory) / CONFIG_FILE
     config = read_json(path)
     peft_type = json_field(config, "peft_type", "str", path, REQUIRED)
@@ -138,7 +139,7 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> torch.nn.Modu
     settings = read_adapter_config(directory)
     path = regular_file(directory / WEIGHTS_FILE)
     if not lora_layers(model):
-        add_lora(model, settings["rank"], settings["alpha"], settings["targets"], settings["dropout"])
+        add_lora(model, **settings)
     expected = {}
     for name, layer in lora_layers(model).items():
         peft_name = PEFT_PREFIX + hf_module_name(name)

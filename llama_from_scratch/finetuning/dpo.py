@@ -156,7 +156,11 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """``(pairs, 2)``: ``log π_ref`` of each chosen and rejected answer, computed once (the reference is frozen).
 
-    With LoRA adapters the reference is the base model: the adapters are switched off meanwhile.
+    The reference is the model fine-tuning starts from. When ``model`` has LoRA adapters it is the base:
+    the same weights with the adapters switched off meanwhile (:func:`~.lora.adapters_disabled`), right
+    whatever the adapters hold (zero at step 0, trained after a resume), with no second copy of the model
+    in memory. Without adapters (full fine-tuning) it is ``model`` as it is, so call this before the first
+    step changes the weights: computed once, up front, the log-probabilities spare a frozen copy there too.
     """
     with adapters_disabled(model):
         return pair_logprobs(model, pairs, batch_size, pad_id)

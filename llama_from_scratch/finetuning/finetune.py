@@ -9,7 +9,8 @@ resumption, Ctrl-C saving a checkpoint. What changes is handed to it, as its dat
   rejected answers in one batch (:mod:`.dpo`), drawn as a pure function of the step, so a resumed
   run draws what the uninterrupted one would have;
 * the loss: next-token cross-entropy on the assistant's tokens (SFT), or the DPO loss against log-
-  probabilities of the reference model, computed once before training (it never changes);
+  probabilities of the reference model, computed once before training (it never changes): with LoRA the
+  policy itself with its adapters switched off, so no second copy of the model is ever held;
 * what is trained: with ``method="lora"`` only the adapters (:mod:`.lora`), so the optimizer holds
   moments for a few million numbers, not for the whole model; with ``"full"`` every weight;
 * what a checkpoint holds: the adapters alone, in PEFT's layout (:mod:`.adapter`), or the whole model;
@@ -221,10 +222,10 @@ def finetune(
         with atomic_write(out_dir / IDENTITY_FILE) as tmp:
             tmp.write_text(json.dumps(identity, indent=2) + "\n")
         extra_files = {**(extra_files or {}), IDENTITY_FILE: out_dir / IDENTITY_FILE}
-    if dpo:  # the reference is the model before fine-tuning: measured now, before any step or resumed state
+    prepare_model(model, config)
+    if dpo:  # the model fine-tuning starts from (with LoRA: the adapters off), before any step or resumed state
         reference = reference_logprobs(model, train_examples, config.batch_size, pad_id)
         val_reference = reference_logprobs(model, val_examples, config.batch_size, pad_id)
-    prepare_model(model, config)
     if dpo:
         data = PreferenceData(
             train_examples, val_examples, reference, val_reference, config.beta, config.nll_weight, pad_id, measure

@@ -14,9 +14,11 @@ zero. ``alpha / rank`` keeps the size of the update independent of the rank (hal
 the scale), so one learning rate serves every rank.
 
 The model itself knows nothing of LoRA: :func:`add_lora` swaps the chosen linear layers for
-:class:`LoRALinear` wrappers from outside (as :mod:`llama_from_scratch.quantization.swap` swaps in
-quantized layers), and :func:`merge_lora` folds ``ΔW`` into ``W`` and swaps plain layers back, after
-which the model costs nothing extra at inference. The wrapped layer may itself be quantized
+:class:`LoRALinear` wrappers from outside, with the package's one swap
+(:func:`llama_from_scratch.swap.swap_layers`, which quantization uses too), and :func:`merge_lora` folds
+``ΔW`` into ``W`` and swaps plain layers back, after which the model costs nothing extra at inference.
+:func:`adapters_disabled` switches the adapters off for a while without removing them: the base model,
+which is DPO's reference (:mod:`.dpo`), with no second copy of the weights. The wrapped layer may itself be quantized
 (:class:`~llama_from_scratch.quantization.linear.QuantizedLinear`): that is QLoRA (Dettmers et al., 2023),
 a frozen 4-bit base under trainable float adapters.
 """
@@ -32,6 +34,7 @@ from torch import nn
 
 from ..errors import is_finite_number, is_int
 from ..quantization.linear import QuantizedLinear
+from ..swap import plain_layer, swap_layers
 
 # Meta's names of the linear layers inside every block; LoRA may wrap any of them.
 LORA_TARGETS: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -67,7 +70,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own initialisation, as PEFT does
         self.dropout_p = dropout
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.enabled = True
+        self.enabled = True  # False: the base layer alone (adapters_disabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``: the base layer plus the low-rank path."""
@@ -85,10 +88,12 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding ``W + ΔW`` (a quantized base is dequantized to float32 first)."""
         base = self.base.dequantize() if isinstance(self.base, QuantizedLinear) else self.base.weight
-        weight = base + self.delta_weight().to(base.dtype)
-        layer = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
-        layer.weight = nn.Parameter(weight, requires_grad=False)
-        return layer
+        return plain_layer(base + self.delta_weight().to(base.dtype))
+
+    def settings(self) -> dict:
+        """What besides the base layer built this one, ``LoRALinear(base, **settings())``: the adapter's file
+        stores them, and :func:`add_lora` takes them back."""
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout_p}
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}"
@@ -121,20 +126,19 @@ def add_lora(
     """Wrap the ``targets`` linears of every block in :class:`LoRALinear`, freeze everything else.
 
     In place; returns the number of trainable parameters (the adapters'). The embedding, the norms and
-    the output head stay frozen. Every adapter is built before any layer is swapped, so a bad argument
-    leaves the model untouched.
+    the output head stay frozen. Every adapter is built before any layer is swapped
+    (:func:`~llama_from_scratch.swap.swap_layers`), so a bad argument leaves the model untouched.
     """
     if lora_layers(model):
         raise ValueError("this model already has LoRA adapters: merge_lora() them first, or load into them")
-    names = target_names(model, targets)
+    names = set(target_names(model, targets))
     if not names:
         raise ValueError(f"no linear layer named {list(targets)} in this model")
-    wrapped = {name: LoRALinear(model.get_submodule(name), rank, alpha, dropout) for name in names}
+    wrapped = swap_layers(model, lambda name, m: LoRALinear(m, rank, alpha, dropout) if name in names else None)
     model.requires_grad_(False)
-    for name, layer in wrapped.items():
+    for layer in wrapped.values():
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
-        model.set_submodule(name, layer)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -145,8 +149,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     The merged model computes the same function with plain layers, so it saves, loads and runs like
     any other. Its parameters stay frozen (``requires_grad=False``): call ``requires_grad_(True)`` to train it.
     """
-    for name, layer in lora_layers(model).items():
-        model.set_submodule(name, layer.merged())
+    swap_layers(model, lambda name, m: m.merged() if isinstance(m, LoRALinear) else None, one_at_a_time=True)
     return model
 
 
@@ -154,8 +157,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` as its base model inside the ``with`` block (the adapters switched off, not removed).
 
-    DPO needs the model before fine-tuning as its reference; with LoRA that is the same model with its
-    adapters off, so no second copy of the weights is needed.
+    DPO's reference is the model before fine-tuning; with LoRA that is the same model with its adapters
+    off (:func:`~.dpo.reference_logprobs`), so no second copy of the weights is needed. Each layer's
+    ``enabled`` flag is restored on the way out, an exception included.
     """
     layers = list(lora_layers(model).values())
     previous = [layer.enabled for layer in layers]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import is_int
 from .linear import QuantizedEmbedding, QuantizedLinear
 from .packing import pack_int4, unpack_int4
 
@@ -34,8 +35,8 @@ GROUP_SIZES = (32, 64, 128)
 def n_groups(in_features: int, group_size: int) -> int:
     """Groups per row: the last one is padded when ``group_size`` does not divide ``in_features``
     (SmolLM2's 576 = 4.5 groups of 128)."""
-    if group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
+    if not is_int(group_size) or group_size not in GROUP_SIZES:  # 64.0 == 64, but is no group size
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size!r}")
     return -(-in_features // group_size)  # ceiling division
 
 
@@ -90,6 +91,7 @@ class Int4Linear(QuantizedLinear):
     and, unless ``symmetric``, ``mins``."""
 
     scheme = "int4"
+    setting_names = ("group_size", "symmetric")
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, symmetric: bool = False):
         super().__init__(in_features, out_features)
@@ -100,9 +102,6 @@ class Int4Linear(QuantizedLinear):
         self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float32))
         # a symmetric layer has no minimums: a None buffer is left out of the state_dict
         self.register_buffer("mins", None if symmetric else torch.empty(out_features, groups, dtype=torch.float32))
-
-    def settings(self) -> dict:
-        return {"group_size": self.group_size, "symmetric": self.symmetric}
 
     def quantize_(self, weight: torch.Tensor) -> None:
         qweight, scales, mins = quantize_int4(weight, self.group_size, self.symmetric)

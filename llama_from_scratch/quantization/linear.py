@@ -32,6 +32,7 @@ class QuantizedLinear(nn.Module):
     """
 
     scheme: str = ""  # the name quantize() and the saved header use, set by each subclass
+    setting_names: tuple[str, ...] = ()  # the keyword arguments of __init__ after the shape, set by each subclass
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -47,8 +48,10 @@ class QuantizedLinear(nn.Module):
         raise NotImplementedError
 
     def settings(self) -> dict:
-        """What besides the shape is needed to rebuild this layer empty (group size, ...): for the saved header."""
-        return {}
+        """What besides the shape is needed to rebuild this layer empty, ``cls(in_features, out_features,
+        **settings())``: the values of :attr:`setting_names` (Int4Linear's group size and symmetry). The swap
+        builds layers from them and the saved header stores them, so neither needs to know the scheme."""
+        return {name: getattr(self, name) for name in self.setting_names}
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **settings) -> QuantizedLinear:
