@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import check_failure, solution_answer
+from helpers import check_failure, hidden_tests, solution_answer
 from llama_from_scratch.course import (
     attention_checks,
     finetuning_checks,
@@ -53,6 +53,25 @@ def test_each_catalogued_mistake_is_named(name, index):
     mistake = EXERCISES[name][1].mistakes[index]
     message = check_failure(check(name), mistake.answer)
     assert mistake.cause in message, message
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_solution_passes_the_hidden_tests(name, capsys):
+    """The harness of the next test, on the right answer: the graded cell without the check, as nbgrader runs it."""
+    chapter, exercise = EXERCISES[name]
+    notebook = f"{chapter.name}.ipynb"
+    hidden_tests(notebook, exercise.name, solution_answer(notebook, exercise.name))
+
+
+@pytest.mark.parametrize("name, index", MISTAKES, ids=[f"{c}-{i}" for c, i in MISTAKES])
+def test_each_catalogued_mistake_fails_the_visible_check_and_the_hidden_tests(name, index, capsys):
+    """A ✓ means full marks: what the hidden tests of nbgrader's autograde catch, the learner's check catches
+    first (and the other way round: each catalogued mistake loses its points)."""
+    chapter, exercise = EXERCISES[name]
+    mistake = exercise.mistakes[index]
+    check_failure(exercise.check, mistake.answer)
+    with pytest.raises(Exception):  # noqa: B017, PT011 (an assertion, or an error the wrong answer runs into)
+        hidden_tests(f"{chapter.name}.ipynb", exercise.name, mistake.answer)
 
 
 @pytest.mark.parametrize("name", EXERCISES)

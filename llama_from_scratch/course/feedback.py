@@ -229,5 +229,30 @@ def check_cases(
         passed(title, len(cases))
 
 
+def refuses(
+    label: str, name: str, fn: Callable, args: tuple, mentions: Sequence[str], cause: str,
+    forbidden: Sequence[Callable] = (),
+) -> None:
+    """``fn(*args)`` (named ``name``) must raise ``ValueError`` whose message names each of ``mentions``.
+
+    A bad input is refused with a clear error (the project's rule); ``cause`` is what the message says when
+    ``fn`` returns instead, or fails with another exception (an ``IndexError`` from deep inside, say).
+    """
+    try:
+        answer(name, fn, *copy.deepcopy(args), forbidden=forbidden)
+    except CheckFailed:
+        raise
+    except ValueError as error:
+        missing = [m for m in mentions if m not in str(error)]
+        if missing:
+            raise fail(
+                label, wrapped("  the ValueError says ", str(error)), f"say what was wrong: name {' and '.join(missing)}"
+            ) from None
+        return
+    except Exception as error:  # noqa: BLE001 (any other exception is the learner's, and is reported)
+        raise fail(label, wrapped(f"  expected a ValueError, got {type(error).__name__}: ", str(error)), cause) from None
+    raise fail(label, "  expected a ValueError, got a result", cause)
+
+
 def passed(name: str, cases: int) -> None:
     print(f"✓ {name}: correct on {cases} test cases")
