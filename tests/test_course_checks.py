@@ -252,3 +252,29 @@ def test_long_context_wrong_shapes_and_types_are_named():
         lambda theta, d, factor, L, seq_len: rope_frequencies(d, theta * factor ** (d / (d - 2))),
     )
     assert "expected a float, got Tensor" in message, message
+
+
+# --- what a learner and nbgrader's feedback see ----------------------------------------------------
+
+
+def test_a_failed_check_is_stored_as_its_message_not_a_traceback(tmp_path):
+    """Run in a kernel as JupyterLab and nbgrader autograde run it (nbclient): the cell's stored error output,
+    which nbgrader's feedback page shows, is the check's message, not a traceback through the check's code."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    answer = "def my_rms_norm(x, weight, eps):\n    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * weight\n"
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import torch\nfrom llama_from_scratch.course.rmsnorm_checks import check_rmsnorm"),
+            nbformat.v4.new_code_cell(answer),
+            nbformat.v4.new_code_cell("check_rmsnorm(my_rms_norm)"),
+        ]
+    )
+    NotebookClient(notebook, timeout=120, allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    (error,) = [output for output in notebook.cells[2].outputs if output.output_type == "error"]
+    expected = check_failure(rmsnorm_checks.check_rmsnorm, lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, True)) * w)
+    assert error.ename == "CheckFailed"
+    assert error.traceback == f"CheckFailed: {expected}".splitlines()
+    assert "looks like eps is missing" in "\n".join(error.traceback)
+    assert len("\n".join(error.traceback)) < 400  # the message alone: no frames of the package's code

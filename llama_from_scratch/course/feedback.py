@@ -50,6 +50,15 @@ def float32_drift(n_roundings: int) -> float:
 class CheckFailed(AssertionError):
     """An exercise's answer differs from the expected one; the message says how, and the likely cause."""
 
+    def _render_traceback_(self) -> list[str]:
+        """The lines IPython shows for this exception instead of a traceback: the message alone.
+
+        IPython (JupyterLab, nbclient, ``nbgrader autograde``) calls this method on an exception that has it,
+        and stores what it returns as the cell's error output, which nbgrader's feedback page shows. A
+        traceback would lead through the check's own code, some 1.5 kB that say nothing about the learner's.
+        """
+        return f"{type(self).__name__}: {self}".splitlines()
+
 
 @dataclass(frozen=True)
 class Mistake:
