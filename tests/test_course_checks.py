@@ -2,9 +2,10 @@
 
 The chapters, their exercises, checks and catalogued mistakes come from ``course.chapters.CHAPTERS``: every
 check is answered with the solution notebook's own answer (it must pass), with every wrong answer catalogued
-for it (the check must fail and name that mistake) and with an unwritten answer (it must say so). The tests
-after those are the ones a table cannot say: forbidden calls, and what a check says about answers of the
-wrong kind.
+for it (the check must fail and name that mistake, and the hidden tests of the solution's graded cell must fail
+too: what loses points in ``nbgrader autograde`` never shows ✓) and with an unwritten answer (it must say so).
+The tests after those are the ones a table cannot say: forbidden calls, what a check says about answers of the
+wrong kind, and what a failed check leaves in a notebook.
 """
 
 import math
@@ -70,7 +71,7 @@ def test_each_catalogued_mistake_fails_the_visible_check_and_the_hidden_tests(na
     chapter, exercise = EXERCISES[name]
     mistake = exercise.mistakes[index]
     check_failure(exercise.check, mistake.answer)
-    with pytest.raises(Exception):  # noqa: B017, PT011 (an assertion, or an error the wrong answer runs into)
+    with pytest.raises(Exception):  # noqa: B017 (an assertion, or an error the wrong answer runs into)
         hidden_tests(f"{chapter.name}.ipynb", exercise.name, mistake.answer)
 
 
@@ -110,7 +111,7 @@ def test_three_diagnoses_as_a_learner_sees_them():
     message = check_failure(
         check("check_rmsnorm"), lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w
     )
-    assert "eps=0.01):\nlooks like eps is missing" in message and "expected" in message and "got" in message
+    assert "eps=1e-05):\nlooks like eps is missing" in message and "expected" in message and "got" in message
     message = check_failure(
         check("check_kv_cache_bytes"), lambda c, s, b, n=1: c.n_layers * c.n_kv_heads * c.head_dim * s * n * b
     )
@@ -266,14 +267,16 @@ def test_a_failed_check_is_stored_as_its_message_not_a_traceback(tmp_path):
     answer = "def my_rms_norm(x, weight, eps):\n    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * weight\n"
     notebook = nbformat.v4.new_notebook(
         cells=[
-            nbformat.v4.new_code_cell("import torch\nfrom llama_from_scratch.course.rmsnorm_checks import check_rmsnorm"),
+            nbformat.v4.new_code_cell("import torch"),
+            nbformat.v4.new_code_cell("from llama_from_scratch.course.rmsnorm_checks import check_rmsnorm"),
             nbformat.v4.new_code_cell(answer),
             nbformat.v4.new_code_cell("check_rmsnorm(my_rms_norm)"),
         ]
     )
     NotebookClient(notebook, timeout=120, allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    (error,) = [output for output in notebook.cells[2].outputs if output.output_type == "error"]
-    expected = check_failure(rmsnorm_checks.check_rmsnorm, lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, True)) * w)
+    (error,) = [output for output in notebook.cells[-1].outputs if output.output_type == "error"]
+    no_eps = lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w  # noqa: E731
+    expected = check_failure(rmsnorm_checks.check_rmsnorm, no_eps)
     assert error.ename == "CheckFailed"
     assert error.traceback == f"CheckFailed: {expected}".splitlines()
     assert "looks like eps is missing" in "\n".join(error.traceback)

@@ -120,7 +120,7 @@ def tensor_difference(got: object, expected: torch.Tensor, atol: float, rtol: fl
         return f"  expected a torch.Tensor, got {type(got).__name__}"
     if got.shape != expected.shape:
         return f"  shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    got, expected = got.detach().float().cpu(), expected.detach().float().cpu()
+    got, expected = got.detach().double().cpu(), expected.detach().double().cpu()  # float64 keeps every bit of both
     if torch.isnan(got).any() and not torch.isnan(expected).any():
         index = tuple(torch.nonzero(torch.isnan(got))[0].tolist())
         return f"  NaN at index {index} (expected {expected[index].item():.6g})"
@@ -140,7 +140,7 @@ def close(atol: float, rtol: float) -> Callable[[object, object], bool]:
     def same(got: object, wrong: object) -> bool:
         if not isinstance(got, torch.Tensor) or not isinstance(wrong, torch.Tensor) or got.shape != wrong.shape:
             return False
-        return bool(torch.isclose(got.detach().float().cpu(), wrong.detach().float().cpu(), atol, rtol, True).all())
+        return bool(torch.isclose(got.detach().double().cpu(), wrong.detach().double().cpu(), atol, rtol, True).all())
 
     return same
 
@@ -254,12 +254,12 @@ def refuses(
     except ValueError as error:
         missing = [m for m in mentions if m not in str(error)]
         if missing:
-            raise fail(
-                label, wrapped("  the ValueError says ", str(error)), f"say what was wrong: name {' and '.join(missing)}"
-            ) from None
+            cause = f"say what was wrong: name {' and '.join(missing)}"
+            raise fail(label, wrapped("  the ValueError says ", str(error)), cause) from None
         return
     except Exception as error:  # noqa: BLE001 (any other exception is the learner's, and is reported)
-        raise fail(label, wrapped(f"  expected a ValueError, got {type(error).__name__}: ", str(error)), cause) from None
+        got = wrapped(f"  expected a ValueError, got {type(error).__name__}: ", str(error))
+        raise fail(label, got, cause) from None
     raise fail(label, "  expected a ValueError, got a result", cause)
 
 

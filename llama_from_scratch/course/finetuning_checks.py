@@ -332,6 +332,10 @@ START, END, NEWLINE, SYSTEM, USER, ASSISTANT = 1, 2, 10, 20, 21, 22
 HEADER = [START, ASSISTANT, NEWLINE]
 
 
+# Llama 2's format, made-up ids: "[/INST]" (733, 28748, 28793) opens an answer, EOS (2) ends it
+INST = [733, 28748, 28793]
+
+
 def _turn(role: int, *words: int) -> list[int]:
     return [START, role, NEWLINE, *words, END, NEWLINE]
 
@@ -374,9 +378,7 @@ def _mask_cases() -> list[tuple[str, list[int], list[int], int, list[int] | None
         ("the answer ends the tokens", _turn(USER, 30) + _turn(ASSISTANT, 40, 41)[:-1], HEADER, END, None),
         ("no answer yet (a prompt)", _turn(USER, 30, 31) + HEADER, HEADER, END, None),
         ("no header at all", [5, 6, 7], HEADER, END, None),
-        # Llama 2's format, made-up ids: "[/INST]" (733, 28748, 28793) opens an answer, EOS (2) ends it
-        ("Llama 2's format, two answers", [1, 733, 60, 61, 733, 28748, 28793, 70, 71, 2, 1, 733, 62, 733, 28748, 28793,
-                                           72, 2], [733, 28748, 28793], 2, None),
+        ("Llama 2's format, two answers", [1, 733, 60, 61, *INST, 70, 71, 2, 1, 733, 62, *INST, 72, 2], INST, 2, None),
         ("an answer without its end", [1, 22, 10, 40, 41], [1, 22, 10], 2, None),
     ]
     real = _smollm2_conversation()

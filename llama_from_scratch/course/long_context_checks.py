@@ -56,7 +56,7 @@ def _flash_attention(
             k_end = min(k_start + block_size, kv_seq)
             scores = q[..., q_start:q_end, :] @ k[..., k_start:k_end, :].transpose(-2, -1)
             if causal:
-                if mask == "global":
+                if mask != "local":
                     query_pos = torch.arange(first + q_start, first + q_end)[:, None]
                     key_pos = torch.arange(k_start, k_end)[None, :]
                 else:  # positions counted from the start of each block
@@ -68,8 +68,10 @@ def _flash_attention(
                 scores = scores.masked_fill(hidden, -math.inf)
             m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True)) if running_max else torch.zeros_like(m)
             c = torch.exp(m - m_new) if correction == "old - new" else torch.exp(m_new - m)
-            p = torch.exp(scores - m_new).nan_to_num(0.0)  # a row with no visible key yet adds nothing
-            c = c.nan_to_num(0.0) if correction == "old - new" else c
+            # a row with no visible key yet adds nothing (exp(-inf - (-inf)) is NaN); an overflow stays inf
+            p = torch.exp(scores - m_new)
+            p = torch.where(torch.isnan(p), 0.0, p)
+            c = torch.where(torch.isnan(c), 0.0, c) if correction == "old - new" else c
             l = (c * l if rescale in ("both", "l") else l) + p.sum(dim=-1, keepdim=True)  # noqa: E741
             acc = c * acc if rescale in ("both", "acc") else acc  # rescale "l": l only, not acc
             acc = acc + (p @ v[..., k_start:k_end, :] / (l if normalise == "early" else 1))
@@ -177,7 +179,7 @@ NOT_A_FLOAT = (
 DYNAMIC_NTK_THETA = [
     Mistake(
         NOT_A_FLOAT,
-        lambda theta, d, factor, L, seq_len: torch.tensor(_ntk_theta(theta, d, factor, L, seq_len), dtype=torch.float64),
+        lambda *args: torch.tensor(_ntk_theta(*args), dtype=torch.float64),
     ),
     Mistake(
         "looks like the exponent is (head_dim - 2) / head_dim, upside down:\n"
