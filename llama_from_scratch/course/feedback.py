@@ -12,8 +12,12 @@ and, if one of them gives what the learner got, says which mistake that is, abov
       4 of 4 elements differ; the first at index (0, 0, 0):
       expected 0.571226, got 0.571948
 
-Most checks are :func:`check_cases`: that skeleton on a list of :class:`Case`, then the ✓ line.
-Every line of a message stays within :data:`LINE_WIDTH` characters: ``nbgrader validate`` cuts longer ones.
+Most checks are :func:`check_cases`: that skeleton on a list of :class:`Case`, then the ✓ line; bad
+input that the exercise must refuse is tried with :func:`refuses`. A check covers at least every case of
+the hidden tests of its graded cell, so that ✓ means full marks in ``nbgrader autograde``.
+Every line of a message stays within :data:`LINE_WIDTH` characters: ``nbgrader validate`` cuts longer ones,
+and Jupyter shows a failed check as its message alone (:meth:`CheckFailed._render_traceback_`), without
+a traceback through this package.
 """
 
 from __future__ import annotations
