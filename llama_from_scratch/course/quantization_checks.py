@@ -204,7 +204,8 @@ class NaNToInteger(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and not (out.is_floating_point() or out.is_complex()):
+        # an integer result (a bool one, torch.isnan(x) say, is how a NaN is looked for, not turned into a code)
+        if isinstance(out, torch.Tensor) and not (out.is_floating_point() or out.is_complex() or out.dtype == torch.bool):
             inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)]
             self.seen |= any(a.is_floating_point() and bool(torch.isnan(a).any()) for a in inputs)
         return out
