@@ -124,3 +124,26 @@ def _solution_namespace(notebook: str) -> dict:
 def solution_answer(notebook: str, name: str):
     """The model answer ``name`` of ``solutions/<notebook>``: its set-up cell and answer cells, executed."""
     return _solution_namespace(notebook)[name]
+
+
+def hidden_tests(notebook: str, name: str, answer) -> None:
+    """Run the graded cell of ``solutions/<notebook>`` that checks ``name``, with ``answer`` in place of the
+    learner's ``name`` and without the visible check's call: the hidden tests nbgrader autograde runs.
+
+    The cell runs in a copy of the solution's namespace (its set-up cell and answer cells, executed), so the
+    hidden tests see what they see in the notebook; whatever they raise is raised here.
+    """
+    import json
+    from pathlib import Path
+
+    from llama_from_scratch.course.exercises import graded_cells
+
+    cells = json.loads((Path(__file__).resolve().parent.parent / "solutions" / notebook).read_text())
+    source = next(
+        "".join(cell["source"]) for _, cell in graded_cells(cells) if f"({name})\n" in "".join(cell["source"])
+    )
+    namespace = dict(_solution_namespace(notebook))
+    namespace[name] = answer
+    visible_check = [line for line in source.splitlines() if line.startswith("check_") and line.endswith(f"({name})")]
+    code = "\n".join(line for line in source.splitlines() if line not in visible_check)
+    exec(code, namespace)  # noqa: S102 (the course's own solution notebook)

@@ -2,9 +2,10 @@
 
 The chapters, their exercises, checks and catalogued mistakes come from ``course.chapters.CHAPTERS``: every
 check is answered with the solution notebook's own answer (it must pass), with every wrong answer catalogued
-for it (the check must fail and name that mistake) and with an unwritten answer (it must say so). The tests
-after those are the ones a table cannot say: forbidden calls, and what a check says about answers of the
-wrong kind.
+for it (the check must fail and name that mistake, and the hidden tests of the solution's graded cell must fail
+too: what loses points in ``nbgrader autograde`` never shows ✓) and with an unwritten answer (it must say so).
+The tests after those are the ones a table cannot say: forbidden calls, what a check says about answers of the
+wrong kind, and what a failed check leaves in a notebook.
 """
 
 import math
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import check_failure, solution_answer
+from helpers import check_failure, hidden_tests, solution_answer
 from llama_from_scratch.course import (
     attention_checks,
     finetuning_checks,
@@ -48,11 +49,24 @@ def test_the_solution_passes(name, capsys):
     assert "✓" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_solution_passes_the_hidden_tests(name, capsys):
+    """The harness of the next test, on the right answer: the graded cell without the check, as nbgrader runs it."""
+    chapter, exercise = EXERCISES[name]
+    notebook = f"{chapter.name}.ipynb"
+    hidden_tests(notebook, exercise.name, solution_answer(notebook, exercise.name))
+
+
 @pytest.mark.parametrize("name, index", MISTAKES, ids=[f"{c}-{i}" for c, i in MISTAKES])
-def test_each_catalogued_mistake_is_named(name, index):
-    mistake = EXERCISES[name][1].mistakes[index]
-    message = check_failure(check(name), mistake.answer)
+def test_each_catalogued_mistake_is_named_and_fails_the_hidden_tests(name, index, capsys):
+    """The check fails naming the mistake; and a ✓ means full marks: what the hidden tests of nbgrader's
+    autograde catch, the learner's check catches first (and each catalogued mistake loses its points)."""
+    chapter, exercise = EXERCISES[name]
+    mistake = exercise.mistakes[index]
+    message = check_failure(exercise.check, mistake.answer)
     assert mistake.cause in message, message
+    with pytest.raises(Exception):  # noqa: B017 (an assertion, or an error the wrong answer runs into)
+        hidden_tests(f"{chapter.name}.ipynb", exercise.name, mistake.answer)
 
 
 @pytest.mark.parametrize("name", EXERCISES)
@@ -91,7 +105,7 @@ def test_three_diagnoses_as_a_learner_sees_them():
     message = check_failure(
         check("check_rmsnorm"), lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w
     )
-    assert "eps=0.01):\nlooks like eps is missing" in message and "expected" in message and "got" in message
+    assert "eps=1e-05):\nlooks like eps is missing" in message and "expected" in message and "got" in message
     message = check_failure(
         check("check_kv_cache_bytes"), lambda c, s, b, n=1: c.n_layers * c.n_kv_heads * c.head_dim * s * n * b
     )
@@ -149,6 +163,21 @@ def test_quantization_wrong_types_and_shapes_are_named():
         quantization_checks.check_quantize_q8_0, lambda x: np.zeros(len(x) // 32 * 34, dtype=np.int8)
     )
     assert "expected uint8" in message and "34 bytes" in message
+
+
+def test_a_q8_0_scale_is_shown_as_values():
+    message = check_failure(quantization_checks.check_quantize_q8_0, lambda x: quantization_checks._q8_0(x, levels=128))
+    assert "d (float16): expected 0.000366211, got 0.00036335" in message, message
+
+
+def test_a_vague_error_is_named():
+    def vague(weight, group_size):
+        if weight.shape[1] % group_size:
+            raise ValueError("bad group size")
+        return quantization_checks._quantize_int4(weight, group_size)  # right, without the forbidden call
+
+    message = check_failure(quantization_checks.check_quantize_int4, vague)
+    assert "the ValueError says 'bad group size'" in message and "name 48 and 32" in message, message
 
 
 # --- 10 · fine-tuning ------------------------------------------------------------------------------
@@ -233,3 +262,31 @@ def test_long_context_wrong_shapes_and_types_are_named():
         lambda theta, d, factor, L, seq_len: rope_frequencies(d, theta * factor ** (d / (d - 2))),
     )
     assert "expected a float, got Tensor" in message, message
+
+
+# --- what a learner and nbgrader's feedback see ----------------------------------------------------
+
+
+def test_a_failed_check_is_stored_as_its_message_not_a_traceback(tmp_path):
+    """Run in a kernel as JupyterLab and nbgrader autograde run it (nbclient): the cell's stored error output,
+    which nbgrader's feedback page shows, is the check's message, not a traceback through the check's code."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    answer = "def my_rms_norm(x, weight, eps):\n    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * weight\n"
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import torch"),
+            nbformat.v4.new_code_cell("from llama_from_scratch.course.rmsnorm_checks import check_rmsnorm"),
+            nbformat.v4.new_code_cell(answer),
+            nbformat.v4.new_code_cell("check_rmsnorm(my_rms_norm)"),
+        ]
+    )
+    NotebookClient(notebook, timeout=120, allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    (error,) = [output for output in notebook.cells[-1].outputs if output.output_type == "error"]
+    no_eps = lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w  # noqa: E731
+    expected = check_failure(rmsnorm_checks.check_rmsnorm, no_eps)
+    assert error.ename == "CheckFailed"
+    assert error.traceback == f"CheckFailed: {expected}".splitlines()
+    assert "looks like eps is missing" in "\n".join(error.traceback)
+    assert len("\n".join(error.traceback)) < 400  # the message alone: no frames of the package's code

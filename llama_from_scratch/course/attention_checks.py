@@ -129,6 +129,7 @@ def check_causal_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tenso
         (2, 4, 4, 5, 8),
         (2, 4, 2, 6, 8),
         (1, 6, 1, 4, 4),
+        (3, 8, 2, 33, 64),
     ]:
         q = torch.randn(batch, n_heads, seq, head_dim)
         k, v = torch.randn(2, batch, n_kv_heads, seq, head_dim)
@@ -166,7 +167,15 @@ def check_kv_cache_bytes(fn: Callable[..., int]) -> None:
         ("llama2-70b", 4096, torch.float16, 1),
         ("smollm2-135m", 8192, torch.float32, 1),
         ("tiny", 100, torch.float32, 3),
+        ("llama2-13b", 7, torch.float16, 5),
+        ("llama2-7b", 1, torch.float16, 1),
+        ("tiny", 10, torch.float32, 2),
     ]
+    configs = {name: PRESETS[name] for name, *_ in cases}
+    # Llama 2 70B with every query head its own key/value head (MHA), and with one for all (MQA)
+    configs |= {"llama2-70b, 64 kv heads": PRESETS["llama2-70b"].replace(n_kv_heads=64)}
+    configs |= {"llama2-70b, 1 kv head": PRESETS["llama2-70b"].replace(n_kv_heads=1)}
+    cases += [("llama2-70b, 64 kv heads", 4096, torch.float16, 1), ("llama2-70b, 1 kv head", 4096, torch.float16, 1)]
 
     def compare(label, got, expected, args, mistakes):
         if got != expected:
@@ -179,7 +188,7 @@ def check_kv_cache_bytes(fn: Callable[..., int]) -> None:
 
     checked = []
     for name, seq_len, dtype, batch_size in cases:
-        config = PRESETS[name]
+        config = configs[name]
         caches = [
             KVCache(batch_size, seq_len, config.n_kv_heads, config.head_dim, dtype, "meta")
             for _ in range(config.n_layers)

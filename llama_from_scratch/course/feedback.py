@@ -12,8 +12,12 @@ and, if one of them gives what the learner got, says which mistake that is, abov
       4 of 4 elements differ; the first at index (0, 0, 0):
       expected 0.571226, got 0.571948
 
-Most checks are :func:`check_cases`: that skeleton on a list of :class:`Case`, then the ✓ line.
-Every line of a message stays within :data:`LINE_WIDTH` characters: ``nbgrader validate`` cuts longer ones.
+Most checks are :func:`check_cases`: that skeleton on a list of :class:`Case`, then the ✓ line; bad
+input that the exercise must refuse is tried with :func:`refuses`. A check covers at least every case of
+the hidden tests of its graded cell, so that ✓ means full marks in ``nbgrader autograde``.
+Every line of a message stays within :data:`LINE_WIDTH` characters: ``nbgrader validate`` cuts longer ones,
+and Jupyter shows a failed check as its message alone (:meth:`CheckFailed._render_traceback_`), without
+a traceback through this package.
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ def float32_drift(n_roundings: int) -> float:
 
 class CheckFailed(AssertionError):
     """An exercise's answer differs from the expected one; the message says how, and the likely cause."""
+
+    def _render_traceback_(self) -> list[str]:
+        """The lines IPython shows for this exception instead of a traceback: the message alone.
+
+        IPython (JupyterLab, nbclient, ``nbgrader autograde``) calls this method on an exception that has it,
+        and stores what it returns as the cell's error output, which nbgrader's feedback page shows. A
+        traceback would lead through the check's own code, some 1.5 kB that say nothing about the learner's.
+        """
+        return f"{type(self).__name__}: {self}".splitlines()
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ def tensor_difference(got: object, expected: torch.Tensor, atol: float, rtol: fl
         return f"  expected a torch.Tensor, got {type(got).__name__}"
     if got.shape != expected.shape:
         return f"  shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    got, expected = got.detach().float().cpu(), expected.detach().float().cpu()
+    got, expected = got.detach().double().cpu(), expected.detach().double().cpu()  # float64 keeps every bit of both
     if torch.isnan(got).any() and not torch.isnan(expected).any():
         index = tuple(torch.nonzero(torch.isnan(got))[0].tolist())
         return f"  NaN at index {index} (expected {expected[index].item():.6g})"
@@ -131,7 +144,7 @@ def close(atol: float, rtol: float) -> Callable[[object, object], bool]:
     def same(got: object, wrong: object) -> bool:
         if not isinstance(got, torch.Tensor) or not isinstance(wrong, torch.Tensor) or got.shape != wrong.shape:
             return False
-        return bool(torch.isclose(got.detach().float().cpu(), wrong.detach().float().cpu(), atol, rtol, True).all())
+        return bool(torch.isclose(got.detach().double().cpu(), wrong.detach().double().cpu(), atol, rtol, True).all())
 
     return same
 
@@ -227,6 +240,31 @@ def check_cases(
             after(case, got)
     if title is not None:
         passed(title, len(cases))
+
+
+def refuses(
+    label: str, name: str, fn: Callable, args: tuple, mentions: Sequence[str], cause: str,
+    forbidden: Sequence[Callable] = (),
+) -> None:
+    """``fn(*args)`` (named ``name``) must raise ``ValueError`` whose message names each of ``mentions``.
+
+    A bad input is refused with a clear error (the project's rule); ``cause`` is what the message says when
+    ``fn`` returns instead, or fails with another exception (an ``IndexError`` from deep inside, say).
+    """
+    try:
+        answer(name, fn, *copy.deepcopy(args), forbidden=forbidden)
+    except CheckFailed:
+        raise
+    except ValueError as error:
+        missing = [m for m in mentions if m not in str(error)]
+        if missing:
+            cause = f"say what was wrong: name {' and '.join(missing)}"
+            raise fail(label, wrapped("  the ValueError says ", str(error)), cause) from None
+        return
+    except Exception as error:  # noqa: BLE001 (any other exception is the learner's, and is reported)
+        got = wrapped(f"  expected a ValueError, got {type(error).__name__}: ", str(error))
+        raise fail(label, got, cause) from None
+    raise fail(label, "  expected a ValueError, got a result", cause)
 
 
 def passed(name: str, cases: int) -> None:

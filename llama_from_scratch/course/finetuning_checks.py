@@ -44,7 +44,7 @@ class _LoRA(nn.Module):
     """A LoRA layer as the chapter writes it, or with one of the common mistakes (the keyword arguments)."""
 
     def __init__(self, base, rank, alpha, *, b_init="zero", a_init="random", scale="alpha/rank", freeze=True,
-                 merge="right", base_path=True):  # fmt: skip
+                 merge="right", base_path=True, forward_scale=True):  # fmt: skip
         super().__init__()
         self.base = base.requires_grad_(not freeze)
         out_features, in_features = base.weight.shape
@@ -55,10 +55,10 @@ class _LoRA(nn.Module):
             b = torch.randn(out_features, rank, generator=generator)
         self.lora_A, self.lora_B = nn.Parameter(a), nn.Parameter(b)
         self.scaling = {"alpha/rank": alpha / rank, "alpha": alpha, "rank/alpha": rank / alpha}[scale]
-        self.merge_kind, self.base_path = merge, base_path
+        self.merge_kind, self.base_path, self.forward_scale = merge, base_path, forward_scale
 
     def forward(self, x):
-        low = (x @ self.lora_A.T) @ self.lora_B.T * self.scaling  # (..., out_features)
+        low = (x @ self.lora_A.T) @ self.lora_B.T * (self.scaling if self.forward_scale else 1)  # (..., out_features)
         return self.base(x) + low if self.base_path else low
 
     @torch.no_grad()
@@ -106,6 +106,12 @@ LORA_LINEAR = [
     ),
     Mistake(
         "looks like the update is scaled by rank / alpha:\nthe scale is alpha / rank", _variant(scale="rank/alpha")
+    ),
+    Mistake(
+        "looks like forward() leaves out the scale:\n"
+        "y = base(x) + (alpha / rank) * (x @ A.T) @ B.T: scale the low-rank path\n"
+        "in forward() as in merge()",
+        _variant(forward_scale=False),
     ),
     Mistake(
         "looks like only the low-rank path is returned:\n"
@@ -246,7 +252,7 @@ def check_lora_linear(cls: Callable[..., nn.Module]) -> None:
 
 
 def _mask(tokens, header, end_id, *, shift=True, shift_mask=True, train_end=True, train_header=False,
-          everything=False, last_only=False):  # fmt: skip
+          everything=False, last_only=False, drop_last=False):  # fmt: skip
     """The targets of ``tokens[:-1]``, right or with one of the common mistakes (the keyword arguments)."""
     tokens, header = [int(t) for t in tokens], [int(t) for t in header]
     n, h = len(tokens), len(header)
@@ -267,8 +273,9 @@ def _mask(tokens, header, end_id, *, shift=True, shift_mask=True, train_end=True
     trained = [everything] * n
     for first, stop in turns:
         trained[first:stop] = [True] * (stop - first)
-    if not shift:
-        return [t if keep else IGNORE_INDEX for t, keep in zip(tokens, trained)]
+    if not shift:  # the targets of every position, or (drop_last) of tokens[:-1] but not shifted: token t itself
+        kept = [t if keep else IGNORE_INDEX for t, keep in zip(tokens, trained)]
+        return kept[:-1] if drop_last else kept
     keep = trained[:-1] if not shift_mask else trained[1:]  # the target of position t is token t + 1
     return [t if k else IGNORE_INDEX for t, k in zip(tokens[1:], keep)]
 
@@ -282,6 +289,12 @@ MASK_LABELS = [
         "looks like the labels are not shifted:\n"
         "the target of position t is token t + 1, so there are len(tokens) - 1 targets",
         _mistake(shift=False),
+    ),
+    Mistake(
+        "looks like the labels are not shifted (the last one dropped instead of the first):\n"
+        "the target of position t is token t + 1: labels come from tokens[1:],\n"
+        "with the mask of tokens[1:]",
+        _mistake(shift=False, drop_last=True),
     ),
     Mistake(
         "looks like the mask is one position off:\n"
@@ -317,6 +330,10 @@ MASK_LABELS = [
 # "system" 20, "user" 21, "assistant" 22; every other number is a word.
 START, END, NEWLINE, SYSTEM, USER, ASSISTANT = 1, 2, 10, 20, 21, 22
 HEADER = [START, ASSISTANT, NEWLINE]
+
+
+# Llama 2's format, made-up ids: "[/INST]" (733, 28748, 28793) opens an answer, EOS (2) ends it
+INST = [733, 28748, 28793]
 
 
 def _turn(role: int, *words: int) -> list[int]:
@@ -360,6 +377,9 @@ def _mask_cases() -> list[tuple[str, list[int], list[int], int, list[int] | None
         ),  # fmt: skip
         ("the answer ends the tokens", _turn(USER, 30) + _turn(ASSISTANT, 40, 41)[:-1], HEADER, END, None),
         ("no answer yet (a prompt)", _turn(USER, 30, 31) + HEADER, HEADER, END, None),
+        ("no header at all", [5, 6, 7], HEADER, END, None),
+        ("Llama 2's format, two answers", [1, 733, 60, 61, *INST, 70, 71, 2, 1, 733, 62, *INST, 72, 2], INST, 2, None),
+        ("an answer without its end", [1, 22, 10, 40, 41], [1, 22, 10], 2, None),
     ]
     real = _smollm2_conversation()
     if real is not None:

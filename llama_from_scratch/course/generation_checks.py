@@ -15,6 +15,7 @@ import torch
 
 from ..generate import next_token_probabilities
 from .feedback import (
+    FLOAT32_EPS,
     Case,
     Mistake,
     answer,
@@ -151,7 +152,7 @@ def check_kv_cache_update(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) 
     torch.manual_seed(0)
     cache_k, cache_v = torch.zeros(2, 2, 3, 10, 4)
     expected_k, expected_v = torch.zeros(2, 2, 3, 10, 4)
-    steps = [(0, 4), (4, 1), (5, 3)]
+    steps = [(0, 4), (4, 1), (5, 3), (8, 2)]  # the last fills the cache to its end
 
     def same(got, wrong):
         return all(isinstance(a, torch.Tensor) and a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, wrong))
@@ -189,20 +190,27 @@ def check_top_p(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(probs, p)``: keep the smallest set of most likely tokens whose mass reaches ``p``; renormalise."""
     torch.manual_seed(0)
     cases = [(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]), 0.8), (torch.tensor([0.1, 0.6, 0.3]), 0.5)]
-    cases += [(torch.tensor([0.05, 0.4, 0.3, 0.25]), 0.65)]
+    cases += [(torch.tensor([0.05, 0.4, 0.3, 0.25]), p) for p in (0.35, 0.65)]
     cases += [(torch.softmax(torch.randn(50) * 2, -1), p) for p in (0.3, 0.9, 1.0)]
+    cases += [(torch.softmax(torch.randn(1000), -1), 0.5)]
     cases = [
         Case(
             f"my_top_p_filter(p={p}, vocab={probs.numel()})", (probs, p), next_token_probabilities(probs.log(), top_p=p)
         )
         for probs, p in cases
     ]
+
+    def compare(label, got, expected, args, mistakes):
+        # next_token_probabilities goes from log-probabilities through a softmax over the vocabulary: within
+        # (vocab + 8) · EPS of each probability, a relative tolerance that also covers the renormalisation
+        tensors(atol=0, rtol=(args[0].numel() + 8) * FLOAT32_EPS)(label, got, expected, args, mistakes)
+
     check_cases(
         "top-p",
         "my_top_p_filter",
         fn,
         cases,
-        compare=tensors(atol=1e-6),
+        compare=compare,
         mistakes=TOP_P,
         forbidden=[next_token_probabilities],
     )
@@ -219,8 +227,11 @@ def check_generate(fn: Callable) -> None:
 
     torch.manual_seed(0)
     model = Llama.from_preset("tiny").eval()
-    cases = [([1, 2, 3], 20), (list(b"Once upon a time"), 40), ([7], 1)]
-    for prompt, n in cases:
+    torch.manual_seed(1)
+    multi_query = Llama.from_preset("tiny", n_kv_heads=1).eval()  # one key/value head for all query heads
+    cases = [(model, [1, 2, 3], 20), (model, list(b"Once upon a time"), 40), (model, [7], 1)]
+    cases += [(multi_query, [9, 8, 7], 30)]
+    for model, prompt, n in cases:
         seen: list[int] = []
         hook = model.tok_embeddings.register_forward_hook(
             lambda m, inputs, out, seen=seen: seen.append(inputs[0].shape[-1])
@@ -229,7 +240,8 @@ def check_generate(fn: Callable) -> None:
             got = answer("my_generate", fn, model, list(prompt), n, forbidden=[generate, generate_stream])
         finally:
             hook.remove()
-        label = f"my_generate(prompt of {len(prompt)} tokens, n={n})"
+        kind = ", a multi-query model" if model is multi_query else ""
+        label = f"my_generate(prompt of {len(prompt)} tokens, n={n}{kind})"
         compare_values(label, as_list(got), generate(model, prompt, n), (model, prompt, n), GENERATE)
         if seen[:1] != [len(prompt)] or any(s != 1 for s in seen[1:]) or len(seen) > n:
             raise fail(

@@ -29,9 +29,13 @@ from .feedback import Case, Mistake, check_cases, diagnose, fail, tensors
 
 def _flash_attention(
     q, k, v, causal=True, block_size=16, rescale="both", correction="old - new", offset=True, mask="global",
-    normalise="end", scale=True, heads="interleave",
+    normalise="end", scale=True, heads="interleave", running_max=True,
 ):
-    """The tiled attention of :func:`~..long_context.flash_attention` with one step done as a learner might."""
+    """The tiled attention of :func:`~..long_context.flash_attention` with one step done as a learner might.
+
+    In float64 (its rounding far below a learner's float32), except without a running max: that one is in
+    float32, where ``exp`` of a large score overflows as the learner's does.
+    """
     n_heads, seq, head_dim = q.shape[1], q.shape[2], q.shape[3]
     n_kv_heads, kv_seq = k.shape[1], k.shape[2]
     n_rep = n_heads // n_kv_heads
@@ -39,8 +43,9 @@ def _flash_attention(
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
     else:  # tiled copies: query head h reads h % n_kv_heads
         k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
-    q = q.double() / (math.sqrt(head_dim) if scale else 1)
-    k, v = k.double(), v.double()
+    dtype = torch.float64 if running_max else torch.float32
+    q = q.to(dtype) / (math.sqrt(head_dim) if scale else 1)
+    k, v = k.to(dtype), v.to(dtype)
     first = kv_seq - seq if offset else 0  # position of query 0
     out = torch.empty_like(q)
     for q_start in range(0, seq, block_size):
@@ -51,22 +56,24 @@ def _flash_attention(
             k_end = min(k_start + block_size, kv_seq)
             scores = q[..., q_start:q_end, :] @ k[..., k_start:k_end, :].transpose(-2, -1)
             if causal:
-                if mask == "global":
+                if mask != "local":
                     query_pos = torch.arange(first + q_start, first + q_end)[:, None]
                     key_pos = torch.arange(k_start, k_end)[None, :]
                 else:  # positions counted from the start of each block
                     query_pos = torch.arange(q_end - q_start)[:, None]
                     key_pos = torch.arange(k_end - k_start)[None, :]
-                hidden = key_pos > query_pos
+                hidden = key_pos >= query_pos if mask == "strict" else key_pos > query_pos
                 if mask == "blocks only":  # whole blocks above the diagonal skipped, the crossing block not masked
                     hidden = torch.full_like(hidden, k_start > first + q_end - 1)
                 scores = scores.masked_fill(hidden, -math.inf)
-            m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
+            m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True)) if running_max else torch.zeros_like(m)
             c = torch.exp(m - m_new) if correction == "old - new" else torch.exp(m_new - m)
-            p = torch.exp(scores - m_new).nan_to_num(0.0)  # a row with no visible key yet adds nothing
-            c = c.nan_to_num(0.0) if correction == "old - new" else c
+            # a row with no visible key yet adds nothing (exp(-inf - (-inf)) is NaN); an overflow stays inf
+            p = torch.exp(scores - m_new)
+            p = torch.where(torch.isnan(p), 0.0, p)
+            c = torch.where(torch.isnan(c), 0.0, c) if correction == "old - new" else c
             l = (c * l if rescale in ("both", "l") else l) + p.sum(dim=-1, keepdim=True)  # noqa: E741
-            acc = c * acc if rescale in ("both", "acc") else acc
+            acc = c * acc if rescale in ("both", "acc") else acc  # rescale "l": l only, not acc
             acc = acc + (p @ v[..., k_start:k_end, :] / (l if normalise == "early" else 1))
             m = m_new
         out[..., q_start:q_end, :] = acc / l if normalise == "end" else acc
@@ -74,6 +81,23 @@ def _flash_attention(
 
 
 FLASH_ATTENTION = [
+    Mistake(
+        "looks like there is no running max (exp of the raw scores):\n"
+        "exp(s) overflows float32 once a score passes 88; subtract the largest\n"
+        "score so far, m, and rescale l and acc by exp(m_old - m_new) when it grows",
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, running_max=False),
+    ),
+    Mistake(
+        "looks like only l is rescaled when the max changes, not acc:\n"
+        "acc was summed relative to the old max too; multiply it by\n"
+        "c = exp(m_old - m_new) before adding p @ v_block, as you do for l",
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, rescale="l"),
+    ),
+    Mistake(
+        "looks like the mask also hides the diagonal (key == query):\n"
+        "a query sees its own key; hide only the keys after it (key_pos > query_pos)",
+        lambda q, k, v, causal, block_size: _flash_attention(q, k, v, causal, block_size, mask="strict"),
+    ),
     Mistake(
         "looks like the running sum l is not rescaled when the max changes:\n"
         "l was summed relative to the old max; multiply it by exp(m_old - m_new)\n"
@@ -126,7 +150,12 @@ FLASH_ATTENTION = [
     ),
 ]
 
+NOT_FLOAT32 = (
+    "looks like the frequencies come back in another dtype:\n"
+    "return float32, the dtype of inv_freq (RoPE's angles are computed with it)"
+)
 LINEAR_SCALING = [
+    Mistake(NOT_FLOAT32, lambda inv_freq, factor: inv_freq.double() / factor),
     Mistake(
         "looks like the frequencies are multiplied by factor:\n"
         "interpolation makes every pair turn factor times SLOWER: divide by factor",
@@ -143,7 +172,15 @@ def _ntk_theta(theta, head_dim, factor, L, seq_len, exponent=None, clamp=True, s
     return theta * (growth if dynamic else factor) ** exponent
 
 
+NOT_A_FLOAT = (
+    "looks like theta comes back as a tensor:\n"
+    "return a Python float, as theta is one (float(...) or .item())"
+)
 DYNAMIC_NTK_THETA = [
+    Mistake(
+        NOT_A_FLOAT,
+        lambda *args: torch.tensor(_ntk_theta(*args), dtype=torch.float64),
+    ),
     Mistake(
         "looks like the exponent is (head_dim - 2) / head_dim, upside down:\n"
         "the base becomes theta * g ** (head_dim / (head_dim - 2)), so that the\n"
@@ -219,6 +256,12 @@ ATTENTION_CASES = [
     ("causal, 12 queries after 18 cached keys, block 4", 1, 2, 1, 12, 30, 8, True, 4),
     ("causal, seq 12, block 64 (larger than the sequence)", 1, 2, 2, 12, 12, 8, True, 64),
 ]
+# Scores up to about 200 (q and k times 8): exp without the running max overflows float32 (exp(89) > 3.4e38).
+# A float32 score of size 200 is off by ~200 * 2**-24 * sqrt(8) = 3e-5, which moves the weights by that fraction
+# and the output (|v| < 4) by ~1e-4 at most: atol 1e-3 leaves room (the hidden tests use the same); a mistake
+# moves it by 0.1 or gives inf and NaN.
+LARGE_SCORES = ("causal, large scores (q and k times 8), seq 40, block 16", 1, 2, 2, 40, 40, 8, True, 16)
+LARGE_SCORES_ATOL = 1e-3
 # One case long enough that the full score matrix dwarfs every tensor a tiled attention needs:
 # q, k and v (heads * seq * head_dim), a score block (heads * block²), a row of blocks (heads * seq * block).
 MEMORY_CASE = ("causal, 2 heads, seq 96, block 16", 1, 2, 2, 96, 96, 16, True, 16)
@@ -233,11 +276,13 @@ def check_flash_attention(fn: Callable[..., torch.Tensor]) -> None:
     elements may appear.
     """
     cases = []
-    for case in [*ATTENTION_CASES, MEMORY_CASE]:
+    for case in [*ATTENTION_CASES, LARGE_SCORES, MEMORY_CASE]:
         label, batch, n_heads, n_kv_heads, seq, kv_seq, head_dim, causal, block_size = case
         generator = torch.Generator().manual_seed(seq * 100 + kv_seq)
         q = torch.randn(batch, n_heads, seq, head_dim, generator=generator)
         k, v = torch.randn(2, batch, n_kv_heads, kv_seq, head_dim, generator=generator)
+        if case is LARGE_SCORES:
+            q, k = q * 8, k * 8
         name = f"my_flash_attention({label})"
         cases.append(Case(name, (q, k, v, causal, block_size), _plain_attention(q, k, v, causal)))
     largest = []  # the largest tensor of each call, in elements
@@ -250,6 +295,8 @@ def check_flash_attention(fn: Callable[..., torch.Tensor]) -> None:
                 largest.append(sizes.largest)
 
     def small(case, given, got):
+        if not all(torch.equal(a, b) for a, b in zip(given[:3], case.args[:3])):
+            raise fail(case.label, "  changed its input q, k or v", "work on new tensors (q / √d, not q /= √d)")
         seq, kv_seq, block_size = case.args[0].shape[2], case.args[1].shape[2], case.args[4]
         if case is cases[-1] and largest[-1] >= seq * kv_seq:  # the memory case
             raise fail(
@@ -263,8 +310,12 @@ def check_flash_attention(fn: Callable[..., torch.Tensor]) -> None:
 
     # float32 inputs, sums of at most 96 terms of size < 30: a few units of 1.2e-7 relative in any
     # correct order, far inside the default 1e-5; every mistake above moves the output by 1e-2 or more
+    def compare(label, got, expected, args, mistakes):
+        atol, rtol = (LARGE_SCORES_ATOL, 0) if label == cases[-2].label else (1e-5, 1e-5)  # cases[-2]: large scores
+        tensors(atol, rtol)(label, got, expected, args, mistakes)
+
     check_cases(
-        "flash attention", "my_flash_attention", watched, cases, compare=tensors(),
+        "flash attention", "my_flash_attention", watched, cases, compare=compare,
         mistakes=FLASH_ATTENTION, before=small,
         forbidden=[F.scaled_dot_product_attention, flash_attention, attention_weights, Attention],
     )
@@ -289,6 +340,8 @@ def check_linear_scaling(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> N
                 "  changed its input inv_freq (an in-place /= ?)",
                 "return a new tensor, inv_freq / factor:\nthe caller still needs the plain frequencies",
             )
+        if isinstance(got, torch.Tensor) and got.dtype != case.args[0].dtype:
+            raise fail(case.label, f"  dtype {got.dtype}, expected {case.args[0].dtype}", NOT_FLOAT32)
 
     # one division per element, as the package does it: equal up to one rounding
     check_cases(
@@ -317,7 +370,7 @@ def _same_float(label: str, got: object, expected: float, args: tuple, mistakes)
         return isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
 
     if not isinstance(got, (int, float)):
-        raise fail(label, f"  expected a float, got {type(got).__name__}", "return a Python float, as theta is one")
+        raise fail(label, f"  expected a float, got {type(got).__name__}", NOT_A_FLOAT)
     if not same(got, expected):
         raise fail(label, f"  expected {expected!r}, got {got!r}", diagnose(got, args, mistakes, same))
 

@@ -8,6 +8,7 @@ the learner got.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
@@ -115,11 +116,11 @@ def check_swiglu(fn: Callable[..., torch.Tensor]) -> None:
 
     torch.manual_seed(0)
     cases = []
-    for tokens, dim, hidden in [(3, 4, 8), (2, 16, 40)]:
-        x = torch.randn(tokens, dim)
-        w1, w3, w2 = torch.randn(hidden, dim), torch.randn(hidden, dim), torch.randn(dim, hidden)
+    for shape, hidden in [((3, 4), 8), ((2, 16), 40), ((2, 5, 24), 64)]:  # x (..., dim): leading dimensions pass
+        x, dim = torch.randn(shape), shape[-1]
+        w1, w3, w2 = torch.randn(hidden, dim), torch.randn(hidden, dim), torch.randn(dim, hidden) / hidden**0.5
         expected = (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
-        cases.append(Case(f"my_swiglu(dim={dim}, hidden={hidden})", (x, w1, w2, w3), expected))
+        cases.append(Case(f"my_swiglu(x of shape {shape}, hidden={hidden})", (x, w1, w2, w3), expected))
     check_cases(
         "swiglu",
         "my_swiglu",
@@ -139,18 +140,28 @@ def check_ffn_hidden_dim(fn: Callable[[int, int, float | None], int]) -> None:
         (c.dim, c.multiple_of, c.ffn_dim_multiplier) for c in PRESETS.values()
     ]
     cases += [(768, 256, None), (3072, 1024, None), (5120, 256, 1.5), (24, 8, None), (4096, 1, 1.3), (384, 256, None)]
+    # and a grid: dims 8 ... 2048, multiples 1, 32 and 256, multipliers below and above 1
+    cases += [(d, m, f) for d in range(8, 2049, 40) for m in (1, 32, 256) for f in (None, 1.3, 2.0, 0.9)]
     cases = [Case(f"my_ffn_hidden_dim{args}", args, ffn_hidden_dim(*args)) for args in cases]
     check_cases("ffn hidden dim", "my_ffn_hidden_dim", fn, cases, mistakes=FFN_HIDDEN_DIM, forbidden=[ffn_hidden_dim])
 
 
 def check_count_parameters(fn: Callable) -> None:
     """``fn(config)``: the number of learned parameters of a ``Llama`` with this config (tied counted once)."""
-    from ..config import PRESETS
+    from ..config import PRESETS, LlamaConfig
     from ..model import Llama, count_parameters, parameters_by_component
 
     configs = dict(PRESETS)
     configs["tiny, tied"] = PRESETS["tiny"].replace(tie_embeddings=True)
     configs["tiny, multi-query, head_dim 32"] = PRESETS["tiny"].replace(n_kv_heads=1, head_dim=32)
+    rng = random.Random(0)  # small random configs: every field, tied or not, head_dim given or derived
+    for _ in range(20):
+        config = LlamaConfig(
+            dim=rng.choice([32, 48, 64]), n_layers=rng.randint(1, 6), n_heads=4 * rng.choice([1, 2]),
+            n_kv_heads=rng.choice([1, 2, 4]), vocab_size=rng.randint(10, 1000), hidden_dim=rng.randint(10, 300),
+            head_dim=rng.choice([None, 6, 16]), tie_embeddings=rng.random() < 0.5,
+        )  # fmt: skip
+        configs[repr(config)] = config
 
     def compare(label, got, expected, args, mistakes):
         if got != expected:

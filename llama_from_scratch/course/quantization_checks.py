@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..quantization.int4 import dequantize_int4, quantize_int4
 from ..quantization.packing import pack_int4, unpack_int4
@@ -25,6 +26,7 @@ from .feedback import (
     diagnose,
     fail,
     passed,
+    refuses,
     tensor_difference,
     tensors,
 )
@@ -32,12 +34,12 @@ from .feedback import (
 # --- the common wrong answers ----------------------------------------------------------------------
 
 
-def _quantize_int4(weight, group_size, layout="halves", steps=15, truncate=False):
+def _quantize_int4(weight, group_size, layout="halves", steps=15, truncate=False, zero_point=True, guard=True):
     groups = weight.float().reshape(weight.shape[0], -1, group_size)
     lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
     scales = (hi - lo) / steps
-    divisor = torch.where(scales == 0, torch.ones_like(scales), scales)
-    shifted = (groups - lo[..., None]) / divisor[..., None]
+    divisor = torch.where(scales == 0, torch.ones_like(scales), scales) if guard else scales
+    shifted = ((groups - lo[..., None]) if zero_point else groups) / divisor[..., None]
     q = (torch.floor(shifted) if truncate else torch.round(shifted)).clamp(0, 15).to(torch.uint8)
     half = group_size // 2
     if layout == "halves":  # byte j = q[j] | q[j + half] << 4
@@ -49,7 +51,23 @@ def _quantize_int4(weight, group_size, layout="halves", steps=15, truncate=False
     return packed.reshape(weight.shape[0], -1), scales, lo
 
 
+NO_GROUP_CHECK = (
+    "looks like a group size that does not divide in_features is not refused:\n"
+    "raise ValueError naming both numbers when in_features % group_size != 0"
+)
+ZERO_SCALE = (
+    "looks like a constant group divides 0 by a zero scale:\n"
+    "hi == lo gives scale 0, (w - lo) / 0 = 0 / 0 = NaN, and what NaN becomes as a\n"
+    "uint8 depends on the CPU; divide by 1 where the scale is 0 (every code is then 0)"
+)
 QUANTIZE_INT4 = [
+    Mistake(
+        "looks like the minimum is not subtracted before dividing (no zero point):\n"
+        "the codes are q = round((w - min) / scale), so that min gets code 0 and max code 15",
+        lambda w, g: _quantize_int4(w, g, zero_point=False),
+    ),
+    Mistake(NO_GROUP_CHECK, _quantize_int4),  # reshape fails with a RuntimeError instead
+    Mistake(ZERO_SCALE, lambda w, g: _quantize_int4(w, g, guard=False)),
     Mistake(
         "looks like neighbours share a byte (q[2j] with q[2j+1]):\n"
         "byte j of a group holds code j (low nibble) and code j + group_size/2 (high nibble)",
@@ -70,7 +88,7 @@ QUANTIZE_INT4 = [
 ]
 
 
-def _dequantize_int4(packed, scales, mins, group_size, layout="halves", centred=False):
+def _dequantize_int4(packed, scales, mins, group_size, layout="halves", centred=False, minimum=True):
     rows, groups = scales.shape
     p = packed.view(rows, groups, group_size // 2)
     if layout == "halves":
@@ -80,10 +98,15 @@ def _dequantize_int4(packed, scales, mins, group_size, layout="halves", centred=
     else:
         q = torch.cat([p >> 4, p & 0x0F], dim=-1)
     q = q.float() - (8 if centred else 0)
-    return (scales[..., None] * q + mins[..., None]).reshape(rows, groups * group_size)
+    return (scales[..., None] * q + (mins[..., None] if minimum else 0)).reshape(rows, groups * group_size)
 
 
 DEQUANTIZE_INT4 = [
+    Mistake(
+        "looks like the minimum is not added back:\n"
+        "code q stands for w = scale * q + min (code 0 is the group's minimum, not 0)",
+        lambda p, s, m, g: _dequantize_int4(p, s, m, g, minimum=False),
+    ),
     Mistake(
         "looks like the bytes are read as neighbours (q[2j], q[2j+1]):\n"
         "byte j of a group holds code j (low nibble) and code j + group_size/2 (high nibble)",
@@ -118,6 +141,12 @@ def _q8_0(x, rounding="away", fp16_first=False, divide=False, levels=127):
 
 QUANTIZE_Q8_0 = [
     Mistake(
+        "looks like the values are divided by d:\n"
+        "llama.cpp multiplies by the inverse, x * (1 / d) (0 where d = 0); in float32\n"
+        "x / d and x * (1 / d) can differ in the last bit and round to different codes",
+        lambda x: _q8_0(x, divide=True),
+    ),
+    Mistake(
         "looks like halves are rounded to even (np.round, torch.round):\n"
         "llama.cpp rounds halves away from zero (C's roundf): 0.5 -> 1, 2.5 -> 3, -2.5 -> -3",
         lambda x: _q8_0(x, rounding="even"),
@@ -150,6 +179,7 @@ def _int4_cases() -> list[tuple[str, torch.Tensor, int]]:
         ("with outliers (6, 128), group 32", outliers, 32),
         ("constant (2, 64), group 32", constant, 32),
         ("all positive (3, 64), group 64", positive, 64),
+        ("random (64, 576), group 32", torch.randn(64, 576, generator=generator) * 0.1, 32),
     ]
 
 
@@ -161,12 +191,46 @@ def _near_tie(weight: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((scaled - scaled.floor() - 0.5).abs() < 1e-4).reshape(weight.shape)
 
 
+class NaNToInteger(TorchDispatchMode):
+    """Inside the block, records whether an operation turned a NaN into an integer (``.to(torch.uint8)``, say).
+
+    What NaN becomes as an integer is undefined in C and differs between CPUs (0 on some, 255 or 128 on
+    others): an answer that gets its codes that way is right by luck, on this machine only.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        # an integer result (a bool one, torch.isnan(x) say, is how a NaN is looked for, not turned into a code)
+        if isinstance(out, torch.Tensor) and not (out.is_floating_point() or out.is_complex() or out.dtype == torch.bool):
+            inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+            self.seen |= any(a.is_floating_point() and bool(torch.isnan(a).any()) for a in inputs)
+        return out
+
+
+# (shape, group_size) that are not a whole number of groups: the function must refuse them
+BAD_GROUPS = [((3, 48), 32), ((2, 100), 64)]
+
+
 def check_quantize_int4(fn: Callable[[torch.Tensor, int], tuple]) -> None:
-    """``fn(weight, group_size)`` -> ``(packed, scales, mins)``, as the package's asymmetric ``quantize_int4``."""
+    """``fn(weight, group_size)`` -> ``(packed, scales, mins)``, as the package's asymmetric ``quantize_int4``.
+
+    Also: the input stays unchanged, no NaN becomes a code (a constant group has scale 0), and a group size
+    that does not divide the row is refused with a ``ValueError`` naming both numbers.
+    """
     cases = _int4_cases()
     for label, weight, group_size in cases:
         name = f"my_quantize_int4({label})"
-        got = answer("my_quantize_int4", fn, weight.clone(), group_size, forbidden=[quantize_int4, pack_int4])
+        given = weight.clone()
+        with NaNToInteger() as nan:
+            got = answer("my_quantize_int4", fn, given, group_size, forbidden=[quantize_int4, pack_int4])
+        if not torch.equal(given, weight):
+            raise fail(name, "  changed its input weight", "return new tensors; leave the weight as it was")
+        if nan.seen:
+            raise fail(name, "  a NaN was turned into an integer code", ZERO_SCALE)
         packed, scales, mins = quantize_int4(weight, group_size)
         if not isinstance(got, tuple) or len(got) != 3:
             raise fail(name, f"  expected a tuple (packed, scales, mins), got {type(got).__name__}")
@@ -202,7 +266,13 @@ def check_quantize_int4(fn: Callable[[torch.Tensor, int], tuple]) -> None:
                 f"got {int(got_q[row, column])}",
                 diagnose(got, (weight, group_size), QUANTIZE_INT4, same),
             )
-    passed("int4 quantize", len(cases))
+    for shape, group_size in BAD_GROUPS:
+        refuses(
+            f"my_quantize_int4(weight of shape {shape}, group_size={group_size})", "my_quantize_int4", fn,
+            (torch.randn(shape, generator=torch.Generator().manual_seed(1)), group_size),
+            [str(shape[1]), str(group_size)], NO_GROUP_CHECK, forbidden=[quantize_int4, pack_int4],
+        )
+    passed("int4 quantize", len(cases) + len(BAD_GROUPS))
 
 
 def check_dequantize_int4(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]) -> None:
@@ -238,6 +308,29 @@ def _smollm2_row() -> np.ndarray | None:
     return gguf.quants.dequantize(np.array(tensor.data[:1]), tensor.tensor_type)[0].astype(np.float32)
 
 
+def rounding_apart(amax: float = 1.0) -> np.ndarray:
+    """A block of 32 float32 values where ``x / d`` and ``x * (1 / d)`` round to different codes (``d = amax / 127``).
+
+    Found by search, not written down: the values within a few float32 steps of a half-way point
+    ``(k + 0.5) * d``, where the last bit of ``x * (1 / d)`` (what llama.cpp computes) can fall on the other
+    side of the half from ``x / d``. The block's first value is ``amax`` itself, so that it sets ``d``.
+    """
+    d = np.float32(amax) / np.float32(127)
+    points = ((np.arange(127) + 0.5).astype(np.float32) * d).astype(np.float32)
+    near, up, down = [points], points, points
+    for _ in range(8):  # up to 8 float32 steps either side
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        near += [up, down]
+    x = np.unique(np.concatenate(near))
+    x = x[x < amax]
+
+    def codes(scaled):
+        return np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))
+
+    apart = x[codes(x / d) != codes(x * (np.float32(1) / d))]
+    return np.concatenate([[np.float32(amax)], np.resize(apart, 31)]).astype(np.float32)
+
+
 def _q8_0_cases() -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     halves = np.zeros(32, dtype=np.float32)  # d = 127 / 127 = 1: every value below is its own code
@@ -249,6 +342,8 @@ def _q8_0_cases() -> list[tuple[str, np.ndarray]]:
         ("one repeated value, 32", np.full(32, -0.75, dtype=np.float32)),
         ("exact halves, 32 values", halves),
         ("huge and tiny, 64 values", np.concatenate([np.full(32, 3e4), np.full(32, 1e-6)]).astype(np.float32)),
+        ("-1 ... 0.5, 64 values (the largest |x| is negative)", np.linspace(-1.0, 0.5, 64, dtype=np.float32)),
+        ("32 values where x / d and x * (1 / d) round apart", rounding_apart()),
     ]
     row = _smollm2_row()
     if row is not None:
@@ -256,17 +351,23 @@ def _q8_0_cases() -> list[tuple[str, np.ndarray]]:
     return cases
 
 
+def _fp16(raw: np.ndarray) -> float:
+    return float(raw.view("<f2")[0])
+
+
 def check_quantize_q8_0(fn: Callable[[np.ndarray], np.ndarray]) -> None:
-    """``fn(x)``: ``(n,)`` float32 (``n`` a multiple of 32) -> ``(n // 32 * 34,)`` uint8, exactly ``gguf``'s Q8_0."""
+    """``fn(x)``: ``(n,)`` float32 (``n`` a multiple of 32) -> ``(n // 32 * 34,)`` uint8, exactly ``gguf``'s Q8_0;
+    another ``n`` is refused with a ``ValueError`` naming it."""
     import gguf
 
     from ..quantization.ggml_blocks import quantize_q8_0
 
     q8_0 = gguf.GGMLQuantizationType.Q8_0
+    rules = [gguf.quants.quantize, quantize_q8_0]
     cases = _q8_0_cases()
     for label, x in cases:
         name = f"my_quantize_q8_0({label})"
-        got = answer("my_quantize_q8_0", fn, x.copy(), forbidden=[gguf.quants.quantize, quantize_q8_0])
+        got = answer("my_quantize_q8_0", fn, x.copy(), forbidden=rules)
         expected = gguf.quants.quantize(x, q8_0)
         if not isinstance(got, np.ndarray):
             raise fail(name, f"  expected a numpy array of uint8, got {type(got).__name__}")
@@ -280,11 +381,22 @@ def check_quantize_q8_0(fn: Callable[[np.ndarray], np.ndarray]) -> None:
         if not np.array_equal(got, expected):
             first = int(np.flatnonzero(got != expected)[0])
             block, offset = divmod(first, 34)
-            where = "d (float16, bytes 0-1)" if offset < 2 else f"code {offset - 2}"
+            start = block * 34
+            if offset < 2:  # the scale: its value, not its bytes
+                where = f"d (float16): expected {_fp16(expected[start:start + 2]):.6g}, " \
+                        f"got {_fp16(got[start:start + 2]):.6g}"
+            else:
+                code = lambda b: int(b.view(np.int8))  # noqa: E731
+                where = f"code {offset - 2}: expected {code(expected[first])}, got {code(got[first])}"
             raise fail(
                 name,
-                f"  {int((got != expected).sum())} of {got.size} bytes differ; the first is byte {first}:\n"
-                f"  block {block}, {where}: expected {expected[first]}, got {got[first]}",
+                f"  {int((got != expected).sum())} of {got.size} bytes differ; the first in block {block},\n"
+                f"  {where}",
                 diagnose(got, (x,), QUANTIZE_Q8_0, lambda a, b: np.array_equal(a, b)),
             )
-    passed("Q8_0 quantize", len(cases))
+    for n in (31, 33, 100):
+        refuses(
+            f"my_quantize_q8_0({n} values)", "my_quantize_q8_0", fn, (np.zeros(n, dtype=np.float32),), [str(n)],
+            "Q8_0 quantizes whole blocks of 32: raise ValueError naming n otherwise", forbidden=rules,
+        )
+    passed("Q8_0 quantize", len(cases) + 3)

@@ -31,6 +31,10 @@ def _rope_halves(x, cos, sin):
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
 
+ROPE_DTYPE = (
+    "looks like the result does not keep the dtype of x (float32 for float64 x):\n"
+    "build it from x itself (torch.empty_like(x), or arithmetic on x)"
+)
 ROPE = [
     Mistake(
         "looks like the pairs are (j, j + head_dim/2), the rotate-half layout:\n"
@@ -51,6 +55,7 @@ ROPE = [
         "looks like cos and sin are swapped",
         lambda x, cos, sin: _rope(x, sin, cos),
     ),
+    Mistake(ROPE_DTYPE, lambda x, cos, sin: _rope(x.float(), cos.float(), sin.float())),
 ]
 
 
@@ -93,14 +98,31 @@ def check_rope(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
         x = torch.randn(shape)
         cos, sin = rope_cos_sin(torch.arange(3, 3 + shape[1]), shape[-1], theta=100.0)
         cases.append(Case(f"my_apply_rope(x of shape {shape})", (x, cos, sin), apply_rope(x, cos, sin)))
+    # float64, positions 0 ... 299 (position 0 does not turn): the result keeps the dtype of x
+    x = torch.randn(2, 300, 3, 32, dtype=torch.float64)
+    angles = torch.arange(300, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(0, 32, 2) / 32)
+    cos, sin = angles.cos(), angles.sin()
+    cases.append(Case("my_apply_rope(x of shape (2, 300, 3, 32), float64)", (x, cos, sin), apply_rope(x, cos, sin)))
+
+    def same_dtype(case, got):
+        if got.dtype != case.args[0].dtype:
+            raise fail(case.label, f"  dtype {got.dtype}, expected {case.args[0].dtype}", ROPE_DTYPE)
+
+    def compare(label, got, expected, args, mistakes):
+        # float64: each output is two products and a sum, within a few 1e-16 of the package's; 1e-12 leaves room
+        # while a float32 step inside (1e-7 off) fails, as it fails the hidden tests' float64 property
+        atol, rtol = (1e-12, 0) if args[0].dtype == torch.float64 else (1e-5, 1e-5)
+        tensors(atol, rtol)(label, got, expected, args, mistakes)
+
     check_cases(
         "rope",
         "my_apply_rope",
         fn,
         cases,
-        compare=tensors(),
+        compare=compare,
         mistakes=ROPE,
         forbidden=[apply_rope, apply_rope_complex, apply_rope_half],
+        after=same_dtype,
     )
 
 
@@ -113,7 +135,7 @@ def check_interleaved_to_half(fn: Callable[[torch.Tensor, int], torch.Tensor]) -
     """
     from ..rope import apply_rope_half, half_to_interleaved
 
-    shapes = [(1, 8, 3), (2, 4, 5), (4, 16, 64)]
+    shapes = [(1, 8, 3), (2, 4, 5), (4, 16, 64), (8, 2, 1), (3, 128, 2)]
     cases = []
     for n_heads, head_dim, in_features in shapes:
         w = torch.arange(n_heads * head_dim * in_features, dtype=torch.float32).reshape(-1, in_features)

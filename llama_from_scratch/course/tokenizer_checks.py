@@ -10,6 +10,7 @@ encoding loop, :func:`textbook_encode`, is written once, for the expected answer
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 from itertools import pairwise
@@ -147,38 +148,49 @@ TRAIN_BPE = [
 # --- the checks -----------------------------------------------------------------------------------
 
 
+def _unchanged(case, given, got):
+    """A ``before`` of :func:`~.feedback.check_cases`: the answer left its first argument, the ids, as it was."""
+    if given[0] != case.args[0]:
+        raise fail(
+            case.label,
+            f"  the input became {given[0]}" if len(given[0]) < 20 else "  the input ids changed",
+            "looks like it changes its input:\nbuild and return a new list",
+        )
+
+
 def check_pair_counts(fn: Callable[[list[int]], dict[tuple[int, int], int]]) -> None:
-    """``fn(ids)``: how often each pair of neighbouring ids occurs, as ``{(a, b): count}``."""
-    cases = [[], [1], [1, 2, 3, 1, 2], [5, 5, 5, 5], list(b"the cat in the hat")]
-    cases = [Case(f"my_pair_counts({ids})", (ids,), dict(pair_counts(ids))) for ids in cases]
+    """``fn(ids)``: how often each pair of neighbouring ids occurs, as ``{(a, b): count}``; ``ids`` unchanged."""
+    cases = [(f"my_pair_counts({ids})", ids) for ids in [[], [1], [1, 2, 3, 1, 2], [5, 5, 5, 5], [7, 8, 7, 8]]]
+    cases += [("my_pair_counts(the bytes of 'the cat in the hat')", list(b"the cat in the hat"))]
+    rng = random.Random(0)
+    cases += [(f"my_pair_counts({n} random ids in 0 ... 4)", [rng.randrange(5) for _ in range(n)]) for n in (50, 1000)]
+    cases = [Case(label, (ids,), dict(pair_counts(ids))) for label, ids in cases]
     check_cases(
-        "pair counts", "my_pair_counts", fn, cases, mistakes=PAIR_COUNTS, forbidden=[pair_counts], convert=as_dict
+        "pair counts", "my_pair_counts", fn, cases, mistakes=PAIR_COUNTS, forbidden=[pair_counts], convert=as_dict,
+        before=_unchanged,
     )
 
 
 def check_merge(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
     """``fn(ids, pair, new_id)``: replace every non-overlapping occurrence of ``pair``, left to right."""
     cases = [([1, 2, 3, 1, 2], (1, 2), 9), ([5, 5, 5], (5, 5), 7), ([1, 2], (2, 1), 3), ([], (1, 2), 3)]
-    cases += [([4, 1, 2, 1, 2, 6], (1, 2), 8)]
-
-    def unchanged(case, given, got):
-        if given[0] != case.args[0]:
-            raise fail(
-                case.label,
-                f"  the input became {given[0]}",
-                "looks like it changes its input:\nbuild and return a new list",
-            )
-
+    cases += [([4, 1, 2, 1, 2, 6], (1, 2), 8), ([1, 2, 1, 2, 2, 1], (1, 2), 9), ([5, 5, 5, 5], (5, 5), 7)]
+    cases += [([3], (3, 3), 4), ([1, 2, 3], (3, 1), 4)]
     cases = [
         Case(f"my_merge({ids}, {pair}, {new_id})", (ids, pair, new_id), merge(ids, pair, new_id))
         for ids, pair, new_id in cases
     ]
-    check_cases("merge", "my_merge", fn, cases, mistakes=MERGE, forbidden=[merge], convert=as_list, before=unchanged)
+    check_cases("merge", "my_merge", fn, cases, mistakes=MERGE, forbidden=[merge], convert=as_list, before=_unchanged)
 
 
 def check_train_bpe(fn: Callable[[str, int], dict[tuple[int, int], int]]) -> None:
     """``fn(text, n_merges)``: learn up to ``n_merges`` merges, most frequent pair first, ties to the smallest."""
+    from ..training.corpus import shakespeare
+
     cases = [("aaabdaaabac", 3), ("ab", 5), ("", 2), ("é é", 2), ("aaaaaaaa", 10), ("to be or not to be", 6)]
+    cases = [(f"my_train_bpe({text!r}, {n})", text, n) for text, n in cases]
+    sample = shakespeare().train[:3000] + " naïve café — 😀"
+    cases += [("my_train_bpe(3,000 characters of Shakespeare, accents and an emoji, 60)", sample, 60)]
 
     def in_order(case, got):
         if list(got.values()) != sorted(got.values()):
@@ -186,7 +198,7 @@ def check_train_bpe(fn: Callable[[str, int], dict[tuple[int, int], int]]) -> Non
                 case.label, f"  {got}", "the merges are out of order:\nreturn them in the order they were learned"
             )
 
-    cases = [Case(f"my_train_bpe({text!r}, {n})", (text, n), train_bpe(text, n)) for text, n in cases]
+    cases = [Case(label, (text, n), train_bpe(text, n)) for label, text, n in cases]
     check_cases(
         "train bpe",
         "my_train_bpe",
@@ -207,10 +219,17 @@ def check_bpe_encode(fn: Callable[[str, dict[tuple[int, int], int]], list[int]])
     pairs present, until no pair has a merge. ``merges`` maps ``(a, b)`` to
     the new id.
     """
+    from ..training.corpus import shakespeare
+
     merges = {(116, 104): 256, (256, 101): 257, (97, 116): 258, (32, 257): 259, (104, 258): 260}
     merges |= {(104, 97): 261, (261, 116): 262, (32, 262): 263}  # "ha", "hat", " hat": learned after "at"
-    cases = ["", "the hat", "the cat in the hat", "héllo wörld", "thethe", "that hat"]
-    cases = [Case(f"my_encode({text!r})", (text, merges), textbook_encode(text, merges)) for text in cases]
+    texts = ["", "x", "the hat", "the cat in the hat", "héllo wörld", "thethe", "that hat"]
+    cases = [Case(f"my_encode({text!r})", (text, merges), textbook_encode(text, merges)) for text in texts]
+    sample = shakespeare().train[:3000]
+    learned = train_bpe(sample, 80)  # merges learned on the text itself: encoding it replays them
+    for label, text in [("3,000 characters of Shakespeare", sample), ("'naïve café 😀'", "naïve café 😀")]:
+        cases.append(Case(f"my_encode({label}, 80 merges learned on Shakespeare)", (text, learned),
+                          textbook_encode(text, learned)))  # fmt: skip
     check_cases(
         "bpe encode", "my_encode", fn, cases, mistakes=BPE_ENCODE, forbidden=[merge, pair_counts], convert=as_list
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .feedback import Mistake, answer, diagnose, fail, passed, tensor_difference
+from .feedback import Mistake, answer, diagnose, fail, float32_drift, passed, tensor_difference
 
 # --- the common wrong answers ---------------------------------------------------------------------
 
@@ -132,16 +132,19 @@ def check_lr_schedule(fn: Callable[[int, int, int, float, float], float]) -> Non
     """``fn(step, warmup_steps, total_steps, lr, min_lr)``: linear warm-up, then cosine decay to ``min_lr``."""
     from ..training.train import TrainConfig, learning_rate
 
-    cases = [(100, 1000, 1e-3, 1e-4), (10, 50, 3e-3, 0.0), (1, 20, 1.0, 0.5), (4, 20, 1.0, 0.1)]
+    # the last two: no decay phase at all (warmup_steps = total_steps), and a run as chapter 07 trains one
+    cases = [(100, 1000, 1e-3, 1e-4), (10, 50, 3e-3, 0.0), (1, 20, 1.0, 0.5), (4, 20, 1.0, 0.1), (5, 5, 2.0, 0.5)]
+    cases += [(30, 300, 3e-3, 1e-4)]
     for warmup, total, lr, min_lr in cases:
         config = TrainConfig(steps=total, warmup_steps=warmup, lr=lr, min_lr=min_lr)
-        steps = sorted({0, warmup - 1, warmup, warmup + 1, (warmup + total) // 2, total - 1, total, total + 10})
+        steps = [*range(total + 20), 500]  # every step of the run, some after it, and one far after
         got = [
             answer("my_learning_rate", fn, step, warmup, total, lr, min_lr, forbidden=[learning_rate]) for step in steps
         ]
         expected = [learning_rate(step, config) for step in steps]
         for step, g, e in zip(steps, got, expected):
-            if not isinstance(g, (int, float)) or abs(g - e) > 1e-9 + 1e-6 * abs(e):
+            # float64 arithmetic of a few operations: two correct formulas agree to some 1e-15 relative
+            if not isinstance(g, (int, float)) or not math.isclose(g, e, rel_tol=1e-9, abs_tol=1e-15):
                 wrong = [
                     Mistake(m.cause, lambda *a, m=m, steps=steps: [m.answer(s, *a) for s in steps]) for m in LR_SCHEDULE
                 ]
@@ -177,8 +180,8 @@ def check_clip_gradients(fn: Callable[[list[torch.Tensor], float], float]) -> No
 
         def run(answer_fn, name=None, weights=weights, reference=reference, max_norm=max_norm):
             """(norm returned, gradients afterwards) of answer_fn, on fresh parameters holding the reference gradients."""
-            params = [torch.nn.Parameter(w.clone()) for w in weights]
-            for p, g in zip(params, reference):
+            params = [torch.nn.Parameter(w.clone()) for w in weights] + [torch.nn.Parameter(torch.zeros(3))]
+            for p, g in zip(params, reference):  # the last parameter has no gradient (a frozen one, say)
                 p.grad = g.clone()
             call = (lambda *a: answer(name, answer_fn, *a, forbidden=rules)) if name else answer_fn
             return call(iter(params), max_norm), [p.grad for p in params]
@@ -187,7 +190,10 @@ def check_clip_gradients(fn: Callable[[list[torch.Tensor], float], float]) -> No
             return (
                 isinstance(got[0], (int, float, torch.Tensor))
                 and math.isclose(float(got[0]), wrong[0], rel_tol=1e-4)
-                and all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got[1], wrong[1]))
+                and all(
+                    (g is None and w is None) or (g is not None and w is not None and torch.allclose(g, w, atol=1e-6))
+                    for g, w in zip(got[1], wrong[1])
+                )
             )
 
         expected_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in reference])))
@@ -199,12 +205,23 @@ def check_clip_gradients(fn: Callable[[list[torch.Tensor], float], float]) -> No
 
         label = f"my_clip_grad_norm(max_norm={max_norm}, gradients of norm {expected_norm:.3g})"
         got = outcome[0]
-        if not isinstance(got, (int, float, torch.Tensor)) or abs(float(got) - expected_norm) > 1e-4 * expected_norm:
+        # a sum of n squares and a root in float32 on either side, each within float32_drift(n) of the exact norm
+        rel = 2 * float32_drift(sum(g.numel() for g in reference))
+        if not isinstance(got, (int, float, torch.Tensor)) or not math.isclose(float(got), expected_norm, rel_tol=rel):
             raise fail(label, f"  should return the norm before clipping, {expected_norm:.6g}, got {got!r}", cause())
         for i, (grad, g) in enumerate(zip(outcome[1], reference)):
-            difference = tensor_difference(grad, g * factor, atol=1e-6, rtol=1e-5)
+            if factor < 1:  # one float32 product off at most
+                difference = tensor_difference(grad, g * factor, atol=1e-6, rtol=1e-5)
+            else:  # below max_norm the gradients stay exactly as they are
+                difference = tensor_difference(grad, g, atol=0, rtol=0)
             if difference is not None:
                 raise fail(f"{label}, gradient {i} afterwards", difference, cause())
+        if outcome[1][-1] is not None:
+            raise fail(
+                f"{label}, a parameter without a gradient",
+                "  its .grad is no longer None",
+                "skip the parameters whose .grad is None (frozen ones): leave them None",
+            )
     passed("clip gradients", len(cases))
 
 
@@ -251,7 +268,15 @@ def check_train_step(fn: Callable[..., float]) -> None:
                     return mistake.cause
             return None
 
-        if not isinstance(got, (int, float, torch.Tensor)) or abs(float(got) - expected) > 1e-5:
+        if not isinstance(got, float):
+            raise fail(
+                label, f"  expected the loss as a Python float, got {type(got).__name__}",
+                "return loss.item(): a float, not the tensor (which would keep its graph alive)",
+            )
+        # float32 rounding, as the hidden tests allow: the two losses add in other orders over the vocabulary and
+        # the positions, through the layers; independent rounding errors add up like a random walk
+        drift = float32_drift(config.vocab_size + inputs.numel() + config.n_layers * config.hidden_dim)
+        if abs(got - expected) > drift * expected:
             raise fail(label, f"  the loss should be {expected:.6f}, got {got!r}")
         for name, p in models[1].named_parameters():
             difference = tensor_difference(models[0].get_parameter(name), p, atol=1e-5, rtol=1e-5)
