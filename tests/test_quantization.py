@@ -300,6 +300,7 @@ def test_the_one_row_kernel_multiplies_by_the_dequantized_weight(scheme, group_s
     assert ((layer.matmul_one_row(x) - w @ x).abs() <= bound).all()
 
 
+@pytest.mark.slow
 def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels():
     """generate(compile=True) on an int4 model (head included): Inductor compiles matmul_one_row, and the
     greedy tokens equal the eager ones: the sums are reordered, so logits differ by float32 rounding only

@@ -90,6 +90,7 @@ def test_chat_template_and_tokenizer_from_the_file_match_transformers(pretrained
     assert pretrained.tokenizer.eos_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
+@pytest.mark.slow
 def test_chat_command_streams_an_answer():
     import subprocess
     import sys
