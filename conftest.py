@@ -37,7 +37,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
         return
     terminalreporter.section(f"notebook run times (budget: {NOTEBOOK_BUDGET_S:.0f} s each on an idle machine)")
     for path, seconds in sorted(_seconds.items(), key=lambda item: -item[1]):
-        flag = "  HUNG (the run fails)" if seconds > NOTEBOOK_HANG_S else "  over budget" if seconds > NOTEBOOK_BUDGET_S else ""
+        flag = "  over budget" if seconds > NOTEBOOK_BUDGET_S else ""
+        flag = "  HUNG: the run fails" if seconds > NOTEBOOK_HANG_S else flag
         terminalreporter.write_line(f"{seconds:7.1f} s  {path}{flag}")
 
 
