@@ -170,6 +170,7 @@ def test_int4_refuses_an_unknown_group_size():
     [(Int8Linear, {}), (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 64, "symmetric": True})],
 )
 def test_quantized_linear_holds_buffers_and_computes_with_its_dequantized_weight(cls, settings):
+    torch.manual_seed(0)
     linear = nn.Linear(64, 24, bias=False)
     layer = cls.from_linear(linear, **settings)
     assert list(layer.parameters()) == [] and {"qweight", "scales"} <= dict(layer.named_buffers()).keys()
