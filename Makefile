@@ -28,7 +28,8 @@ lab: setup
 test: setup
 	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest
 
-# The same without the tests marked slow (notebooks, CLI subprocesses, torch.compile, fuzzing): minutes, not a quarter hour.
+# The same without the tests marked slow (notebooks, CLI subprocesses, torch.compile, fuzzing, transformers on
+# SmolLM2; see the marker in pyproject.toml): the loop to run while you work; make test before you push.
 test-fast: setup
 	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not slow"
 
