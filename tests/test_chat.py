@@ -58,6 +58,7 @@ def test_chat_keeps_the_conversation(tokenizer):
         chat(Pretrained(pretrained.model, tokenizer, None), lambda: "hi", written.append)
 
 
+@pytest.mark.slow
 def test_generate_command_on_a_training_checkpoint(tmp_path, tokenizer):
     config = LlamaConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tokenizer.vocab_size, hidden_dim=64)
     save_checkpoint(random_llama(config), tokenizer, tmp_path / "step-0000001")
@@ -87,6 +88,7 @@ def test_generate_command_on_a_training_checkpoint(tmp_path, tokenizer):
     assert result.stdout.startswith("To be") and len(result.stdout) > len("To be\n")
 
 
+@pytest.mark.slow
 def test_commands_report_bad_input_without_a_traceback(tmp_path):
     for command in (
         ["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"],

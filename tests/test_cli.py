@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from helpers import random_llama
 from llama_from_scratch import LlamaConfig, save_checkpoint
 from llama_from_scratch.cli import main
@@ -19,6 +21,7 @@ def test_info_describes_a_checkpoint(tmp_path, capsys):
     assert "dim=32" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bad_checkpoint_is_an_error_message_not_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "llama_from_scratch", "info", str(tmp_path / "missing")], capture_output=True, text=True

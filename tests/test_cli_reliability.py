@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import random_llama
 from llama_from_scratch import LlamaConfig, load_checkpoint, save_checkpoint, train_bpe
@@ -49,6 +48,7 @@ def train_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
     return ["train", "--out", str(out), "--data-dir", str(data_dir), "--batch-size", "1", *extra]
 
 
+@pytest.mark.slow
 def test_resume_continues_a_run_the_cli_wrote_with_the_recipe_config(tmp_path, data_dir):
     """The recipe's model (multiple_of=64, ...) resumes: the checkpoint keeps the complete config."""
     out = tmp_path / "run"
@@ -70,6 +70,7 @@ def test_resume_continues_a_run_the_cli_wrote_with_the_recipe_config(tmp_path, d
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.slow
 def test_a_signal_stops_training_after_the_step_with_a_checkpoint(tmp_path, data_dir, sig):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the progress bar says the loop runs
@@ -96,6 +97,7 @@ def test_a_signal_stops_training_after_the_step_with_a_checkpoint(tmp_path, data
     assert resumed.returncode == 0, resumed.stderr
 
 
+@pytest.mark.slow
 def test_an_unusable_out_folder_is_found_before_training(tmp_path, data_dir):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
@@ -143,6 +145,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
         subprocess.run(["umount", disk], check=True)
 
 
+@pytest.mark.slow
 def test_non_finite_learning_rate_is_one_line(tmp_path, data_dir):
     assert_one_line_error(run_cli(*train_args(tmp_path / "run", data_dir, "--lr", "inf")), "lr must be a finite number")
 
@@ -157,6 +160,7 @@ def chat_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_chat_with_bad_or_closed_input_is_one_line(chat_checkpoint):
     args = ("chat", "--checkpoint", str(chat_checkpoint), "--max-new-tokens", "4")
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -171,6 +175,7 @@ def test_chat_with_bad_or_closed_input_is_one_line(chat_checkpoint):
     assert_one_line_error(closed, "standard input, which is closed")
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_chat_without_a_traceback(chat_checkpoint):
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_from_scratch", "chat", "--checkpoint", str(chat_checkpoint),

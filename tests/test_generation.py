@@ -60,6 +60,7 @@ def test_greedy_generation_is_identical_with_and_without_cache(model):
     assert with_cache == without
 
 
+@pytest.mark.slow
 def test_compiled_decoding_gives_the_eager_tokens_without_recompiling():
     """torch.compile'd decode steps: same greedy tokens, and one compiled graph serves every cache length."""
     torch._dynamo.reset()

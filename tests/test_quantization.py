@@ -170,6 +170,7 @@ def test_int4_refuses_an_unknown_group_size():
     [(Int8Linear, {}), (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 64, "symmetric": True})],
 )
 def test_quantized_linear_holds_buffers_and_computes_with_its_dequantized_weight(cls, settings):
+    torch.manual_seed(0)
     linear = nn.Linear(64, 24, bias=False)
     layer = cls.from_linear(linear, **settings)
     assert list(layer.parameters()) == [] and {"qweight", "scales"} <= dict(layer.named_buffers()).keys()
@@ -323,7 +324,8 @@ def test_the_one_row_kernel_multiplies_by_the_dequantized_weight(scheme, group_s
     assert ((layer.matmul_one_row(x) - w @ x).abs() <= bound).all()
 
 
-def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels():
+@pytest.mark.slow
+def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels(monkeypatch):
     """generate(compile=True) on an int4 model (head included): Inductor compiles matmul_one_row, and the
     greedy tokens equal the eager ones: the sums are reordered, so logits differ by float32 rounding only
     (about 1e-6 here), and every step's best logit leads the second by far more (checked)."""
@@ -333,12 +335,11 @@ def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels():
     model = quantize(random_llama(TIED), "int4", 32, include_output=True)
     calls = []
     original = Int4Linear.matmul_one_row
-    Int4Linear.matmul_one_row = lambda self, x: calls.append(1) or original(self, x)  # counts while tracing
-    try:
-        torch._dynamo.reset()
-        tokens = generate(model, [1, 2, 3], 6, compile=True)
-    finally:
-        Int4Linear.matmul_one_row = original
+    counting = lambda self, x: calls.append(1) or original(self, x)  # noqa: E731 (counts while Dynamo traces)
+    monkeypatch.setattr(Int4Linear, "matmul_one_row", counting)
+    torch._dynamo.reset()
+    tokens = generate(model, [1, 2, 3], 6, compile=True)
+    monkeypatch.undo()  # the eager run below uses the real kernel
     assert calls, "the compiled decode step never took the one-row path"
     assert tokens == generate(model, [1, 2, 3], 6)
     with torch.no_grad():

@@ -54,6 +54,7 @@ def test_config_read_from_the_file(pretrained):
     assert load_checkpoint(SMOLLM2, device="cpu").config == config
 
 
+@pytest.mark.slow  # transformers reads the 135M-parameter GGUF file itself: tens of seconds
 @needs_transformers
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_logits_equal_transformers_on_the_same_file(models, model64, prompt):
@@ -65,6 +66,7 @@ def test_logits_equal_transformers_on_the_same_file(models, model64, prompt):
     assert_same_logits(got, expected, float32_rounding(ours, tokens, model64))
 
 
+@pytest.mark.slow  # transformers reads the 135M-parameter GGUF file itself: tens of seconds
 @needs_transformers
 def test_greedy_64_tokens_equal_transformers(models):
     ours, theirs, tokenizer = models
@@ -76,6 +78,7 @@ def test_greedy_64_tokens_equal_transformers(models):
     assert mine == reference[0, len(prompt) :].tolist()
 
 
+@pytest.mark.slow  # transformers reads the 135M-parameter GGUF file itself: tens of seconds
 @needs_transformers
 def test_chat_template_and_tokenizer_from_the_file_match_transformers(pretrained, models):
     tokenizer = models[2]
@@ -90,6 +93,7 @@ def test_chat_template_and_tokenizer_from_the_file_match_transformers(pretrained
     assert pretrained.tokenizer.eos_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
+@pytest.mark.slow
 def test_chat_command_streams_an_answer():
     import subprocess
     import sys

