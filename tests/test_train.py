@@ -23,6 +23,7 @@ from llama_from_scratch.training.train import (
     evaluate_all,
     learning_rate,
     train,
+    train_step,
 )
 
 MODEL = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=32)
@@ -301,3 +302,22 @@ def test_non_finite_settings_are_refused_and_a_non_finite_loss_stops_the_run(tmp
         train(new_model(), TextWindows(synthetic_data()), quick_config(steps=4), RunFolder(run, resume=True))
     assert train_checkpoint.latest_checkpoint(run).name == "step-0000002"
     load_checkpoint(run, device="cpu")
+
+
+def test_train_step_clips_only_what_the_optimizer_updates():
+    """A frozen weight holding a stale gradient (left by an earlier backward) must not enter the clipping norm."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    frozen, trainable = model[0], model[1]
+    frozen.weight.grad = torch.full_like(frozen.weight, 1e6)  # stale: from before it was frozen
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.SGD(trainable.parameters(), lr=0.0)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+
+    def mse(m, inputs, targets):
+        return torch.nn.functional.mse_loss(m(inputs), targets)
+
+    _, grad_norm = train_step(model, optimizer, [(x, y)], lr=0.0, grad_clip=1.0, loss_fn=mse)
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in trainable.parameters()]))
+    assert grad_norm == pytest.approx(expected.item(), rel=1e-6)  # the same float32 sum, in another order at most

@@ -171,7 +171,10 @@ def train_step(
             loss = loss_fn(model, *(t.to(device) for t in batch)) / len(micro_batches)
         loss.backward()
         total += loss.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # the norm of what this step updates: a frozen weight may still hold a stale gradient from elsewhere
+    # (a probe's backward, say), which zero_grad above does not clear and which must not shrink this step
+    updated = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(updated, grad_clip)
     optimizer.step()
     return total, float(grad_norm)
 
