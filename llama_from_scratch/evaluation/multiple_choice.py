@@ -7,7 +7,8 @@ favours short choices (every extra token can only lower it), so the score is nor
 * ``"none"``: log P(choice | context), the sum;
 * ``"token"``: divided by the choice's number of tokens (the mean per token);
 * ``"char"``: divided by its number of characters (Gao et al. 2021; lm-evaluation-harness's ``acc_norm``,
-  which LLaMA uses for most multiple-choice tasks; characters do not depend on the tokenizer);
+  which LLaMA uses for most multiple-choice tasks; characters do not depend on the tokenizer), not counting
+  the spaces that separate it from the context, as lm-evaluation-harness counts them;
 * ``"answer"``: log P(choice | context) - log P(choice | "Answer:"): how much more probable the question
   makes the choice than it is anyway (Brown et al. 2020; LLaMA's OpenBookQA and BoolQ).
 """
@@ -56,7 +57,7 @@ def choice_scores(
     if normalization == "token":
         return [s.logprob / len(s.token_logprobs) for s in scored]
     if normalization == "char":
-        return [s.logprob / len(choice) for s, choice in zip(scored, choices)]
+        return [s.logprob / max(1, len(choice.lstrip(" "))) for s, choice in zip(scored, choices)]
     if baseline is None:
         raise ValueError('the "answer" normalization needs the baseline scores of the choices after "Answer:"')
     return [s.logprob - b.logprob for s, b in zip(scored, baseline)]

@@ -2,7 +2,8 @@
 
 A name of :data:`TASKS` builds a shipped task; anything else that names a file is read by
 :func:`read_task_file`: JSON lines, one item per line, ``{"context", "choices", "answer"}`` for multiple
-choice (``answer``: the index of the right choice) or ``{"context", "answers"}`` for a generation task
+choice (``answer``: the index of the right choice; each choice follows the context after one space,
+lm-evaluation-harness's ``target_delimiter``) or ``{"context", "answers"}`` for a generation task
 (``answers``: the references). The same file can be lm-evaluation-harness's data file (``dataset_path:
 json``), so both harnesses score the same items.
 """
@@ -47,7 +48,7 @@ def _item(record: object, where: str) -> MultipleChoiceItem | GenerationItem:
         answer = check_type(record.get("answer"), "int", f"{where}: answer")
         if len(choices) < 2 or not 0 <= answer < len(choices):
             raise FormatError(f"{where}: expected at least 2 choices and 0 <= answer < {len(choices)}, got {answer}")
-        return MultipleChoiceItem(context, tuple(choices), answer)
+        return MultipleChoiceItem(context, tuple(" " + choice for choice in choices), answer)
     if "answers" in record:
         answers = check_type(record["answers"], "list", f"{where}: answers", items="str")
         if not answers:

@@ -1,0 +1,133 @@
+"""Our model inside EleutherAI's lm-evaluation-harness, so that any of its hundreds of tasks can score it.
+
+Importing this module registers :class:`LlamaFromScratchLM` under the name ``llama-from-scratch``::
+
+    import lm_eval
+    import llama_from_scratch.evaluation.lm_eval_adapter  # registers the model
+
+    lm_eval.simple_evaluate(model="llama-from-scratch", model_args="checkpoint=runs/shakespeare", tasks=["arc_easy"])
+
+``checkpoint`` is anything :func:`~llama_from_scratch.checkpoints.load_pretrained` reads (a Hugging Face
+folder, a GGUF file, a Meta folder, a training run). The harness asks a model three things, and each is
+answered by this package's own code:
+
+* ``loglikelihood``: ``(context, continuation)`` -> ``(log P(continuation | context), is it greedy?)``,
+  by :func:`.likelihood.score`: requests that share a context (the choices of one question) share its KV cache;
+* ``loglikelihood_rolling``: a whole text's log-likelihood, in windows that fill the model's context
+  (:func:`.likelihood.rolling_requests`), for perplexity tasks;
+* ``generate_until``: greedy (or sampled) text up to the request's stop sequences (:func:`.generation.generate_until`).
+
+Texts are tokenized by :func:`.likelihood.encode_pair`, with the tokenizer's BOS token in front (an empty
+context is then the BOS token alone). A context too long for the model loses its beginning, as the harness's
+own models do. ``lm-eval`` is an optional extra (``pip install llama-from-scratch[eval]``), not a course
+dependency: importing this module without it raises ModuleNotFoundError with the command to install it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ModuleNotFoundError as error:  # pragma: no cover - depends on the environment
+    raise ModuleNotFoundError(
+        "the lm-evaluation-harness adapter needs lm-eval: pip install 'llama-from-scratch[eval]' (or pip install lm-eval)"
+    ) from error
+
+from ..checkpoints import load_pretrained
+from .generation import generate_until
+from .likelihood import Request, encode_pair, rolling_requests, score
+
+NAME = "llama-from-scratch"
+
+
+def _int_option(name: str, value: object, default: int) -> int:
+    if value is None or value == "auto":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model_args {name} must be an integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"model_args {name} must be >= 1, got {number}")
+    return number
+
+
+@register_model(NAME)
+class LlamaFromScratchLM(LM):
+    """A checkpoint of this package as an lm-evaluation-harness model (``model_args``: ``checkpoint=PATH``, and
+    optionally ``batch_size``, ``device``, ``max_gen_toks``)."""
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        batch_size: int | str | None = 8,
+        device: str | None = None,
+        max_gen_toks: int | str = 256,
+        **unused,
+    ):
+        super().__init__()
+        if not checkpoint:
+            raise ValueError(f"the {NAME} model needs model_args checkpoint=PATH (a checkpoint load_pretrained reads)")
+        pretrained = load_pretrained(checkpoint, device=device)
+        self.model = pretrained.model.eval()
+        self.tokenizer = pretrained.tokenizer
+        self.batch_size = _int_option("batch_size", batch_size, 8)
+        self.max_gen_toks = _int_option("max_gen_toks", max_gen_toks, 256)
+        self.max_length = self.model.config.max_seq_len
+
+    # -- likelihoods ------------------------------------------------------------------------------------------
+
+    def _pair(self, context: str, continuation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation)
+        continuation_ids = continuation_ids[-self.max_length :]  # a continuation longer than the model: its end
+        room = self.max_length - len(continuation_ids) + 1  # context + continuation[:-1] fit max_length
+        return tuple(context_ids[-room:]), tuple(continuation_ids)
+
+    def loglikelihood_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """``(log-likelihood, greedy)`` for each ``(context, continuation)`` pair, in order."""
+        encoded = [self._pair(context, continuation) for context, continuation in pairs]
+        by_context: dict[tuple[int, ...], list[int]] = {}  # context -> its pairs, in the order first seen
+        for i, (context, _) in enumerate(encoded):
+            by_context.setdefault(context, []).append(i)
+        requests = [Request(context, tuple(encoded[i][1] for i in group)) for context, group in by_context.items()]
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        for group, scored in zip(by_context.values(), score(self.model, requests, self.batch_size)):
+            for i, s in zip(group, scored):
+                results[i] = (s.logprob, s.greedy)
+        return results
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        return self.loglikelihood_pairs([tuple(request.args[:2]) for request in requests])
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
+        if start is None:
+            raise ValueError("loglikelihood_rolling needs a BOS or end-of-text token to start the text from")
+        totals = []
+        for request in requests:
+            chunks = rolling_requests([start, *self.tokenizer.encode(request.args[0])], self.max_length)
+            totals.append(sum(s.logprob for item in score(self.model, chunks, self.batch_size) for s in item))
+        return totals
+
+    # -- generation -------------------------------------------------------------------------------------------
+
+    def generate_until(self, requests) -> list[str]:
+        outputs = []
+        for request in requests:
+            context, options = request.args[0], dict(request.args[1] or {})
+            until = options.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = _int_option("max_gen_toks", options.pop("max_gen_toks", None), self.max_gen_toks)
+            temperature = float(options.pop("temperature", 0.0) or 0.0)
+            if not options.pop("do_sample", temperature > 0):
+                temperature = 0.0
+            max_new = min(max_new, self.max_length - 1)
+            prompt = self.tokenizer.encode(context, bos=self.tokenizer.bos_id is not None)
+            prompt = prompt[-(self.max_length - max_new) :]
+            seed = options.pop("seed", None)
+            outputs.append(
+                generate_until(self.model, self.tokenizer, prompt, until, max_new, temperature=temperature, seed=seed)
+            )
+        return outputs
