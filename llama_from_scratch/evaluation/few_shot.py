@@ -2,9 +2,8 @@
 
 The examples come from the task's *pool*, a split separate from the items scored, and never include the
 item itself. Each item gets its own draw from a generator seeded with ``(seed, item index)``, so a run is
-reproducible, a different ``seed`` gives a different set of prompts (the spread over seeds shows how much a
-few-shot score depends on the examples picked), and the prompt of an item does not change when ``limit``
-scores fewer items.
+reproducible, and a different ``seed`` gives a different set of prompts (the spread over seeds shows how much a
+few-shot score depends on the examples picked).
 
 The format is one rule for every task: an example is its context followed by its solved answer
 (:func:`~.task.target`), examples are separated by a blank line, and the item's context comes last.
@@ -39,10 +38,15 @@ def few_shot_prompt(item: Item, examples: Sequence[Item]) -> str:
     return "".join(example.context + target(example) + SEPARATOR for example in examples) + item.context
 
 
-def prompts(task: Task, items: Sequence[Item], k: int, seed: int = 0) -> list[str]:
-    """The prompt of each item with ``k`` examples from the task's pool (``k = 0``: the contexts alone)."""
+def prompts(
+    task: Task, items: Sequence[Item], k: int, seed: int = 0, indices: Sequence[int] | None = None
+) -> list[str]:
+    """The prompt of each item with ``k`` examples from the task's pool (``k = 0``: the contexts alone).
+    ``indices``: the items' places in the task (by default 0, 1, ...), so that an item gets the same examples
+    whichever other items are scored with it."""
     if k > 0 and not task.pool:
         raise ValueError(f"task {task.card.name} has no few-shot pool: it is zero-shot only (use --shots 0)")
     if k > len(task.pool):
         raise ValueError(f"task {task.card.name}: {k} few-shot examples asked for, its pool holds {len(task.pool)}")
-    return [few_shot_prompt(item, draw_examples(task.pool, k, seed, i, item)) for i, item in enumerate(items)]
+    indices = range(len(items)) if indices is None else indices
+    return [few_shot_prompt(item, draw_examples(task.pool, k, seed, i, item)) for i, item in zip(indices, items)]

@@ -79,6 +79,16 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, bos: bool
     return context_ids, whole[len(context_ids) :]
 
 
+def fit_context(context: Sequence[int], continuation: Sequence[int], max_seq_len: int) -> tuple[int, ...]:
+    """The end of ``context`` that fits before ``continuation`` in ``max_seq_len`` positions (a long few-shot
+    prompt loses its first examples, as in lm-evaluation-harness); ValueError if the continuation alone is
+    too long."""
+    room = max_seq_len - len(continuation) + 1  # context + continuation[:-1] are fed in
+    if room < 1:
+        raise ValueError(f"a continuation of {len(continuation)} tokens does not fit max_seq_len={max_seq_len}")
+    return tuple(context[-room:])
+
+
 def _check(model: Llama, requests: Sequence[Request]) -> None:
     for i, request in enumerate(requests):
         if not request.context or not request.continuations or not all(request.continuations):

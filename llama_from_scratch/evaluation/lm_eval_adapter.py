@@ -37,7 +37,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the enviro
 
 from ..checkpoints import load_pretrained
 from .generation import generate_until
-from .likelihood import Request, encode_pair, rolling_requests, score
+from .likelihood import Request, encode_pair, fit_context, rolling_requests, score
 
 NAME = "llama-from-scratch"
 
@@ -81,9 +81,7 @@ class LlamaFromScratchLM(LM):
 
     def _pair(self, context: str, continuation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation)
-        continuation_ids = continuation_ids[-self.max_length :]  # a continuation longer than the model: its end
-        room = self.max_length - len(continuation_ids) + 1  # context + continuation[:-1] fit max_length
-        return tuple(context_ids[-room:]), tuple(continuation_ids)
+        return fit_context(context_ids, continuation_ids, self.max_length), tuple(continuation_ids)
 
     def loglikelihood_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """``(log-likelihood, greedy)`` for each ``(context, continuation)`` pair, in order."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..model import Llama
 from ..tokenization.tokenizer import Tokenizer
-from .likelihood import Request, Scored, encode_pair, score
+from .likelihood import Request, Scored, encode_pair, fit_context, score
 
 NORMALIZATIONS = ("none", "token", "char", "answer")
 BASELINE_CONTEXT = "Answer:"  # the context of the "answer" normalisation's baseline (Brown et al. 2020)
@@ -82,11 +82,12 @@ def answer_choices(
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
     contexts = [item.context for item in items] if contexts is None else list(contexts)
-    requests = [_request(tokenizer, context, item.choices, bos) for context, item in zip(contexts, items)]
+    limit = model.config.max_seq_len
+    requests = [_request(tokenizer, context, item.choices, bos, limit) for context, item in zip(contexts, items)]
     scored = score(model, requests, batch_size)
     baselines = [None] * len(items)
     if normalization == "answer":
-        baseline_requests = [_request(tokenizer, BASELINE_CONTEXT, item.choices, bos) for item in items]
+        baseline_requests = [_request(tokenizer, BASELINE_CONTEXT, item.choices, bos, limit) for item in items]
         baselines = score(model, baseline_requests, batch_size)
     results = []
     for item, item_scored, baseline in zip(items, scored, baselines):
@@ -96,9 +97,11 @@ def answer_choices(
     return results
 
 
-def _request(tokenizer: Tokenizer, context: str, choices: Sequence[str], bos: bool) -> Request:
+def _request(tokenizer: Tokenizer, context: str, choices: Sequence[str], bos: bool, max_seq_len: int) -> Request:
+    """The item's request; a context too long for the model keeps its end (:func:`.likelihood.fit_context`)."""
     pairs = [encode_pair(tokenizer, context, choice, bos) for choice in choices]
     contexts = {tuple(c) for c, _ in pairs}
     if len(contexts) != 1:  # a choice without its leading space can merge with the context's last token
         raise ValueError(f"the choices {list(choices)} tokenize the context differently: start each with a space")
-    return Request(tuple(pairs[0][0]), tuple(tuple(c) for _, c in pairs))
+    longest = max((c for _, c in pairs), key=len)
+    return Request(fit_context(pairs[0][0], longest, max_seq_len), tuple(tuple(c) for _, c in pairs))

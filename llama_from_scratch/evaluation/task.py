@@ -12,9 +12,10 @@ which split, the chance level (what guessing scores), and the metric.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..finetuning.tasks import evenly_spaced
 from .multiple_choice import NORMALIZATIONS, MultipleChoiceItem
 
 KINDS = ("multiple_choice", "generation", "code")
@@ -98,8 +99,9 @@ def target(item: Item) -> str:
     return item.solution
 
 
-def limited(items: Sequence, limit: int | None) -> list:
-    """The first ``limit`` items (all of them for None): a quick run scores a fixed prefix of the task."""
+def limited(count: int, limit: int | None) -> list[int]:
+    """The indices of ``limit`` of ``count`` items, spread evenly over the task (all of them for None): a quick
+    run still sees every part of it (a prefix could hold one play, one answer, one kind of problem)."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
-    return list(items[:limit])
+    return evenly_spaced(list(range(count)), limit)
