@@ -492,6 +492,7 @@ def add_eval_parser(commands) -> None:
     sub.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --samples > 1")
     sub.add_argument("--contamination", action="store_true", help="each task's 8-gram overlap with chapter 07's training text")
     sub.add_argument("--harness", choices=("ours", "lm-eval"), default="ours", help="lm-eval: lm-evaluation-harness's tasks")
+    sub.add_argument("--include", type=Path, help="--harness lm-eval: a folder of your own task YAML files")
     sub.add_argument("--quantize", choices=tuple(SCHEMES), help="quantize the weights (head included) after loading")
     sub.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="int4: weights per scale")
     sub.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
@@ -517,7 +518,7 @@ def command_eval(args: argparse.Namespace) -> None:
     if args.harness == "lm-eval":
         from .evaluation.lm_eval_adapter import run_harness
 
-        print(run_harness(pretrained, names, shots, args.limit, args.batch_size, args.out))
+        print(run_harness(pretrained, names, shots, args.limit, args.batch_size, args.out, args.include))
         return
     results, contaminated = evaluate(
         pretrained.model, pretrained.tokenizer, tasks, shots, args.limit, args.seed, args.batch_size,

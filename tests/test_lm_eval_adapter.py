@@ -6,6 +6,7 @@ Skipped when lm-eval is not installed (it is an optional extra: ``pip install 'l
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -109,3 +110,17 @@ def test_the_adapter_answers_rolling_and_generation_requests(checkpoint):
     with pytest.raises(ValueError, match="needs model_args checkpoint=PATH"):
         LlamaFromScratchLM.create_from_arg_string("")
     assert os.path.isdir(path)
+
+
+def test_eval_command_runs_lm_eval_tasks(checkpoint, monkeypatch, tmp_path, capsys):
+    from llama_from_scratch.cli import main
+
+    path, model, tokenizer = checkpoint
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(TASK_DIR)
+    arguments = ["--harness", "lm-eval", "--include", str(TASK_DIR), "--tasks", "toy_mc", "--out", str(tmp_path)]
+    assert main(["eval", "--checkpoint", str(path), *arguments]) == 0
+    assert "toy_mc" in capsys.readouterr().out
+    written = json.loads((tmp_path / "lm_eval_0shot.json").read_text())
+    ours = answer_choices(model, tokenizer, read_task_file(TASK_DIR / "toy_mc.jsonl").items, normalization="none")
+    assert written["results"]["toy_mc"]["acc,none"] == sum(r.correct for r in ours) / len(ours)

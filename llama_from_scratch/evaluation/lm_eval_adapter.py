@@ -146,17 +146,27 @@ def run_harness(
     limit: int | None = None,
     batch_size: int = 8,
     out: str | Path | None = None,
+    include: str | Path | None = None,
 ) -> str:
     """Run lm-evaluation-harness's ``tasks`` on a loaded model, at each number of ``shots``; the harness's
     tables, one per number of shots. With ``out``, its results (without the per-sample logs) are written to
-    ``out/lm_eval_<shots>shot.json``. Its tasks download their data sets unless they are cached."""
+    ``out/lm_eval_<shots>shot.json``. ``include``: a folder of task YAML files of your own. The harness's
+    tasks download their data sets unless they are cached."""
     import lm_eval
+    from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
 
     model = LlamaFromScratchLM(pretrained=pretrained, batch_size=batch_size)
     tables = []
     for k in shots:
-        results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), num_fewshot=k, limit=limit, log_samples=False)
+        results = lm_eval.simple_evaluate(
+            model=model,
+            tasks=list(tasks),
+            num_fewshot=k,
+            limit=limit,
+            log_samples=False,
+            task_manager=TaskManager(include_path=str(include) if include else None),
+        )
         tables.append(f"{k}-shot\n{make_table(results)}")
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
