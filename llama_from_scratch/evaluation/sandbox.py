@@ -156,13 +156,15 @@ class Isolation:
 
 @functools.cache
 def isolation() -> Isolation:
-    """Found once per process. As root: a network namespace if the kernel allows one here, and the user
+    """Found once per process. As root: a network namespace if the kernel allows one here (Linux), and the user
     ``nobody`` if it can run the harness's interpreter, or else the system's Python of the same version
     (``/usr/bin/python3.X``; the programs need only the standard library); as an ordinary user, neither."""
     if os.geteuid() != 0:
         return Isolation(sys.executable, None, False)
-    unshare = _libc_unshare()
-    network = _runs(sys.executable, lambda: _isolate_network(unshare))
+    network = False
+    if sys.platform.startswith("linux"):  # network namespaces are Linux's
+        unshare = _libc_unshare()
+        network = _runs(sys.executable, lambda: _isolate_network(unshare))
     nobody = pwd.getpwnam("nobody")
 
     def as_nobody() -> None:
