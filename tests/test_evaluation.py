@@ -80,6 +80,14 @@ def test_scores_are_the_token_logprobs_of_one_full_forward_pass():
             assert s.logprob == pytest.approx(float(expected.sum()), abs=FLOAT64_TOLERANCE)
 
 
+def test_one_token_continuations_need_no_second_pass():
+    model = tiny_model()
+    request = Request((BOS, 5, 6), ((7,), (8,), (9,)))
+    for continuation, s in zip(request.continuations, score(model, [request])[0]):
+        expected = reference_logprobs(model, request.context, continuation)
+        assert torch.allclose(s.token_logprobs, expected, rtol=0, atol=FLOAT64_TOLERANCE)
+
+
 def assert_same_scores(got, expected, tolerance):
     for got_item, expected_item in zip(got, expected, strict=True):
         for a, b in zip(got_item, expected_item, strict=True):

@@ -52,7 +52,8 @@ def test_code_task_runs_the_tests_in_the_sandbox():
     bad = CodeProblem("bad", "def f():\n    return 2\n", "", "def check(f):\n    assert f() == 1\n", "f")
     task = Task(card("code"), "code", [good, bad], max_new_tokens=0)  # no completion: the context is the code
     result = run_task(model, tokenizer, task, limits=Limits(wall_seconds=5))
-    assert result.scores == (1.0, 0.0) and result.metric == "pass@1"
+    assert result.scores == (1.0, 0.0) and result.metric == "pass@1" and result.passed == (1, 0)
+    assert result.pass_at(1).mean == 0.5
 
 
 def test_limit_spreads_the_items_evenly():

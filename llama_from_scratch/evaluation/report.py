@@ -34,7 +34,9 @@ from .task import CARD_HEADER, Task, TaskCard, limited, target
 @dataclass(frozen=True)
 class TaskResult:
     """One task at one number of shots: the metric's ``estimate`` (mean ± standard error over items), each
-    item's score (``scores``), what the model answered (``answers``: the index or the text), and the time."""
+    item's score (``scores``), what the model answered (``answers``: the index or the text), and the time.
+    Code tasks also keep how many of each item's ``samples`` passed (``passed``), from which pass@k for
+    every k up to ``samples`` follows (:func:`~.pass_at_k.pass_at_k`)."""
 
     card: TaskCard
     shots: int
@@ -43,6 +45,14 @@ class TaskResult:
     scores: tuple[float, ...]
     answers: tuple
     seconds: float
+    samples: int = 1
+    passed: tuple[int, ...] = ()
+
+    def pass_at(self, k: int) -> Estimate:
+        """pass@k over the items, from the ``passed`` counts (a code task's result only)."""
+        if not self.passed:
+            raise ValueError(f"{self.card.name}: pass@k needs a code task's result")
+        return mean_with_stderr([pass_at_k(self.samples, c, k) for c in self.passed])
 
 
 def _generation_prompt(tokenizer: Tokenizer, text: str, max_seq_len: int, max_new_tokens: int) -> list[int]:
@@ -78,6 +88,7 @@ def run_task(
     contexts = prompts(task, items, shots, seed, indices)
     model.eval()
     answers: list = []
+    passed_counts: list[int] = []
     if task.kind == "multiple_choice":
         scores = []
         for start in range(0, len(items), batch_size):
@@ -105,6 +116,7 @@ def run_task(
                 answers.append(answer)
             else:
                 passed = sum(run_program(program(item, text), limits).passed for text in texts)
+                passed_counts.append(passed)
                 scores.append(pass_at_k(samples, passed, 1))
                 answers.append(texts[0])
             if progress:
@@ -113,7 +125,15 @@ def run_task(
         if samples > 1:
             metric = f"maj@{samples}" if task.kind == "generation" else f"pass@1 ({samples} samples)"
     return TaskResult(
-        task.card, shots, metric, mean_with_stderr(scores), tuple(scores), tuple(answers), time.monotonic() - started
+        task.card,
+        shots,
+        metric,
+        mean_with_stderr(scores),
+        tuple(scores),
+        tuple(answers),
+        time.monotonic() - started,
+        samples,
+        tuple(passed_counts),
     )
 
 
