@@ -140,9 +140,13 @@ def _batches(requests: Sequence[Request], size: int, max_seq_len: int, use_cache
 
 
 def _token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows, m, vocab)`` logits and ``(rows, m)`` targets -> float64 log-probabilities and is-argmax, ``(rows, m)``."""
-    logits = logits.double()
-    logprobs = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+    """``(rows, m, vocab)`` logits and ``(rows, m)`` targets -> float64 log-probabilities and is-argmax, ``(rows, m)``.
+
+    log softmax(z)[t] = z[t] - logsumexp(z), each side in the logits' own precision (no float64 copy of the
+    ``(rows, m, vocab)`` logits), their difference in float64.
+    """
+    picked = logits.gather(-1, targets[..., None])[..., 0]
+    logprobs = picked.double() - torch.logsumexp(logits, dim=-1).double()
     return logprobs, logits.argmax(-1) == targets
 
 
