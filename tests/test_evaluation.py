@@ -150,6 +150,8 @@ def test_encode_pair_moves_the_space_to_the_continuation():
     assert context == [BOS, *b"Answer:"] and continuation == list(b" Paris")
     with pytest.raises(ValueError, match="empty continuation"):
         encode_pair(tokenizer, "Answer:", "")
+    assert encode_pair(tokenizer, "", " Hi", bos=False) == ([BOS], list(b" Hi"))  # nothing to predict from: BOS
+    assert encode_pair(tokenizer, "Hi", " there", bos=False)[0] == list(b"Hi")
 
 
 def test_too_long_or_empty_requests_fail_with_one_clear_line():

@@ -62,20 +62,22 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, bos: bool
     boundary is tokenized as in running text. Spaces at the end of the context are moved to the start of the
     continuation first (``"Answer: " + "Paris"`` -> ``"Answer:" + " Paris"``): byte-level BPE glues a space to
     the word after it, so this is where the model expects it. ``bos``: the tokenizer's beginning-of-sequence
-    token in front, when it has one. Raises ValueError when the continuation is empty or the context gives no
-    token at all (there is then nothing to predict the first token from).
+    token in front, when it has one; an empty context is always the BOS token (or, without one, the
+    end-of-text token), as in lm-evaluation-harness. Raises ValueError when the continuation is empty.
     """
     stripped = context.rstrip(" ")
     continuation = context[len(stripped) :] + continuation
     if not continuation:
         raise ValueError(f"empty continuation after context {context[-40:]!r}: there is nothing to score")
     prefix = [tokenizer.bos_id] if bos and tokenizer.bos_id is not None else []
+    if not stripped and not prefix:  # nothing to predict from: the BOS, else the end-of-text token, starts it
+        prefix = [t for t in (tokenizer.bos_id, tokenizer.eos_id) if t is not None][:1]
     context_ids = prefix + tokenizer.encode(stripped)
     whole = prefix + tokenizer.encode(stripped + continuation)
     if whole[: len(context_ids)] != context_ids:  # the boundary falls inside a token: encode the parts apart
         whole = context_ids + tokenizer.encode(continuation)
     if not context_ids:
-        raise ValueError("the context is empty and the tokenizer has no BOS token: give a context to predict from")
+        raise ValueError("the context is empty and the tokenizer has neither a BOS nor an end-of-text token")
     return context_ids, whole[len(context_ids) :]
 
 

@@ -17,8 +17,8 @@ answered by this package's own code:
   (:func:`.likelihood.rolling_requests`), for perplexity tasks;
 * ``generate_until``: greedy (or sampled) text up to the request's stop sequences (:func:`.generation.generate_until`).
 
-Texts are tokenized by :func:`.likelihood.encode_pair`, with the tokenizer's BOS token in front (an empty
-context is then the BOS token alone). A context too long for the model loses its beginning, as the harness's
+Texts are tokenized by :func:`.likelihood.encode_pair`, with the tokenizer's BOS token in front unless
+``add_bos_token=false`` (an empty context is then the BOS token alone). A context too long for the model loses its beginning, as the harness's
 own models do. ``lm-eval`` is an optional extra (``pip install llama-from-scratch[eval]``), not a course
 dependency: importing this module without it raises ModuleNotFoundError with the command to install it.
 """
@@ -67,12 +67,20 @@ class LlamaFromScratchLM(LM):
         batch_size: int | str | None = 8,
         device: str | None = None,
         max_gen_toks: int | str = 256,
+        add_bos_token: bool | str = True,
         pretrained: Pretrained | None = None,
         **unused,
     ):
         """``checkpoint``: the path to load; or ``pretrained``, a model already loaded (adapters merged,
-        quantized: what ``python -m llama_from_scratch eval --harness lm-eval`` passes)."""
+        quantized: what ``python -m llama_from_scratch eval --harness lm-eval`` passes). ``add_bos_token``:
+        the tokenizer's BOS token in front of every context (as our own harness does), or not (``False``: as
+        lm-evaluation-harness's ``hf`` model does for a tokenizer that adds none, SmolLM2's)."""
         super().__init__()
+        if isinstance(add_bos_token, str):
+            if add_bos_token.lower() not in ("true", "false"):
+                raise ValueError(f"model_args add_bos_token must be true or false, got {add_bos_token!r}")
+            add_bos_token = add_bos_token.lower() == "true"
+        self.add_bos_token = bool(add_bos_token)
         if pretrained is None:
             if not checkpoint:
                 raise ValueError(
@@ -88,7 +96,7 @@ class LlamaFromScratchLM(LM):
     # -- likelihoods ------------------------------------------------------------------------------------------
 
     def _pair(self, context: str, continuation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation)
+        context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation, self.add_bos_token)
         return fit_context(context_ids, continuation_ids, self.max_length), tuple(continuation_ids)
 
     def loglikelihood_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -130,7 +138,7 @@ class LlamaFromScratchLM(LM):
             if not options.pop("do_sample", temperature > 0):
                 temperature = 0.0
             max_new = min(max_new, self.max_length - 1)
-            prompt = self.tokenizer.encode(context, bos=self.tokenizer.bos_id is not None)
+            prompt = self.tokenizer.encode(context, bos=self.add_bos_token and self.tokenizer.bos_id is not None)
             prompt = prompt[-(self.max_length - max_new) :]
             seed = options.pop("seed", None)
             outputs.append(
