@@ -59,13 +59,14 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, bos: bool
     """A context and a continuation as token ids, tokenized as the model would read them together.
 
     The two are encoded as one text and cut where the context's own tokens end, so a word split across the
-    boundary is tokenized as in running text. Spaces at the end of the context are moved to the start of the
-    continuation first (``"Answer: " + "Paris"`` -> ``"Answer:" + " Paris"``): byte-level BPE glues a space to
-    the word after it, so this is where the model expects it. ``bos``: the tokenizer's beginning-of-sequence
+    boundary is tokenized as in running text. Whitespace at the end of the context is moved to the start of
+    the continuation first (``"Answer: " + "Paris"`` -> ``"Answer:" + " Paris"``): byte-level BPE glues a
+    space to the word after it, so this is where the model expects it; a final newline is moved too, and
+    scored with the continuation, as lm-evaluation-harness does. ``bos``: the tokenizer's beginning-of-sequence
     token in front, when it has one; an empty context is always the BOS token (or, without one, the
     end-of-text token), as in lm-evaluation-harness. Raises ValueError when the continuation is empty.
     """
-    stripped = context.rstrip(" ")
+    stripped = context.rstrip()
     continuation = context[len(stripped) :] + continuation
     if not continuation:
         raise ValueError(f"empty continuation after context {context[-40:]!r}: there is nothing to score")
