@@ -491,6 +491,7 @@ def add_eval_parser(commands) -> None:
     sub.add_argument("--samples", type=int, default=1, help="answers per item: maj@k (generation), pass@1 from k (code)")
     sub.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --samples > 1")
     sub.add_argument("--contamination", action="store_true", help="each task's 8-gram overlap with chapter 07's training text")
+    sub.add_argument("--no-bos", action="store_true", help="no BOS token in front of prompts (as lm-eval's hf model)")
     sub.add_argument("--harness", choices=("ours", "lm-eval"), default="ours", help="lm-eval: lm-evaluation-harness's tasks")
     sub.add_argument("--include", type=Path, help="--harness lm-eval: a folder of your own task YAML files")
     sub.add_argument("--quantize", choices=tuple(SCHEMES), help="quantize the weights (head included) after loading")
@@ -522,7 +523,7 @@ def command_eval(args: argparse.Namespace) -> None:
         return
     results, contaminated = evaluate(
         pretrained.model, pretrained.tokenizer, tasks, shots, args.limit, args.seed, args.batch_size,
-        args.samples, args.temperature, args.contamination,
+        args.samples, args.temperature, args.contamination, bos=not args.no_bos,
     )
     title = describe_base(Path(path), args.adapter) + (f", {args.quantize}" if args.quantize else "")
     settings = {key: str(value) for key, value in vars(args).items() if key != "func"}

@@ -28,6 +28,8 @@ def test_eval_writes_the_report_card(checkpoint, tmp_path, capsys):
     assert "| yes_no | 0 | accuracy (char) |" in printed and "report.md" in printed
     data = json.loads((out / "results.json").read_text())
     assert data["results"][0]["estimate"]["n"] == 4 and (out / "report.png").exists()
+    assert main(["eval", "--checkpoint", str(checkpoint), "--tasks", str(task), "--no-bos", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["settings"]["no_bos"] == "True"
 
 
 @pytest.mark.parametrize(

@@ -55,9 +55,9 @@ class TaskResult:
         return mean_with_stderr([pass_at_k(self.samples, c, k) for c in self.passed])
 
 
-def _generation_prompt(tokenizer: Tokenizer, text: str, max_seq_len: int, max_new_tokens: int) -> list[int]:
-    """The prompt's tokens, BOS first; a prompt too long keeps its end, leaving room for the answer."""
-    ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None)
+def _generation_prompt(tokenizer: Tokenizer, text: str, max_seq_len: int, max_new_tokens: int, bos: bool) -> list[int]:
+    """The prompt's tokens (BOS first if ``bos``); a prompt too long keeps its end, leaving room for the answer."""
+    ids = tokenizer.encode(text, bos=bos and tokenizer.bos_id is not None)
     return ids[-(max_seq_len - max_new_tokens) :]
 
 
@@ -73,12 +73,14 @@ def run_task(
     temperature: float = 0.0,
     limits: Limits = Limits(),
     progress: Callable[[int], None] | None = None,
+    bos: bool = True,
 ) -> TaskResult:
     """Score ``task`` on ``limit`` of its items, spread evenly (all for None), with ``shots`` few-shot examples
     (seeded by ``seed``).
 
     ``samples`` > 1 draws that many answers per item at ``temperature`` (> 0): maj@k for generation tasks,
-    pass@1 estimated from them for code. ``progress(n)`` is called as ``n`` more items are done.
+    pass@1 estimated from them for code. ``progress(n)`` is called as ``n`` more items are done. ``bos``:
+    the tokenizer's BOS token in front of every prompt (the package's convention, as in ``generate``).
     """
     if samples > 1 and temperature <= 0:
         raise ValueError(f"samples={samples} needs a temperature > 0: greedy answers are all the same")
@@ -93,7 +95,9 @@ def run_task(
         scores = []
         for start in range(0, len(items), batch_size):
             chunk = slice(start, start + batch_size)
-            results = answer_choices(model, tokenizer, items[chunk], contexts[chunk], task.normalization, batch_size)
+            results = answer_choices(
+                model, tokenizer, items[chunk], contexts[chunk], task.normalization, batch_size, bos
+            )
             scores += [float(r.correct) for r in results]
             answers += [r.predicted for r in results]
             if progress:
@@ -104,7 +108,7 @@ def run_task(
         max_new = min(task.max_new_tokens, model.config.max_seq_len - 1)
         for index, item, context in zip(indices, items, contexts):
             seeds = (seed * len(task.items) + index) * samples  # each item's samples: their own seeds
-            prompt = _generation_prompt(tokenizer, context, model.config.max_seq_len, max_new)
+            prompt = _generation_prompt(tokenizer, context, model.config.max_seq_len, max_new, bos)
             texts = [
                 generate_until(model, tokenizer, prompt, task.stop, max_new, temperature=temperature, seed=seeds + s)
                 for s in range(samples)
@@ -265,6 +269,7 @@ def evaluate(
     temperature: float = 0.0,
     check_contamination: bool = False,
     show_progress: bool = True,
+    bos: bool = True,
 ) -> tuple[list[TaskResult], dict[str, ContaminationReport]]:
     """Every task at every number of ``shots`` (:func:`plan`), with a progress bar; and, with
     ``check_contamination``, each task's overlap with chapter 07's training text (8-grams)."""
@@ -279,7 +284,19 @@ def evaluate(
         for task, k in pairs:
             bar.set_description(f"{task.card.name} {k}-shot")
             results.append(
-                run_task(model, tokenizer, task, k, seed, limit, batch_size, samples, temperature, progress=bar.update)
+                run_task(
+                    model,
+                    tokenizer,
+                    task,
+                    k,
+                    seed,
+                    limit,
+                    batch_size,
+                    samples,
+                    temperature,
+                    progress=bar.update,
+                    bos=bos,
+                )
             )
     contaminated = {}
     if check_contamination:
