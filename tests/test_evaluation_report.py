@@ -10,7 +10,7 @@ from test_evaluation import byte_tokenizer, tiny_model
 
 from llama_from_scratch.evaluation import answer_choices, generate_until, majority_vote
 from llama_from_scratch.evaluation.multiple_choice import MultipleChoiceItem
-from llama_from_scratch.evaluation.report import run_task, write_report
+from llama_from_scratch.evaluation.report import compare_results, run_task, write_report
 from llama_from_scratch.evaluation.sandbox import Limits
 from llama_from_scratch.evaluation.task import CodeProblem, GenerationItem, Task, TaskCard, limited
 
@@ -69,6 +69,18 @@ def test_code_task_runs_the_tests_in_the_sandbox():
     result = run_task(model, tokenizer, task, limits=Limits(wall_seconds=5))
     assert result.scores == (1.0, 0.0) and result.metric == "pass@1" and result.passed == (1, 0)
     assert result.pass_at(1).mean == 0.5
+
+
+def test_two_models_are_compared_item_by_item():
+    tokenizer = byte_tokenizer()
+    task = Task(card("mc", 1 / 3), "multiple_choice", MC)
+    a = run_task(tiny_model(torch.float32, seed=0), tokenizer, task)
+    b = run_task(tiny_model(torch.float32, seed=1), tokenizer, task)
+    paired = compare_results(a, b)
+    assert paired.a_only == sum(x == 1 and y == 0 for x, y in zip(a.scores, b.scores))
+    assert paired.difference.mean == pytest.approx(a.estimate.mean - b.estimate.mean)
+    with pytest.raises(ValueError, match="needs the same items"):
+        compare_results(a, run_task(tiny_model(torch.float32), tokenizer, task, limit=3))
 
 
 def test_limit_spreads_the_items_evenly():

@@ -27,7 +27,7 @@ from .humaneval import program
 from .multiple_choice import answer_choices
 from .pass_at_k import pass_at_k
 from .sandbox import Limits, run_program
-from .statistics import Estimate, mean_with_stderr
+from .statistics import Estimate, PairedComparison, compare, mean_with_stderr
 from .task import CARD_HEADER, Task, TaskCard, limited, target
 
 
@@ -139,6 +139,16 @@ def run_task(
         samples,
         tuple(passed_counts),
     )
+
+
+def compare_results(a: TaskResult, b: TaskResult) -> PairedComparison:
+    """Two models' results on the same task, shots and items, compared item by item (McNemar's test)."""
+    if (a.card.name, a.shots, a.estimate.n) != (b.card.name, b.shots, b.estimate.n):
+        raise ValueError(
+            f"a paired comparison needs the same items: got {a.card.name} {a.shots}-shot ({a.estimate.n} items) "
+            f"and {b.card.name} {b.shots}-shot ({b.estimate.n} items)"
+        )
+    return compare([score == 1.0 for score in a.scores], [score == 1.0 for score in b.scores])
 
 
 def table(results: Sequence[TaskResult]) -> str:
