@@ -50,7 +50,9 @@ async () => {
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    """Serves files without logging every request."""
+
+    def log_message(self, *args):
         pass
 
 
@@ -99,7 +101,8 @@ def check_site(folder: Path, chromium: str) -> tuple[int, list[str]]:
                 page.on("response", lambda r, f=found: r.status >= 400 and f.append(f"HTTP {r.status}: {r.url}"))
                 page.route("**/*", functools.partial(stay_on_site, base=base, found=found))
                 page.goto(base + name, wait_until="load", timeout=60_000)
-                if 'http-equiv="refresh"' in page_file.read_text(encoding="utf-8").lower():  # index.html leads to README.html
+                redirects = 'http-equiv="refresh"' in page_file.read_text(encoding="utf-8").lower()
+                if redirects:  # index.html leads to README.html
                     page.wait_for_url(lambda url, start=base + name: url != start, timeout=60_000)
                     page.wait_for_load_state("load")
                 seen = page.evaluate(INSPECT_PAGE)
