@@ -41,7 +41,7 @@ clean:
 # make book: the course as a static website in book/_build/html (start at index.html), built from the notebooks'
 # stored outputs, nothing executed. Its tools live in their own .venv-book (book/requirements.txt, all pinned),
 # apart from the course's .venv; MathJax comes from the npm registry, so pages render math without a CDN.
-# -W: a warning (a link to a missing page or section) fails the build.
+# --all -W: every page is read again and any warning (a link to a missing page or section) fails the build.
 BOOK_VENV := .venv-book
 BOOK_STAMP := $(BOOK_VENV)/.installed
 MATHJAX_VERSION := 3.2.2
@@ -49,7 +49,7 @@ MATHJAX := book/static/mathjax
 
 .PHONY: book
 book: $(BOOK_STAMP) $(MATHJAX)/.version-$(MATHJAX_VERSION)
-	$(BOOK_VENV)/bin/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book -W -n --keep-going --quiet
+	$(BOOK_VENV)/bin/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book --all -W -n --keep-going --quiet
 	@echo "make book: open book/_build/html/index.html"
 
 $(BOOK_STAMP): book/requirements.txt
