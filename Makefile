@@ -43,3 +43,28 @@ exercise: setup
 
 clean:
 	rm -rf $(VENV)
+
+# make book: the course as a static website in book/_build/html (start at index.html), built from the notebooks'
+# stored outputs, nothing executed. Its tools live in their own .venv-book (book/requirements.txt, all pinned),
+# apart from the course's .venv; MathJax comes from the npm registry, so pages render math without a CDN.
+# --all -W: every page is read again and any warning (a link to a missing page or section) fails the build.
+BOOK_VENV := .venv-book
+BOOK_STAMP := $(BOOK_VENV)/.installed
+MATHJAX_VERSION := 3.2.2
+MATHJAX := book/static/mathjax
+
+.PHONY: book
+book: $(BOOK_STAMP) $(MATHJAX)/.version-$(MATHJAX_VERSION)
+	$(BOOK_VENV)/bin/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book --all -W -n --keep-going --quiet
+	@echo "make book: open book/_build/html/index.html"
+
+$(BOOK_STAMP): book/requirements.txt
+	$(PYTHON) -m venv $(BOOK_VENV)
+	$(BOOK_VENV)/bin/python -m pip install --quiet -r book/requirements.txt
+	@touch $@
+
+$(MATHJAX)/.version-$(MATHJAX_VERSION):
+	@command -v npm >/dev/null || { echo "make book needs npm (Node.js) to fetch MathJax from the npm registry"; exit 1; }
+	rm -rf $(MATHJAX) && mkdir -p $(MATHJAX)
+	cd $(MATHJAX) && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz --strip-components=2 package/es5 && rm mathjax-$(MATHJAX_VERSION).tgz
+	@touch $@
