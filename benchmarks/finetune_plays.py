@@ -57,6 +57,8 @@ def cli(arguments: list[str]) -> tuple[str, float]:
     """Run ``python -m llama_from_scratch finetune ...``; returns (the command as typed, wall seconds)."""
     command = [sys.executable, "-m", "llama_from_scratch", "finetune", *arguments]
     shown = "python -m llama_from_scratch finetune " + " ".join(arguments)
+    if smollm2_path() is not None:  # the results are read on other machines: no path of this one in them
+        shown = shown.replace(str(smollm2_path()), "$SMOLLM2")
     print(f"\n$ {shown}", flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
