@@ -487,16 +487,23 @@ def random_pairs(n, seed=0):
     return [(example(10, 3), example(9 + i % 2, 2)) for i in range(n)]
 
 
-def weight_copies(model):
-    """The live tensors shaped like one of ``model``'s weight matrices that do not share its storage: copies.
-    (Plain tensors and parameters only: torch.compile leaves fake tensors of symbolic shapes behind.)"""
+def weight_shaped_tensors(model) -> list[torch.Tensor]:
+    """The live plain tensors and parameters shaped like one of ``model``'s weight matrices (torch.compile
+    leaves fake tensors of symbolic shapes behind: those are not counted)."""
     gc.collect()
-    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
     shapes = {p.shape for p in model.parameters() if p.ndim == 2}
+    return [t for t in gc.get_objects() if type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_meta and t.shape in shapes]
+
+
+def weight_copies(model, alive_before: set[int]) -> list[torch.Tensor]:
+    """Tensors made since ``alive_before`` (ids of :func:`weight_shaped_tensors` then) that hold one of
+    ``model``'s weight matrices in another storage: copies. Tensors another test left alive are not counted."""
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights = [p for p in model.parameters() if p.ndim == 2]
     return [
-        t for t in gc.get_objects()
-        if type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_meta and t.shape in shapes
-        and t.untyped_storage().data_ptr() not in own
+        t for t in weight_shaped_tensors(model)
+        if id(t) not in alive_before and t.untyped_storage().data_ptr() not in own
+        and any(t.shape == w.shape and torch.equal(t.detach(), w.detach()) for w in weights)
     ]
 
 
@@ -526,7 +533,7 @@ def test_dpo_reference_needs_no_second_copy_of_the_model(monkeypatch, method):
 
     def spy(model, pairs, batch_size, pad_id):  # reference_logprobs's pass over the pairs
         adapters_on = [layer.enabled for layer in lora_layers(model).values()]
-        seen.append((id(model), adapters_on, len(weight_copies(model))))
+        seen.append((id(model), adapters_on, len(weight_copies(model, alive_before))))
         logps.append(original(model, pairs, batch_size, pad_id))
         return logps[-1]
 
@@ -535,6 +542,7 @@ def test_dpo_reference_needs_no_second_copy_of_the_model(monkeypatch, method):
     config = FinetuneConfig(steps=2, batch_size=2, warmup_steps=0, eval_every=2, checkpoint_every=10, rank=2,
                             method=method, objective="dpo")
     policy = random_llama(DPO_CONFIG)
+    alive_before = {id(t) for t in weight_shaped_tensors(policy)}
     finetune(policy, train_pairs, val_pairs, config)
     adapters = [False] * len(LORA_TARGETS) * DPO_CONFIG.n_layers if method == "lora" else []
     # the reference first: training pairs, then validation pairs (the calls after them are the policy's validation)
