@@ -274,13 +274,15 @@ def command_chat(args: argparse.Namespace) -> None:
     def read() -> str | None:
         if interactive:
             print("you> ", end="", flush=True)
-        line = sys.stdin.buffer.readline(MAX_LINE_BYTES + 1)  # bounded: /dev/zero has no newline to wait for
+        stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or a text stream that has no buffer
+        line = stream.readline(MAX_LINE_BYTES + 1)  # bounded: /dev/zero has no newline to wait for
         if len(line) > MAX_LINE_BYTES:
             raise ValueError(f"standard input: a line longer than {MAX_LINE_BYTES:,} bytes")
         try:
-            return line.decode("utf-8").strip() if line else None
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
         except UnicodeDecodeError:
             raise ValueError("standard input is not UTF-8 text") from None
+        return text.strip() if line else None
 
     def write(text: str) -> None:
         print(text, end="", flush=True)
