@@ -1323,6 +1323,7 @@ def rope_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> lis
     cases = Cases(root, "rope")
     folder = surfaces["hf"]
     config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_parameters")  # transformers 5's spelling of plain RoPE: the cases spell their scaling the 4.x way
     scalings = [
         {"rope_type": "linear", "factor": 4.0},
         {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 16},
