@@ -1049,7 +1049,17 @@ def use_run(path: Path) -> None:
         args.func(args)
 
 
+def use_finite(path: Path) -> None:
+    """A checkpoint with NaN or infinity planted in it: refused, or (a failure) loaded into NaN logits."""
+    from llama_from_scratch import load_pretrained
+
+    logits = load_pretrained(path, device="cpu").model(torch.tensor([[0, 1, 2]]))
+    if not bool(torch.isfinite(logits).all()):
+        raise RuntimeError(f"{path} loaded silently, and its logits are NaN or infinite")
+
+
 SURFACES = {
+    "finite": use_finite,
     "chat": use_chat,
     "adapter": use_adapter,
     "sft-data": use_data("sft"),
@@ -1195,12 +1205,13 @@ def quantized_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -
     texts += [json.dumps({**header, "layers": {**header["layers"], layer: {**header["layers"][layer], **change}}})
               for change in ({"group_size": 2**40}, {"group_size": 0}, {"scheme": "int2"}, {"extra": 1})]  # fmt: skip
     variants += [with_metadata(weights, HEADER_KEY, text) for text in texts]
-    scales = [name for name in json.loads(weights[8 : 8 + length]) if name.endswith(".scales")]
-    for value in (float("nan"), float("inf")):
-        variants.append(with_tensor(weights, rng.choice(scales), lambda t, v=value: t.view(-1).__setitem__(0, v)))
-        variants.append(with_tensor(weights, "norm.weight", lambda t, v=value: t.view(-1).__setitem__(0, v)))
     for data in variants:
         cases.folder_variant(folder, "quantized.safetensors", {"quantized.safetensors": data})
+    scales = [name for name in json.loads(weights[8 : 8 + length]) if name.endswith(".scales")]
+    for value in (float("nan"), float("inf")):
+        for name in (rng.choice(scales), "norm.weight"):
+            data = with_tensor(weights, name, lambda t, v=value: t.view(-1).__setitem__(0, v))
+            cases.folder_variant(folder, "quantized.safetensors", {"quantized.safetensors": data}, load="finite")
     for kind in (b"FIFO", b"DIR"):
         cases.folder_variant(folder, "quantized.safetensors", {"quantized.safetensors": kind})
     return cases.cases
@@ -1215,12 +1226,12 @@ def quantized_gguf_cases(surfaces: dict[str, Path], root: Path, rng: random.Rand
         data, reader = example.read_bytes(), gguf.GGUFReader(str(example))
         variants = truncations(data, rng, 3) + bit_flips(data, rng, 12, reader.data_offset)
         variants += gguf_mutations(example, rng, n_fields=4, n_tensors=2)
+        for variant in variants:
+            cases.file_variant(example, example.name, variant, load="checkpoint")
         blocks = [t for t in reader.tensors if t.tensor_type.name.upper() == quant.upper()]
         for tensor in rng.sample(blocks, 3):  # a block's float16 scale made NaN or infinite
             for bits in (0x7E00, 0x7C00):
-                variants.append(patched(data, reader.data_offset + int(tensor.data_offset - reader.data_offset), "<H", bits))
-        for variant in variants:
-            cases.file_variant(example, example.name, variant, load="checkpoint")
+                cases.file_variant(example, example.name, patched(data, int(tensor.data_offset), "<H", bits), "finite")
     return cases.cases
 
 
