@@ -41,7 +41,7 @@ from llama_from_scratch.checkpoints.load import latest_checkpoint, load_pretrain
 from llama_from_scratch.checkpoints import smollm2_path
 from llama_from_scratch.cross_entropy import linear_cross_entropy
 from llama_from_scratch.finetuning import tasks
-from llama_from_scratch.finetuning.data import CACHE_DIR, load_records
+from llama_from_scratch.finetuning.data import load_records
 from llama_from_scratch.finetuning.dpo import pair_logprobs, tokenize_pairs
 from llama_from_scratch.finetuning.finetune import LEARNING_RATES, FinetuneConfig, apply_adapters, prepare_model
 from llama_from_scratch.finetuning.sft import pad_batch, padding_id, sample_indices, sft_loss, tokenize_dataset
@@ -49,6 +49,7 @@ from llama_from_scratch.training.recipes import RECIPES
 from llama_from_scratch.training.train import configure_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "data" / "finetune"  # the tokenized data, kept between runs of this benchmark
 SECTIONS = ("baseline", "sft", "throughput", "dpo", "chapter07")  # in the order they run
 LLAMA2 = "llama2"
 
@@ -114,7 +115,7 @@ def worker(args: argparse.Namespace) -> None:
     model, tokenizer = pretrained.model, pretrained.tokenizer
     task = tasks.play_task(test_per_play=args.test_per_play, max_chars=args.passage_chars)
     examples = tokenize_dataset(
-        tasks.sft_conversations(task, task.train), tokenizer, template_of(pretrained), ROOT / CACHE_DIR
+        tasks.sft_conversations(task, task.train), tokenizer, template_of(pretrained), CACHE
     )
     config = FinetuneConfig(method=args.worker, rank=args.rank, batch_size=args.batch_size)
     trainable = prepare_model(model, config)
@@ -283,7 +284,7 @@ def main() -> None:
     if "dpo" in args.sections:
         sft_model = load(args.base, [sft_run])
         records = load_records("plays", "dpo", test_per_play=args.test_per_play, max_chars=args.passage_chars)
-        pairs = tokenize_pairs(records.validation, sft_model.tokenizer, template_of(sft_model), ROOT / CACHE_DIR)
+        pairs = tokenize_pairs(records.validation, sft_model.tokenizer, template_of(sft_model), CACHE)
         pad = padding_id(sft_model.tokenizer)
         reference = pair_logprobs(sft_model.model, pairs, 8, pad)  # the SFT model: DPO's reference and its start
         before = (reference[:, 0] > reference[:, 1]).float().mean().item()

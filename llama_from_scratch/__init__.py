@@ -30,6 +30,20 @@ holds :class:`FormatError`, raised by every reader for a broken file; ``swap``
 replaces layers of a model from the outside (quantization and LoRA both use it).
 """
 
+import signal
+import sys
+
+# `python -m llama_from_scratch` is starting (Python sets argv[0] so meanwhile), with Ctrl-C not ignored
+if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+
+    def _interrupted_while_starting(signum, frame):
+        """Ctrl-C while torch imports (a second or two): one line, not a traceback from deep in an import.
+        ``__main__`` restores Python's own handler once the command line is ready to catch it."""
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
 from .attention import Attention, attention_weights, causal_mask, repeat_kv
 from .checkpoints import load_checkpoint, load_pretrained, load_tokenizer, save_checkpoint
 from .config import PRESETS, LlamaConfig, ffn_hidden_dim

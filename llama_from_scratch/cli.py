@@ -25,7 +25,7 @@ from .checkpoints.gguf import GGUF_QUANT_NAMES
 from .checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
-from .finetuning.data import CACHE_DIR
+from .finetuning.data import CACHE_FOLDER
 from .finetuning.tasks import MAX_CHARS
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
@@ -33,6 +33,7 @@ from .quantization.swap import SCHEMES
 from .training.recipes import DEFAULT_RECIPE, RECIPES
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
+MAX_LINE_BYTES = 1 << 20  # chat: the longest line read from standard input, a megabyte
 
 
 def presets_table() -> str:
@@ -60,7 +61,7 @@ def command_info(args: argparse.Namespace) -> None:
 
     model = load_checkpoint(args.checkpoint, device="cpu")
     print(model.config)
-    print(f"{model.num_parameters():,} parameters")
+    print(f"{model.num_parameters():,} parameters in {weight_bytes(model) / 1e6:,.1f} MB")
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -209,8 +210,9 @@ def command_finetune(args: argparse.Namespace) -> None:
         args.data, args.objective, args.val_data, args.train_per_play, args.test_per_play, args.passage_chars
     )
     tokenize = tokenize_pairs if args.objective == "dpo" else tokenize_dataset
-    train_examples = tokenize(records.train, tokenizer, template, args.data_cache)
-    val_examples = tokenize(records.validation, tokenizer, template, args.data_cache)
+    cache = args.data_cache or args.out / CACHE_FOLDER  # the run's own folder: nothing is written elsewhere
+    train_examples = tokenize(records.train, tokenizer, template, cache)
+    val_examples = tokenize(records.validation, tokenizer, template, cache)
     pad_id = padding_id(tokenizer)
 
     measure = None
@@ -230,7 +232,8 @@ def command_finetune(args: argparse.Namespace) -> None:
 
     print(
         f"{args.method} {args.objective} on {args.data}: {len(train_examples):,} training and "
-        f"{len(val_examples):,} validation examples; base {model.num_parameters():,} parameters",
+        f"{len(val_examples):,} validation examples; base {model.num_parameters():,} parameters "
+        f"({weight_bytes(model) / 1e6:,.1f} MB)",
         flush=True,
     )
     history = finetune(
@@ -270,14 +273,17 @@ def command_chat(args: argparse.Namespace) -> None:
         print(f"Chatting with {Path(path).name}. An empty line ends the conversation.")
 
     def read() -> str | None:
+        if interactive:
+            print("you> ", end="", flush=True)
+        stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or a text stream that has no buffer
+        line = stream.readline(MAX_LINE_BYTES + 1)  # bounded: /dev/zero has no newline to wait for
+        if len(line) > MAX_LINE_BYTES:
+            raise ValueError(f"standard input: a line longer than {MAX_LINE_BYTES:,} bytes")
         try:
-            text = input("you> " if interactive else "").strip()
-            text.encode("utf-8")  # bytes that are not UTF-8 arrive as lone surrogates in Python's UTF-8 mode
-        except EOFError:
-            return None
-        except UnicodeError:
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+        except UnicodeDecodeError:
             raise ValueError("standard input is not UTF-8 text") from None
-        return text
+        return text.strip() if line else None
 
     def write(text: str) -> None:
         print(text, end="", flush=True)
@@ -454,7 +460,7 @@ def parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument("--eval-questions", type=int, default=50, help="plays task: questions per validation")
     finetune.add_argument("--baseline", action="store_true", help="plays task: zero- and few-shot accuracy first")
-    finetune.add_argument("--data-cache", type=Path, default=CACHE_DIR, help="tokenized-data cache")
+    finetune.add_argument("--data-cache", type=Path, help=f"tokenized-data cache (default: OUT/{CACHE_FOLDER})")
     used = finetune.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")

@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import is_finite_number, is_int
-from .rope_scaling import RopeScaling, meta_llama3_scaling
+from .rope_scaling import RopeScaling, check_rope_scaling, meta_llama3_scaling
 
 # The largest size of any one dimension. PyTorch indexes tensors with 64-bit integers, so a matrix of two
 # such dimensions never overflows; a real model's largest dimension is its vocabulary (262,144 at most so far).
@@ -118,6 +118,11 @@ class LlamaConfig:
                 f"LlamaConfig.rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r:.80} "
                 f"({type(self.rope_scaling).__name__})"
             )
+        if self.rope_scaling is not None:
+            try:
+                check_rope_scaling(self.rope_scaling, self.head_dim, self.rope_theta, self.max_seq_len)
+            except ValueError as error:
+                raise ValueError(f"LlamaConfig.rope_scaling: {error}") from None
 
     @property
     def n_rep(self) -> int:

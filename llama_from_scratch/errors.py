@@ -8,6 +8,7 @@ or tensor that was wrong. It is a ``ValueError``, so ``except ValueError`` catch
 from __future__ import annotations
 
 import math
+import struct
 
 
 class FormatError(ValueError):
@@ -25,5 +26,20 @@ def is_int(value: object) -> bool:
 
 
 def is_finite_number(value: object) -> bool:
-    """An ``int`` or ``float`` that is not a ``bool``, NaN or infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An ``int`` or ``float`` that is not a ``bool``, NaN or infinite (nor an int too large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of more than 308 digits
+        return False
+
+
+def is_float32(value: object) -> bool:
+    """A finite number that float32, the type training and sampling compute in, holds as a finite number and,
+    unless it is 0, not as 0: ``1e39`` overflows to infinity and ``1e-46`` underflows to 0, so a learning
+    rate or a top-p checked only as a Python float would pass and then break the computation."""
+    if not is_finite_number(value):
+        return False
+    (rounded,) = struct.unpack("f", struct.pack("f", value))  # float32's nearest: infinity beyond its range
+    return math.isfinite(rounded) and (value == 0 or rounded != 0)

@@ -4,12 +4,14 @@ A checkpoint comes from the internet. Its files can be truncated, bit-flipped or
 them must end in a clear :class:`FormatError` naming the file and the field, never in a hang, a runaway
 allocation or a traceback from deep inside a library. Three rules keep the readers of this package safe:
 
-* **Only regular files are opened.** A FIFO named ``config.json`` blocks ``open`` until someone writes
-  into it, forever; ``/dev/zero`` named ``model.safetensors`` never ends. :func:`regular_file` checks
-  ``stat.S_ISREG`` before anything opens the file.
+* **Only regular files are opened, and only as much as their kind may hold.** A FIFO named ``config.json``
+  blocks ``open`` until someone writes into it, forever; ``/dev/zero`` named ``model.safetensors`` never
+  ends. :func:`regular_file` checks ``stat.S_ISREG`` before anything opens the file, and :func:`read_bytes`
+  compares its size with a limit before reading it (a 4 GB ``config.json`` is refused, not read).
 * **JSON is parsed with its failures caught**: invalid UTF-8, invalid syntax, integers of more than 4300
-  digits and nesting deep enough to exhaust Python's recursion all become a ``FormatError``
-  (:func:`read_json`).
+  digits and nesting deep enough to exhaust Python's recursion all become a ``FormatError``, whether the
+  JSON is a file (:func:`read_json`) or a text inside one (:func:`parse_json`: a safetensors header's
+  metadata, a line of a JSON Lines file).
 * **Every value read from a file has its type checked** before it is used (:func:`check_type`):
   ``"tie_word_embeddings": "false"`` is a string, and ``bool("false")`` is ``True``.
 """
@@ -57,6 +59,22 @@ def regular_file(path: str | Path) -> Path:
     return path
 
 
+MAX_JSON_BYTES = 256 << 20  # a JSON file's limit: Llama 3's tokenizer.json is 9 MB, a config a few KB
+
+
+def read_bytes(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, after checking that it holds at most ``limit`` of them.
+
+    The size is read from the file system before the file is opened, so a file too large is refused
+    without reading (or allocating) anything.
+    """
+    path = regular_file(path)
+    size = path.stat().st_size
+    if size > limit:
+        raise FormatError(f"{path}: {size:,} bytes, more than the {limit:,} such a file may hold")
+    return path.read_bytes()
+
+
 def plain_file_name(name: object, where: str, directory: str | Path) -> str:
     """``name`` if it names an entry directly inside ``directory``: no ``/``, no ``..``, not absolute.
 
@@ -69,20 +87,29 @@ def plain_file_name(name: object, where: str, directory: str | Path) -> str:
     return name
 
 
-def read_json(path: str | Path) -> dict:
-    """A JSON object from the regular file ``path``; :class:`FormatError` naming the file if it is not one."""
-    path = regular_file(path)
+def parse_json(text: str | bytes, where: str, kind: str = "dict") -> object:
+    """The JSON value in ``text``, which must be of ``kind`` (see :func:`check_type`; ``None``: any).
+
+    ``where`` names the file (and the field or line) for the :class:`FormatError` that any fault becomes.
+    """
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
+        value = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except UnicodeDecodeError as error:
-        raise FormatError(f"{path}: not UTF-8 text ({error})") from None
+        raise FormatError(f"{where}: not UTF-8 text ({error})") from None
     except RecursionError:
-        raise FormatError(f"{path}: JSON nested deeper than Python can parse") from None
+        raise FormatError(f"{where}: JSON nested deeper than Python can parse") from None
     except ValueError as error:  # JSONDecodeError, and integers too long to convert
-        raise FormatError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise FormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        raise FormatError(f"{where}: not valid JSON ({str(error)[:200]})") from None
+    if kind is not None and not _is(value, kind):
+        wanted = "a JSON object" if kind == "dict" else _KINDS[kind]
+        raise FormatError(f"{where}: expected {wanted}, got {type(value).__name__}")
     return value
+
+
+def read_json(path: str | Path, limit: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from the regular file ``path`` of at most ``limit`` bytes; :class:`FormatError` naming
+    the file if it is not one."""
+    return parse_json(read_bytes(path, limit), str(path))
 
 
 def _is(value: object, kind: str) -> bool:

@@ -20,11 +20,11 @@ prompts at once, left-padded to one length (:func:`left_pad`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from .errors import is_float32
 from .kv_cache import KVCache
 from .model import Llama
 
@@ -126,12 +126,14 @@ def _check_arguments(
             f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
             f"max_seq_len={model.config.max_seq_len} tokens"
         )
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    # Sampling computes in float32: a setting that float32 rounds to 0 or to infinity (top_p 1e-46) would pass
+    # a check made on the Python float and then divide by zero or keep no token at all.
+    if not (is_float32(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), in float32 too, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if top_p is not None and not (is_float32(top_p) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or a number in (0, 1], not 0 in float32 either, got {top_p!r}")
 
 
 def prefill(model: Llama, prompt: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:

@@ -217,10 +217,16 @@ class Llama(nn.Module):
         ]
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """How many numbers the model learns (a tied matrix counts once)."""
-        total = sum(p.numel() for p in self.parameters())
+        """How many numbers the model learns (a tied matrix counts once).
+
+        A layer swapped in from outside that keeps its weight in another form (a quantized layer: integer
+        codes and scales, held as buffers, not parameters) says how many weights it stands for with a
+        ``num_weights()`` method, and counts that: SmolLM2 quantized to int4 still has 135M parameters,
+        held in fewer bytes.
+        """
+        total = _count_weights(self)
         if exclude_embeddings:
-            total -= self.tok_embeddings.weight.numel()
+            total -= _count_weights(self.tok_embeddings)
         return total
 
     @property
@@ -231,6 +237,16 @@ class Llama(nn.Module):
     def from_preset(cls, name: str, **changes) -> Llama:
         """A randomly initialised model of a named size, e.g. ``Llama.from_preset("tiny")``."""
         return cls(LlamaConfig.from_preset(name, **changes))
+
+
+def _count_weights(module: nn.Module) -> int:
+    """The parameters of ``module``, plus the weights its layers with a ``num_weights()`` stand for; layers that
+    share their tensors (a tied, quantized embedding and head) count once."""
+    stored = {}
+    for layer in module.modules():
+        if hasattr(layer, "num_weights"):
+            stored[id(next(layer.buffers(), layer))] = layer.num_weights()
+    return sum(p.numel() for p in module.parameters()) + sum(stored.values())
 
 
 def count_parameters(config: LlamaConfig) -> int:

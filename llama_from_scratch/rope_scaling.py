@@ -50,7 +50,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .errors import is_finite_number
+from .errors import is_finite_number, is_float32
 from .rope import rope_frequencies
 
 # The parameters each type needs, and those it may take; any other parameter is an error.
@@ -107,7 +107,7 @@ class RopeScaling:
         )
         is_int = isinstance(context, int) and not isinstance(context, bool)
         self._check("original_max_position_embeddings", "a positive int", is_int and context > 0)
-        self._check("factor", "a number >= 1", is_finite_number(factor) and factor >= 1)
+        self._check("factor", "a number >= 1, finite in float32", is_float32(factor) and factor >= 1)
         self._check("low_freq_factor", "a positive number", is_finite_number(low) and low > 0)
         self._check("high_freq_factor", f"a number > low_freq_factor ({low})", is_finite_number(high) and high > low)
         slow, fast = self.beta_slow, self.beta_fast
@@ -256,6 +256,30 @@ def _llama3(scaling: RopeScaling, head_dim: int, theta: float, seq_len: int | No
 # Each type's ``(scaling, head_dim, theta, seq_len, device) -> (inv_freq, attention_factor)``. A new method is
 # one function and one entry here (and its parameters in REQUIRED_FIELDS / OPTIONAL_FIELDS).
 ROPE_SCALING_FUNCTIONS = {"linear": _linear, "dynamic": _dynamic, "yarn": _yarn, "llama3": _llama3}
+
+
+def check_rope_scaling(scaling: RopeScaling, head_dim: int, theta: float, max_seq_len: int) -> None:
+    """A ``ValueError`` unless ``scaling`` gives a model of this ``head_dim`` and ``theta`` usable frequencies.
+
+    Each parameter can be valid alone and the combination not: dynamic NTK's exponent
+    ``head_dim / (head_dim - 2)`` needs ``head_dim > 2``; YaRN's pair index divides by ``ln theta``, so it
+    needs ``theta > 1``; a factor of ``1e308`` overflows the base. So the frequencies are computed once, at
+    the longest length the model runs (``max_seq_len``, where dynamic scaling grows most), and must be
+    finite float32 numbers, as must the attention factor.
+    """
+    if scaling.type == "dynamic" and head_dim <= 2:
+        raise ValueError(f"dynamic scaling needs head_dim > 2 (its exponent is head_dim / (head_dim - 2)), got {head_dim}")
+    if scaling.type == "yarn" and not theta > 1:
+        raise ValueError(f"yarn scaling needs rope_theta > 1 (its pair index divides by ln theta), got {theta}")
+    try:
+        inv_freq, attention_factor = scaled_rope_frequencies(head_dim, theta, scaling, max_seq_len)
+    except ArithmeticError as error:  # OverflowError, ZeroDivisionError
+        raise ValueError(f"{scaling.type} scaling with factor {scaling.factor} cannot be computed ({error})") from None
+    if not bool(torch.isfinite(inv_freq).all()) or not is_float32(attention_factor):
+        raise ValueError(
+            f"{scaling.type} scaling with factor {scaling.factor} gives frequencies or an attention factor that "
+            f"float32 cannot hold (head_dim {head_dim}, rope_theta {theta}, max_seq_len {max_seq_len})"
+        )
 
 
 def scaled_rope_frequencies(

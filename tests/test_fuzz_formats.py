@@ -51,6 +51,9 @@ def run_case(load: str, path: str) -> None:
     """Load one case as a user would; a loaded tokenizer or model must then work."""
     from llama_from_scratch import load_pretrained, load_tokenizer
 
+    if load in SURFACES:  # chapters 09-11's surfaces: the second half of this module
+        SURFACES[load](Path(path))
+        return
     if load == "tokenizer":
         tokenizer = load_tokenizer(path)
         use = lambda: tokenizer.decode(tokenizer.encode("Hello, world! 123 ü\n"))  # noqa: E731
@@ -345,7 +348,9 @@ class Cases:
         path.write_bytes(data)
         self.add(load, path, note, [str(path), path.name])
 
-    def folder_variant(self, example: Path, note: str, changes: dict[str, bytes | None]) -> None:
+    def folder_variant(
+        self, example: Path, note: str, changes: dict[str, bytes | None], load: str = "checkpoint"
+    ) -> None:
         """A copy of the folder ``example`` (hard links) with files replaced (bytes), removed (None), or made
         FIFOs (``b"FIFO"``) or folders (``b"DIR"``)."""
         folder = self.root / str(len(self.cases))
@@ -360,7 +365,7 @@ class Cases:
                 (folder / name).mkdir()
             elif data is not None:
                 (folder / name).write_bytes(data)
-        self.add("checkpoint", folder, note, [str(folder), *sorted(p.name for p in example.iterdir()), *changes])
+        self.add(load, folder, note, [str(folder), *sorted(p.name for p in example.iterdir()), *changes])
 
 
 def hf_cases(examples: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
@@ -994,6 +999,435 @@ def test_a_hostile_file_is_one_clear_error(regression_outcomes, name):
     outcome = regression_outcomes.get(f"regression/{name}", {"error": "NotRun: the child stopped before this case"})
     assert outcome["error"] == "FormatError", outcome
     assert re.search(pattern, outcome["message"]), outcome["message"]
+
+# -- chapters 09-11's surfaces: quantized folders and GGUF files, adapters, fine-tuning data and runs, chat ----
+# -- templates, RoPE scaling, tiktoken files; each case loaded and used as the command line would ---------------
+
+
+def use_chat(path: Path) -> None:
+    """One turn of ``chat`` with the checkpoint ``path``: its chat template rendered, two tokens generated."""
+    from llama_from_scratch import load_pretrained
+    from llama_from_scratch.tokenization.chat import chat
+
+    turns = iter(["Hello", None])
+    chat(load_pretrained(path, device="cpu"), lambda: next(turns), lambda text: None, max_new_tokens=2)
+
+
+def use_adapter(path: Path) -> None:
+    """The adapter folder ``path`` loaded onto its base (named in ``base-path``), then one forward pass."""
+    from llama_from_scratch import load_pretrained
+    from llama_from_scratch.finetuning.adapter import load_adapter
+
+    model = load_pretrained((path / "base-path").read_text(), device="cpu").model
+    load_adapter(model, path)
+    model(torch.tensor([[0, 1, 2]]))
+
+
+def use_data(objective: str):
+    def use(path: Path) -> None:
+        from llama_from_scratch.finetuning.data import read_jsonl
+
+        read_jsonl(path, objective)
+
+    return use
+
+
+def finetune_arguments(out: Path, steps: int, *more: str) -> list[str]:
+    base, data = (out / "base-path").read_text(), (out / "data-path").read_text()
+    return ["finetune", "--base", base, "--data", data, "--out", str(out), "--steps", str(steps), "--batch-size", "2",
+            "--eval-every", "100", "--rank", "2", *more]  # fmt: skip
+
+
+def use_run(path: Path) -> None:
+    """``finetune --resume`` of the run folder ``path`` (base and data named in it), as the command line does."""
+    import contextlib
+    import io
+
+    from llama_from_scratch.cli import parser
+
+    args = parser().parse_args(finetune_arguments(path, 3, "--resume"))
+    with contextlib.redirect_stdout(io.StringIO()):  # the child's stdout carries the outcomes
+        args.func(args)
+
+
+def use_finite(path: Path) -> None:
+    """A checkpoint with NaN or infinity planted in it: refused, or (a failure) loaded into NaN logits."""
+    from llama_from_scratch import load_pretrained
+
+    logits = load_pretrained(path, device="cpu").model(torch.tensor([[0, 1, 2]]))
+    if not bool(torch.isfinite(logits).all()):
+        raise RuntimeError(f"{path} loaded silently, and its logits are NaN or infinite")
+
+
+SURFACES = {
+    "finite": use_finite,
+    "chat": use_chat,
+    "adapter": use_adapter,
+    "sft-data": use_data("sft"),
+    "dpo-data": use_data("dpo"),
+    "run": use_run,
+}
+
+
+def blocky_model(tokenizer, tie: bool = False):
+    """A tiny model whose every matrix has rows of a multiple of 32 values: GGUF's blocks and int4's groups."""
+    from helpers import random_llama
+    from llama_from_scratch import LlamaConfig
+
+    config = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size, hidden_dim=64)
+    return random_llama(config.replace(max_seq_len=64, tie_embeddings=tie))
+
+
+CONVERSATIONS = [
+    {"messages": [{"role": "user", "content": f"Who speaks line {i}?"}, {"role": "assistant", "content": "Hamlet"}]}
+    for i in range(12)
+]
+
+
+def write_surface_examples(root: Path, examples: dict[str, Path]) -> dict[str, Path]:
+    """One valid example of each surface of chapters 09-11 under ``root``; each must load."""
+    from llama_from_scratch import save_checkpoint
+    from llama_from_scratch.cli import parser
+    from llama_from_scratch.finetuning.adapter import save_adapter
+    from llama_from_scratch.finetuning.lora import add_lora, lora_layers
+    from llama_from_scratch.quantization import quantize
+    from llama_from_scratch.tokenization.tiktoken_file import write_tiktoken_file
+
+    sp, bpe = sentencepiece(), byte_level()
+    quantized = quantize(blocky_model(bpe, tie=True), "int4", 32, include_embeddings=True, include_output=True)
+    out = {"quantized": save_checkpoint(quantized, bpe, root / "quantized", "quantized", CHAT_TEMPLATE)}
+    if HAS_GGUF:
+        for quant in ("q4_0", "q5_1"):
+            out[quant] = save_checkpoint(blocky_model(sp), sp, root / f"{quant}.gguf", "gguf", CHAT_TEMPLATE, quant=quant)
+    model = tiny_model(bpe, tie=True)
+    add_lora(model, rank=2)
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.lora_B)
+    out["adapter"] = save_adapter(model, root / "adapter")
+    (out["adapter"] / "base-path").write_text(str(examples["hf_bpe"]))
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({**c, "chosen": "Hamlet", "rejected": "Lear"}) + "\n" for c in CONVERSATIONS))
+    out["data"] = data
+    run = root / "run"
+    run.mkdir()
+    (run / "base-path").write_text(str(examples["hf_bpe"]))
+    (run / "data-path").write_text(str(data))
+    args = parser().parse_args(finetune_arguments(run, 1))
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        args.func(args)
+    out["run"] = run
+    ranks = {bytes([b]): b for b in range(256)}
+    for token in (b"th", b"the", b" the", b"in", b"er"):
+        ranks[token] = len(ranks)
+    out["tiktoken"] = root / "tokenizer.model"
+    write_tiktoken_file(ranks, out["tiktoken"])
+    return out
+
+
+HOSTILE_TEMPLATES = [
+    "{% for %}",  # a syntax error
+    "{{ raise_exception('roles must alternate') }}",  # transformers' way of refusing a conversation
+    "{{ ''.__class__.__mro__ }}",
+    "{{ messages.__class__.__mro__[1].__subclasses__() }}",
+    "{{ 'x' * 10**11 }}",
+    "{{ [1] * 10**11 }}",
+    "{{ 2 ** 10 ** 10 }}",
+    "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}{% endfor %}"
+    "{% endfor %}{% endfor %}",
+    "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+    "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    "{{ undefined_name.attribute }}",
+    "{{ 1 / 0 }}",
+    "{{ messages[5]['content'] }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{% include 'other.jinja' %}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{% extends '/etc/passwd' %}",
+    "{{ bos_token * 10**9 }}",
+    "",
+    "{{",
+    "{% if %}{% endif %}",
+]
+
+
+def template_mutations(template: str, rng: random.Random, n: int) -> list[str]:
+    """``n`` seeded copies of ``template`` with a piece cut out or a Jinja delimiter inserted."""
+    out = []
+    for _ in range(n):
+        i, j = sorted(rng.randrange(len(template) + 1) for _ in range(2))
+        if rng.random() < 0.5:
+            out.append(template[:i] + template[j:])
+        else:
+            out.append(template[:i] + rng.choice(["{{", "}}", "{%", "%}", "{#", "'", "(", "[", "|", "~", "**"]) + template[i:])
+    return out
+
+
+def with_metadata(data: bytes, key: str, value: str) -> bytes:
+    """A safetensors file with one metadata entry replaced (the tensors' bytes unchanged)."""
+    (length,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = {**header.get("__metadata__", {}), key: value}
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+
+def with_tensor(data: bytes, name: str, change) -> bytes:
+    """A safetensors file with ``change(tensor)`` applied to one tensor, in place, before it is written back."""
+    from safetensors.torch import load, save
+
+    (length,) = struct.unpack_from("<Q", data)
+    metadata = json.loads(data[8 : 8 + length]).get("__metadata__")
+    tensors = load(data)
+    change(tensors[name])
+    return save(tensors, metadata=metadata)
+
+
+def quantized_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    from llama_from_scratch.checkpoints.quantized import HEADER_KEY
+
+    cases = Cases(root, "quantized")
+    folder = surfaces["quantized"]
+    config = json.loads((folder / "config.json").read_text())
+    for data in json_mutations(config, rng, n_random=20) + HOSTILE_JSON[:6]:
+        cases.folder_variant(folder, "config.json", {"config.json": data})
+    for changes in ({"num_hidden_layers": 100_000}, {"vocab_size": 2**40}, {"hidden_size": 64}):
+        cases.folder_variant(folder, "config.json", {"config.json": json.dumps({**config, **changes}).encode()})
+    weights = (folder / "quantized.safetensors").read_bytes()
+    (length,) = struct.unpack_from("<Q", weights)
+    variants = truncations(weights, rng, 3) + bit_flips(weights, rng, 8, 8 + length) + safetensors_mutations(weights, rng)
+    header = json.loads(json.loads(weights[8 : 8 + length])["__metadata__"][HEADER_KEY])
+    layer = next(iter(header["layers"]))
+    texts = [bad.decode("utf-8", "replace") for bad in HOSTILE_JSON]
+    texts += [b.decode() for b in json_mutations(header, rng, n_random=8)]
+    texts += [json.dumps({**header, "layers": {**header["layers"], layer: bad}}) for bad in HOSTILE_VALUES[:8]]
+    texts += [json.dumps({**header, "layers": {**header["layers"], layer: {**header["layers"][layer], **change}}})
+              for change in ({"group_size": 2**40}, {"group_size": 0}, {"scheme": "int2"}, {"extra": 1})]  # fmt: skip
+    variants += [with_metadata(weights, HEADER_KEY, text) for text in texts]
+    for data in variants:
+        cases.folder_variant(folder, "quantized.safetensors", {"quantized.safetensors": data})
+    scales = [name for name in json.loads(weights[8 : 8 + length]) if name.endswith(".scales")]
+    for value in (float("nan"), float("inf")):
+        for name in (rng.choice(scales), "norm.weight"):
+            data = with_tensor(weights, name, lambda t, v=value: t.view(-1).__setitem__(0, v))
+            cases.folder_variant(folder, "quantized.safetensors", {"quantized.safetensors": data}, load="finite")
+    for kind in (b"FIFO", b"DIR"):
+        cases.folder_variant(folder, "quantized.safetensors", {"quantized.safetensors": kind})
+    return cases.cases
+
+
+def quantized_gguf_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    import gguf
+
+    cases = Cases(root, "quantized_gguf")
+    for quant in ("q4_0", "q5_1"):
+        example = surfaces[quant]
+        data, reader = example.read_bytes(), gguf.GGUFReader(str(example))
+        variants = truncations(data, rng, 3) + bit_flips(data, rng, 12, reader.data_offset)
+        variants += gguf_mutations(example, rng, n_fields=4, n_tensors=2)
+        for variant in variants:
+            cases.file_variant(example, example.name, variant, load="checkpoint")
+        blocks = [t for t in reader.tensors if t.tensor_type.name.upper() == quant.upper()]
+        for tensor in rng.sample(blocks, 3):  # a block's float16 scale made NaN or infinite
+            for bits in (0x7E00, 0x7C00):
+                cases.file_variant(example, example.name, patched(data, int(tensor.data_offset), "<H", bits), "finite")
+    return cases.cases
+
+
+def adapter_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    cases = Cases(root, "adapter")
+    folder = surfaces["adapter"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    variants = json_mutations(config, rng, n_random=25) + HOSTILE_JSON[:6]
+    variants += [json.dumps({**config, **c}).encode() for c in ({"r": 10**6}, {"r": 2**40}, {"lora_alpha": 1e308})]
+    for data in variants:
+        cases.folder_variant(folder, "adapter_config.json", {"adapter_config.json": data}, load="adapter")
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    (length,) = struct.unpack_from("<Q", weights)
+    variants = truncations(weights, rng, 3) + bit_flips(weights, rng, 8, 8 + length) + safetensors_mutations(weights, rng)
+    names = [name for name in json.loads(weights[8 : 8 + length]) if name != "__metadata__"]
+    for value in (float("nan"), float("inf")):
+        variants.append(with_tensor(weights, rng.choice(names), lambda t, v=value: t.view(-1).__setitem__(0, v)))
+    for data in variants:
+        cases.folder_variant(folder, "adapter_model.safetensors", {"adapter_model.safetensors": data}, load="adapter")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        cases.folder_variant(folder, f"FIFO {name}", {name: b"FIFO"}, load="adapter")
+    return cases.cases
+
+
+def data_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    cases = Cases(root, "data")
+    example = surfaces["data"]
+    record = json.loads(example.read_text().splitlines()[0])
+    good = example.read_bytes()
+    lines = [json.dumps({**record, "messages": bad}).encode() for bad in HOSTILE_VALUES]
+    lines += [json.dumps({**record, "messages": [bad]}).encode() for bad in HOSTILE_VALUES[:8]]
+    lines += [json.dumps({**record, "messages": ["hello"]}).encode(), json.dumps({**record, "chosen": 5}).encode()]
+    lines += json_mutations(record, rng, n_random=10) + HOSTILE_JSON
+    variants = [good + line + b"\n" for line in lines] + truncations(good, rng, 3) + bit_flips(good, rng, 10, len(good))
+    variants.append(good.replace(b"Hamlet", "H\u00e4mlet".encode("latin-1"), 1))  # not UTF-8
+    for i, data in enumerate(variants):
+        cases.file_variant(example, "data.jsonl", data, load=("sft-data", "dpo-data")[i % 2])
+    fifo = cases.root / "fifo.jsonl"
+    os.mkfifo(fifo)
+    cases.add("sft-data", fifo, "FIFO", [str(fifo)])
+    return cases.cases
+
+
+def run_state_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    import pickle
+
+    cases = Cases(root, "run")
+    run = surfaces["run"]
+    step = next(run.glob("step-*")).name
+    state = (run / step / "trainer_state.pt").read_bytes()
+    saved = torch.load(run / step / "trainer_state.pt", weights_only=True)
+    config = json.loads((run / step / "train_config.json").read_text())
+
+    def torch_bytes(value) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
+
+    states = [b"", pickle.dumps({"step": 1}), b"FIFO", "/dev/zero"] + truncations(state, rng, 2)
+    states += bit_flips(state, rng, 4, len(state))
+    states += [torch_bytes(v) for v in ([1, 2], {"history": []}, {**saved, "step": "4"}, {**saved, "step": -1},
+                                        {**saved, "optimizer": {"state": 5}}, {**saved, "history": "x"})]  # fmt: skip
+    configs = [b"FIFO", b"[]", DEEP.encode()] + json_mutations(config, rng, n_random=4)
+    changes = [{"trainer_state.pt": s} for s in states] + [{"train_config.json": c} for c in configs]
+    for number, change in enumerate(changes):
+        folder = cases.root / str(number)
+        shutil.copytree(run, folder, symlinks=True)
+        for name, data in change.items():
+            path = folder / step / name
+            path.unlink()
+            if data == b"FIFO":
+                os.mkfifo(path)
+            elif isinstance(data, str):
+                os.symlink(data, path)
+            else:
+                path.write_bytes(data)
+        cases.add("run", folder, f"{step}/{name}", [str(folder), name])
+    return cases.cases
+
+
+def template_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    from llama_from_scratch.chat import CHATML_TEMPLATE
+
+    cases = Cases(root, "templates")
+    folder = surfaces["hf_bpe"]
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    templates = HOSTILE_TEMPLATES + template_mutations(CHATML_TEMPLATE, rng, 25)
+    named = [[{"name": "default", "template": bad}] for bad in ("{% for %}", 5, None)] + [[{"template": "x"}], "x" * 3]
+    for template in templates + named:
+        data = json.dumps({**tokenizer_config, "chat_template": template}).encode()
+        cases.folder_variant(folder, "tokenizer_config.json", {"tokenizer_config.json": data}, load="chat")
+    for case in cases.cases:
+        case["names"].append("chat template")  # a checkpoint left without one says so
+    return cases.cases
+
+
+def rope_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    cases = Cases(root, "rope")
+    folder = surfaces["hf"]
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_parameters")  # transformers 5's spelling of plain RoPE: the cases spell their scaling the 4.x way
+    scalings = [
+        {"rope_type": "linear", "factor": 4.0},
+        {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 16},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32, "beta_slow": 1},
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 16},
+    ]  # fmt: skip
+    variants = []
+    for scaling in scalings:
+        variants.append({**config, "rope_scaling": scaling})
+        variants += [{**config, "rope_scaling": json.loads(m)} for m in json_mutations(scaling, rng, n_random=12)]
+        variants += [{**config, "rope_scaling": {**scaling, "factor": f}} for f in (1e308, 1e39, 2**1100)]
+        variants += [{**config, "rope_scaling": scaling, "rope_theta": theta} for theta in (1.0, 1e-300, 1e308)]
+    variants += [{**config, "rope_scaling": {"type": "dynamic", "factor": 1e308}}]
+    for value in variants:
+        cases.folder_variant(folder, "config.json", {"config.json": json.dumps(value).encode()})
+    return cases.cases
+
+
+def tiktoken_cases(surfaces: dict[str, Path], root: Path, rng: random.Random) -> list[dict]:
+    import base64
+
+    cases = Cases(root, "tiktoken")
+    example = surfaces["tiktoken"]
+    data = example.read_bytes()
+    variants = truncations(data, rng, 4) + bit_flips(data, rng, 16, len(data))
+    extra = [
+        base64.b64encode(b"a" * 1_000_000) + b" 261",  # the quadratic conversion of one long token
+        b"YWI= " + b"9" * 5000,  # a rank too long to convert
+        b"YWI= 99999999999999999999",
+        b"dGg= 300",  # a token listed twice
+        b"not-base64! 261",
+        b"YWI=  261",
+        b"YWI= -1",
+        b"\xff\xfe 261",
+    ]
+    variants += [data + line + b"\n" for line in extra]
+    variants.append(b"".join(line + b"\n" for line in data.splitlines() if not line.startswith(b"QQ==")))  # no "A"
+    for variant in variants:
+        cases.file_variant(example, "tokenizer.model", variant, load="tokenizer")
+    fifo = cases.root / "tokenizer.model"
+    os.mkfifo(fifo)
+    cases.add("tokenizer", fifo, "FIFO", [str(fifo)])
+    return cases.cases
+
+
+# each batch's valid example and how it is used
+VALID_SURFACE = {
+    "quantized": ("quantized", "checkpoint"),
+    "quantized_gguf": ("q5_1", "checkpoint"),
+    "adapter": ("adapter", "adapter"),
+    "data": ("data", "dpo-data"),
+    "run": ("run", "run"),
+    "templates": ("hf_bpe", "chat"),
+    "rope": ("hf", "checkpoint"),
+    "tiktoken": ("tiktoken", "tokenizer"),
+}
+SURFACE_BATCHES = {
+    "quantized": quantized_cases,
+    "quantized_gguf": pytest.param(quantized_gguf_cases, marks=needs_gguf),
+    "adapter": adapter_cases,
+    "data": data_cases,
+    "run": pytest.param(run_state_cases, marks=pytest.mark.slow),
+    "templates": pytest.param(template_cases, marks=pytest.mark.slow),
+    "rope": rope_cases,
+    "tiktoken": tiktoken_cases,
+}
+
+
+@pytest.fixture(scope="module")
+def surfaces(examples, tmp_path_factory) -> dict[str, Path]:
+    return {**examples, **write_surface_examples(tmp_path_factory.mktemp("surfaces"), examples)}
+
+
+@pytest.mark.parametrize("make_cases", SURFACE_BATCHES.values(), ids=SURFACE_BATCHES.keys())
+def test_damaged_surfaces_of_chapters_09_to_11_fail_with_an_error_naming_the_file(surfaces, tmp_path, make_cases):
+    cases = make_cases(surfaces, tmp_path, random.Random(20261207))
+    example, load = VALID_SURFACE[cases[0]["id"].split("/")[0]]  # the undamaged example loads first, and must
+    cases = [{"id": "valid/0", "load": load, "path": str(surfaces[example]), "note": "valid", "names": []}, *cases]
+    outcomes = run_batch(cases, tmp_path)
+    failures = []
+    for case in cases:
+        outcome = outcomes.get(case["id"], {"error": "NotRun", "allowed": False, "message": "", "traceback": ""})
+        if outcome["error"] is None:
+            continue
+        named = any(name in outcome["message"] for name in case["names"])
+        if not (outcome["allowed"] and named) or outcome["message"].count("\n") > 0:
+            failures.append(
+                f"{case['id']} ({case['note']}, {case['path']}): {outcome['error']}: {outcome['message'][:500]}\n"
+                + outcome["traceback"]
+            )
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:15])
 
 
 if __name__ == "__main__":

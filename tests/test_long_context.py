@@ -271,8 +271,8 @@ def test_dynamic_and_fallbacks_take_the_context_from_max_position_embeddings():
         ({"rope_type": "yarn", "factor": 4.0, "mscale": 1.0}, NotImplementedError, "mscale"),
         ({"rope_type": "sideways", "factor": 4.0}, ValueError, "rope_type must be one of default, linear"),
         ({"rope_type": "linear"}, ValueError, "factor is required"),
-        ({"rope_type": "linear", "factor": "8"}, ValueError, "factor must be a number >= 1, got '8'"),
-        ({"rope_type": "linear", "factor": 0.5}, ValueError, "factor must be a number >= 1, got 0.5"),
+        ({"rope_type": "linear", "factor": "8"}, ValueError, "factor must be a number >= 1, finite in float32, got '8'"),
+        ({"rope_type": "linear", "factor": 0.5}, ValueError, "factor must be a number >= 1, finite in float32, got 0.5"),
         ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}, ValueError, "high_freq_factor is required"),
         (
             {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0},

@@ -291,7 +291,7 @@ def test_non_finite_settings_are_refused_and_a_non_finite_loss_stops_the_run(tmp
     for name in ("lr", "weight_decay", "beta2"):
         with pytest.raises(ValueError, match=f"TrainConfig.{name} must be a finite number"):
             quick_config(**{name: math.nan})
-    with pytest.raises(ValueError, match="TrainConfig.lr must be a finite number, got inf"):
+    with pytest.raises(ValueError, match="TrainConfig.lr must be a finite number, in float32 too, got inf"):
         quick_config(lr=math.inf, min_lr=0.0)
     run = tmp_path / "run"
     train(new_model(), TextWindows(synthetic_data()), quick_config(steps=2), RunFolder(run))

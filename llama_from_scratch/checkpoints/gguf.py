@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..chat import chat_template
 from ..config import LlamaConfig
 from ..errors import FormatError
 from ..files import check_type
@@ -340,7 +341,8 @@ def read_gguf_tokenizer(path: str | Path, reader=None) -> SentencePieceTokenizer
 
 def read_gguf_chat_template(path: str | Path, reader=None) -> str | None:
     """The chat template stored in the file (``tokenizer.chat_template``), or None."""
-    return gguf_field(reader or open_gguf(path), "tokenizer.chat_template", None, path, "str")
+    template = gguf_field(reader or open_gguf(path), "tokenizer.chat_template", None, path, "str")
+    return None if template is None else chat_template(template, f"{path}: tokenizer.chat_template")
 
 
 # -- writing ---------------------------------------------------------------------------------------------------

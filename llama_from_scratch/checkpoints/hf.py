@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 
 from ..config import LlamaConfig
 from ..errors import FormatError
+from ..chat import chat_template
 from ..files import REQUIRED, check_type, json_field, plain_file_name, read_json, regular_file
 from ..rope import half_to_interleaved, interleaved_to_half
 from ..rope_scaling import OPTIONAL_FIELDS, REQUIRED_FIELDS, RopeScaling
@@ -374,8 +375,8 @@ def read_chat_template(directory: Path) -> str | None:
         if "default" not in named:
             return None
         template = named["default"].get("template")
-        return check_type(template, "str", f"{path}: the default chat_template's template")
-    return template if template is None else check_type(template, "str", f"{path}: chat_template")
+        return chat_template(check_type(template, "str", f"{path}: the default chat_template's template"), str(path))
+    return template if template is None else chat_template(check_type(template, "str", f"{path}: chat_template"), str(path))
 
 
 def _compiled(pattern: object, where: str) -> str:

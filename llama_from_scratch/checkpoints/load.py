@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FormatError
-from ..files import plain_file_name, regular_file
+from ..files import plain_file_name, read_bytes, regular_file
 from ..model import Llama
 from ..tokenization.byte_bpe import ByteLevelBPE
 from ..tokenization.sentencepiece_bpe import SentencePieceTokenizer
@@ -58,7 +58,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / LATEST
     if not pointer.exists():
         return None
-    name = regular_file(pointer).read_text(encoding="utf-8", errors="replace").strip()
+    name = read_bytes(pointer, 4096).decode("utf-8", errors="replace").strip()  # one short name
     checkpoint = Path(run_dir) / plain_file_name(name, str(pointer), run_dir)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{pointer} names {checkpoint.name}, which does not exist")
@@ -88,7 +88,7 @@ def load_checkpoint(
     # The config is checked against the tensors present before a model is built (the Meta reader does it itself).
     description = f"loading {path.name}"
     if path.is_dir() and (path / "config.json").exists() and (path / QUANTIZED_WEIGHTS).exists():
-        return load_quantized(path / QUANTIZED_WEIGHTS, read_hf_config(path), device, dtype)
+        return load_quantized(path / QUANTIZED_WEIGHTS, read_hf_config(path), device, dtype, HF_FIELDS)
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
         check_config_fits(config, hf_tensor_shapes(path), path / "config.json", HF_FIELDS)

@@ -18,7 +18,9 @@ metadata map; nothing else is needed. The file holds:
       {"version": 1,
        "layers": {"layers.0.attention.wq": {"scheme": "int4", "group_size": 64}, ...}}
 
-:func:`load_quantized` reads the header first, builds the model on the ``meta`` device with those
+:func:`load_quantized` reads the header first, checks the config against the tensors the file lists
+(:func:`.names.check_config_fits`, as for every format: a ``config.json`` claiming 100,000 layers is refused
+before a model of that size is built), builds the model on the ``meta`` device with those
 layers swapped in (empty, right shapes and dtypes), then fills it through
 :func:`.tensors.assemble`, which checks every tensor's name, shape and
 dtype against that model: a truncated tensor, a wrong dtype or a header whose group size does not
@@ -38,10 +40,12 @@ from torch import nn
 
 from ..config import LlamaConfig
 from ..errors import FormatError
+from ..files import parse_json, regular_file
 from ..model import Llama
 from ..quantization.swap import layer_from_entry, quantized_layers, scheme_entry
 from ..swap import swap_layers
 from .atomic import atomic_write
+from .names import check_config_fits
 from .tensors import assemble, model_tensors
 
 QUANTIZED_WEIGHTS = "quantized.safetensors"  # a quantized model's directory: config.json + this (format="quantized")
@@ -75,11 +79,8 @@ def read_header(path: Path, metadata: dict[str, str] | None) -> dict[str, dict]:
     checked by the layers built from them, :func:`quantized_skeleton`)."""
     if not metadata or HEADER_KEY not in metadata:
         raise FormatError(f"{path}: no {HEADER_KEY!r} entry in the safetensors metadata: not a quantized model file")
-    try:
-        header = json.loads(metadata[HEADER_KEY])
-    except json.JSONDecodeError as error:
-        raise FormatError(f"{path}: the quantization header is not valid JSON ({error})") from None
-    if not isinstance(header, dict) or header.get("version") != VERSION or not isinstance(header.get("layers"), dict):
+    header = parse_json(metadata[HEADER_KEY], f"{path}: the quantization header")
+    if header.get("version") != VERSION or not isinstance(header.get("layers"), dict):
         raise FormatError(f"{path}: the quantization header must be {{'version': {VERSION}, 'layers': {{...}}}}")
     for name, entry in header["layers"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("scheme"), str):
@@ -115,14 +116,23 @@ def quantized_skeleton(config: LlamaConfig, layers: dict[str, dict], path: Path)
 
 
 def load_quantized(
-    path: str | Path, config: LlamaConfig, device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    config: LlamaConfig,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype | None = None,
+    config_fields: dict[str, str] | None = None,
 ) -> Llama:
     """Load a model written by :func:`save_quantized`; ``dtype`` applies to its floating-point tensors
-    (default: float32 on the CPU; scales are float32 in any case)."""
-    path = Path(path)
+    (default: float32 on the CPU; scales are float32 in any case). ``config_fields``: the names of
+    ``n_layers``, ``vocab_size`` and ``dim`` in the config's file, for the message of a config that does not
+    fit the tensors."""
+    path = regular_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             layers = read_header(path, f.metadata())
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            fields = config_fields or {"n_layers": "n_layers", "vocab_size": "vocab_size", "dim": "dim"}
+            check_config_fits(config, shapes, path.parent / "config.json", fields)
             model = quantized_skeleton(config, layers, path)
             tensors = ((str(path), name, f.get_tensor(name)) for name in f.keys())
             description = f"loading {path.name}"

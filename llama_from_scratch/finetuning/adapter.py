@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from ..checkpoints.atomic import atomic_write
 from ..files import REQUIRED, json_field, read_json, regular_file
 from ..checkpoints.hf import meta_to_hf_name, permute_qk
+from ..checkpoints.tensors import check_finite
 from ..errors import FormatError
 from ..rope import half_to_interleaved, interleaved_to_half
 from .lora import LORA_TARGETS, add_lora, lora_layers
@@ -128,6 +129,16 @@ def read_adapter_config(directory: Path) -> dict:
     return {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": tuple(from_hf[m] for m in modules)}
 
 
+def check_ranks(shapes: dict[str, tuple[int, ...]], rank: int, path: Path) -> None:
+    """Every ``lora_A`` ``(rank, in)`` and ``lora_B`` ``(out, rank)`` in ``shapes`` (read from the file's header)
+    has the rank ``adapter_config.json`` declares: a config claiming ``r: 1000000`` is refused before adapters
+    of that size are allocated."""
+    for key, shape in shapes.items():
+        side = 0 if key.endswith("lora_A.weight") else 1 if key.endswith("lora_B.weight") else None
+        if side is not None and (len(shape) != 2 or shape[side] != rank):
+            raise FormatError(f"{path}: tensor {key!r} has shape {shape}, but {CONFIG_FILE} declares r={rank}")
+
+
 def load_adapter(model: torch.nn.Module, directory: str | Path) -> torch.nn.Module:
     """Load a PEFT LoRA adapter from ``directory`` into ``model``; returns ``model``.
 
@@ -138,30 +149,37 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> torch.nn.Modu
     directory = Path(directory)
     settings = read_adapter_config(directory)
     path = regular_file(directory / WEIGHTS_FILE)
-    if not lora_layers(model):
-        add_lora(model, **settings)
-    expected = {}
-    for name, layer in lora_layers(model).items():
-        peft_name = PEFT_PREFIX + hf_module_name(name)
-        expected[f"{peft_name}.lora_A.weight"] = (name, layer.lora_A)
-        expected[f"{peft_name}.lora_B.weight"] = (name, layer.lora_B)
     found = {}
     try:
         with safe_open(path, "pt") as file:
+            # The file's shapes are checked against the config's rank before adapters of that rank are built.
+            check_ranks({key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}, settings["rank"], path)
+            if not lora_layers(model):
+                try:
+                    add_lora(model, **settings)
+                except ValueError as error:
+                    raise FormatError(f"{directory / CONFIG_FILE}: {error}") from None
+            expected = {}
+            for name, layer in lora_layers(model).items():
+                peft_name = PEFT_PREFIX + hf_module_name(name)
+                expected[f"{peft_name}.lora_A.weight"] = (name, layer.lora_A)
+                expected[f"{peft_name}.lora_B.weight"] = (name, layer.lora_B)
             for key in file.keys():
                 if key not in expected:
                     raise FormatError(f"{path}: unexpected tensor {key!r}: this model has no such adapter")
-                tensor = file.get_tensor(key)
                 want = expected[key][1]
-                if tuple(tensor.shape) != tuple(want.shape):
+                shape = tuple(file.get_slice(key).get_shape())
+                if shape != tuple(want.shape):
                     raise FormatError(
-                        f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {tuple(want.shape)} "
+                        f"{path}: tensor {key!r} has shape {shape}, expected {tuple(want.shape)} "
                         "for this base model and rank (an adapter made for another model?)"
                     )
+                tensor = file.get_tensor(key)
                 if not tensor.is_floating_point():
                     raise FormatError(f"{path}: tensor {key!r} is {tensor.dtype}, expected floating point")
+                check_finite(tensor, f"{path}: tensor {key!r}")
                 found[key] = tensor
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, OSError, TypeError) as error:  # TypeError: a dtype PyTorch has no type for
         raise FormatError(f"{path}: not a readable safetensors file ({error})") from None
     missing = [key for key in expected if key not in found]
     if missing:

@@ -14,18 +14,18 @@ error naming the file and the line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import regular_file
+from ..files import REQUIRED, json_field, parse_json, read_bytes
 from ..errors import FormatError
 from . import tasks
 from .sft import check_messages
 
 TASK_NAME = "plays"  # --data plays: the built-in task of :mod:`.tasks`
 VALIDATION_SHARE = 10  # without a validation file, the last 1/10 of the lines
-CACHE_DIR = Path("data") / "finetune"  # where tokenized data is kept (relative to the repository's root)
+CACHE_FOLDER = "data-cache"  # inside a run's folder (--out): its tokenized data, kept for --resume
+MAX_DATA_BYTES = 1 << 30  # a JSON Lines file's limit: a gigabyte of conversations is a large fine-tune
 
 
 @dataclass
@@ -38,30 +38,36 @@ class RecordSplit:
 
 
 def read_jsonl(path: str | Path, objective: str) -> list:
-    """The records of a JSON Lines file, each checked for ``objective`` (``"sft"`` or ``"dpo"``)."""
-    path = regular_file(path)
+    """The records of a JSON Lines file, each checked for ``objective`` (``"sft"`` or ``"dpo"``).
+
+    The file is read through the package's rules for untrusted files (:mod:`llama_from_scratch.files`): a
+    regular file of at most :data:`MAX_DATA_BYTES`, UTF-8, every line a JSON object whose fields have the
+    types the objective needs.
+    """
+    data = read_bytes(path, MAX_DATA_BYTES)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise FormatError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise FormatError(f"{where}: not valid JSON ({error})") from None
-        if not isinstance(record, dict) or "messages" not in record:
-            raise FormatError(f"{where}: expected an object with 'messages'")
+        record = parse_json(line, where)
+        messages = json_field(record, "messages", "list", where, REQUIRED)
         if objective == "dpo":
-            if not (isinstance(record.get("chosen"), str) and isinstance(record.get("rejected"), str)):
-                raise FormatError(f"{where}: a preference pair needs 'chosen' and 'rejected' strings")
-            conversation = record["messages"] + [{"role": "assistant", "content": record["chosen"]}]
+            chosen = json_field(record, "chosen", "str", where, REQUIRED)
+            json_field(record, "rejected", "str", where, REQUIRED)
+            conversation = messages + [{"role": "assistant", "content": chosen}]
         else:
-            conversation = record["messages"]
+            conversation = messages
         try:
             check_messages(conversation, where)
         except ValueError as error:
             raise FormatError(str(error)) from None
-        records.append(record if objective == "dpo" else record["messages"])
+        records.append(record if objective == "dpo" else messages)
     if not records:
         raise FormatError(f"{path}: no records")
     return records

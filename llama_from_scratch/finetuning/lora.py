@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import is_finite_number, is_int
+from ..errors import is_finite_number, is_float32, is_int
 from ..quantization.linear import QuantizedLinear
 from ..swap import plain_layer, swap_layers
 
@@ -57,8 +57,14 @@ class LoRALinear(nn.Module):
             raise ValueError("LoRALinear: this linear has a bias; LLaMA's have none, and it is not supported")
         if not is_int(rank) or rank < 1:
             raise ValueError(f"LoRA rank must be an int of at least 1, got {rank!r}")
-        if not is_finite_number(alpha) or alpha <= 0:
-            raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
+        if rank > min(base.in_features, base.out_features):  # checked before anything of that size is allocated
+            raise ValueError(
+                f"LoRA rank {rank} exceeds this layer's smaller side, min({base.out_features}, {base.in_features}): "
+                "B @ A has at most that rank, so a larger one only costs memory"
+            )
+        # The scale multiplies float32 activations: alpha / rank must be a usable float32 (1e308 / 8 is not).
+        if not is_finite_number(alpha) or alpha <= 0 or not is_float32(alpha / rank):
+            raise ValueError(f"LoRA alpha must be a positive number with alpha / rank a finite float32, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout!r}")
         self.base = base.requires_grad_(False)

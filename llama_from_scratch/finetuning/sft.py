@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 from ..chat import render_chat
 from ..checkpoints.atomic import atomic_write
 from ..cross_entropy import linear_cross_entropy
+from ..files import regular_file
 from ..model import Llama
 from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
 from ..tokenization.tokenizer import Tokenizer
@@ -191,6 +193,30 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return digest.hexdigest()
 
 
+def read_cache(path: Path, count: int, vocab_size: int) -> list[Example] | None:
+    """The ``count`` examples of the cache file ``path``, or None if it does not hold exactly them.
+
+    The file is read like any untrusted file (a regular file, no pickles: ``np.load``'s default), and its
+    three arrays checked against each other: ``offsets`` rising from 0 to the length of ``tokens`` and
+    ``labels``, with ``count + 1`` entries, every token id below ``vocab_size``.
+    """
+    try:
+        with np.load(regular_file(path)) as saved:
+            bounds, tokens, labels = saved["offsets"], saved["tokens"], saved["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if bounds.shape != (count + 1,) or tokens.shape != labels.shape or tokens.ndim != 1:
+        return None
+    if bounds[0] != 0 or bounds[-1] != len(tokens) or (np.diff(bounds) < 0).any():
+        return None
+    if len(tokens) and (tokens.min() < 0 or max(tokens.max(), labels.max()) >= vocab_size):
+        return None
+    if ((labels != IGNORE_INDEX) & (labels < 0)).any():
+        return None
+    tokens, labels = tokens.tolist(), labels.tolist()
+    return [Example(tokens[a:b], labels[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+
+
 def tokenize_dataset(
     conversations: list[list[dict[str, str]]],
     tokenizer: Tokenizer,
@@ -201,17 +227,16 @@ def tokenize_dataset(
 
     The cache file is named after a hash of the conversations, the template and the tokenizer
     (:func:`tokenizer_fingerprint`), so a change to any of them tokenizes afresh; it is written atomically.
+    A cache file that cannot be read back (truncated, damaged, not ours) is only a cache: it is rebuilt.
     """
     path = None
     if cache_dir is not None:
         key = hashlib.sha256(json.dumps([conversations, template], sort_keys=True).encode())
         key.update(tokenizer_fingerprint(tokenizer).encode())
         path = Path(cache_dir) / f"sft-{key.hexdigest()[:20]}.npz"
-        if path.exists():
-            with np.load(path) as saved:
-                bounds = saved["offsets"]
-                tokens, labels = saved["tokens"].tolist(), saved["labels"].tolist()
-            return [Example(tokens[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        cached = read_cache(path, len(conversations), tokenizer.vocab_size) if path.exists() else None
+        if cached is not None:
+            return cached
     examples = [tokenize_conversation(tokenizer, template, c) for c in conversations]
     if path is not None:
         offsets = np.cumsum([0] + [len(e) for e in examples])

@@ -39,6 +39,11 @@ class QuantizedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
 
+    def num_weights(self) -> int:
+        """How many numbers of the float weight this layer stands for, ``out_features * in_features``: what
+        :meth:`~llama_from_scratch.model.Llama.num_parameters` counts (the codes are buffers, not parameters)."""
+        return self.out_features * self.in_features
+
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 weight ``(out_features, in_features)``, or only ``rows`` of it ``(len(rows), in_features)``."""
         raise NotImplementedError

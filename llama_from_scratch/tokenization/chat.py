@@ -117,6 +117,9 @@ def chat(
             return messages
         messages.append({"role": "user", "content": question})
         prompt = encode_chat(tokenizer, render_chat(pretrained.chat_template, messages, **special_texts(tokenizer)))
+        if not prompt:
+            source = getattr(pretrained.chat_template, "source", "")
+            raise ValueError(f"{source + ': ' if source else ''}the chat template renders the conversation as nothing")
         room = model.config.max_seq_len - len(prompt)
         if room <= 0:
             raise ValueError(

@@ -37,6 +37,8 @@ from ..checkpoints.atomic import atomic_write
 from ..checkpoints.hf import write_hf
 from ..checkpoints.load import LATEST, latest_checkpoint, load_checkpoint
 from ..checkpoints.tensors import model_tensors
+from ..errors import FormatError
+from ..files import REQUIRED, check_type, json_field, read_bytes, read_json
 from ..model import Llama
 
 # A resumed run may change only these settings (how often it reports and saves, and how long it runs);
@@ -180,13 +182,11 @@ def load_training_state(
     setting other than :data:`MAY_CHANGE_ON_RESUME` (then the resumed run would not continue the
     original one), naming each difference.
     """
-    state = torch.load(checkpoint / "trainer_state.pt", map_location=model.device, weights_only=True)
-    saved_model = state.get("model_config")
+    state = read_trainer_state(checkpoint / "trainer_state.pt", model)
+    saved_model = state["model_config"]
     if saved_model != dataclasses.asdict(model.config):
-        raise ValueError(
-            f"{checkpoint}: checkpoint of a different model: {_differences(saved_model or {}, model.config)}"
-        )
-    saved_config = json.loads((checkpoint / "train_config.json").read_text())
+        raise ValueError(f"{checkpoint}: checkpoint of a different model: {_differences(saved_model, model.config)}")
+    saved_config = read_json(checkpoint / "train_config.json")
     changed = _differences(saved_config, config, skip=MAY_CHANGE_ON_RESUME)
     if changed:
         raise ValueError(
@@ -196,8 +196,32 @@ def load_training_state(
     if state["step"] >= config.steps:
         raise ValueError(f"{checkpoint}: the run already reached step {state['step']}; ask for more --steps")
     model_files.read(model, checkpoint)
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise FormatError(f"{checkpoint / 'trainer_state.pt'}: optimizer: not this run's optimizer state ({error})") from None
     return state["step"], state["history"]
+
+
+def read_trainer_state(path: Path, model: Llama) -> dict:
+    """``trainer_state.pt`` read as an untrusted file: a regular file no larger than the optimizer state a
+    model of this size can have (AdamW keeps two numbers per parameter, so three times the model's bytes
+    and a megabyte for the rest), unpickled with ``weights_only`` (tensors and plain containers only, no code),
+    and its fields' types checked."""
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    data = read_bytes(path, 3 * weights + (1 << 20))
+    try:
+        state = torch.load(io.BytesIO(data), map_location=model.device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch.load raises anything from EOFError to UnpicklingError
+        raise FormatError(f"{path}: not a readable trainer state ({type(error).__name__}: {str(error)[:200]})") from None
+    check_type(state, "dict", str(path))
+    step = json_field(state, "step", "int", path, REQUIRED)
+    if step < 0:
+        raise FormatError(f"{path}: step must be >= 0, got {step}")
+    json_field(state, "optimizer", "dict", path, REQUIRED)
+    json_field(state, "history", "list", path, REQUIRED, items="dict")
+    json_field(state, "model_config", "dict", path, REQUIRED)
+    return state
 
 
 def _differences(saved: dict, current, skip: tuple[str, ...] = ()) -> str:

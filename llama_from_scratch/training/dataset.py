@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import REQUIRED, json_field, read_json, regular_file
+
 
 @dataclass
 class TokenData:
@@ -66,13 +68,13 @@ def read_tokens(path: str | Path) -> TokenData:
     meta_path = path.with_suffix(".json")
     if not path.exists() or not meta_path.exists():
         raise FileNotFoundError(f"{path}: token file or its description {meta_path.name} is missing")
-    meta = json.loads(meta_path.read_text())
-    tokens = np.memmap(path, dtype=np.uint16, mode="r")
-    if len(tokens) != meta["n_tokens"]:
-        raise ValueError(
-            f"{path}: holds {len(tokens)} tokens, {meta_path.name} says {meta['n_tokens']} (truncated file?)"
-        )
-    return TokenData(tokens, meta["n_bytes"])
+    meta = read_json(meta_path)
+    n_tokens = json_field(meta, "n_tokens", "int", meta_path, REQUIRED)
+    n_bytes = json_field(meta, "n_bytes", "int", meta_path, REQUIRED)
+    tokens = np.memmap(regular_file(path), dtype=np.uint16, mode="r")
+    if len(tokens) != n_tokens:
+        raise ValueError(f"{path}: holds {len(tokens)} tokens, {meta_path.name} says {n_tokens} (truncated file?)")
+    return TokenData(tokens, n_bytes)
 
 
 TRAIN, EVAL = 0, 1  # separate random streams, so evaluation never draws the training windows' sequence

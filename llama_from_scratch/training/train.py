@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoints.load import latest_checkpoint
-from ..errors import is_finite_number, is_int
+from ..errors import is_finite_number, is_float32, is_int
 from ..model import Llama
 from .checkpoint import RunFolder, load_training_state, prepare_run_dir, save_training_checkpoint
 from .dataset import EVAL, TokenData, get_batch
@@ -81,11 +81,12 @@ class TrainConfig:
         if not is_int(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         # A NaN or infinite rate would train into NaN weights and fail far from the cause; grad_clip may be
-        # infinite (no clipping), never NaN.
+        # infinite (no clipping), never NaN. The rates multiply float32 tensors, so they must be finite (and,
+        # if not 0, not 0) in float32 too: 1e39 passes as a Python float and is infinite in the optimizer.
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
             value = getattr(self, name)
-            if not (is_finite_number(value) or (name == "grad_clip" and value == math.inf)):
-                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+            if not (is_float32(value) or (name == "grad_clip" and value == math.inf)):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, in float32 too, got {value!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainConfig needs 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
