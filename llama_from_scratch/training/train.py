@@ -174,8 +174,9 @@ def train_step(
         total += loss.item()
     # the norm of what this step updates: a frozen weight may still hold a stale gradient from elsewhere
     # (a probe's backward, say), which zero_grad above does not clear and which must not shrink this step
-    updated = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(updated, grad_clip)
+    # (taken in the model's order: a norm summed in another order rounds differently)
+    updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) in updated], grad_clip)
     optimizer.step()
     return total, float(grad_norm)
 
