@@ -38,9 +38,15 @@ if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is signal.default_
 
     def _interrupted_while_starting(signum, frame):
         """Ctrl-C while torch imports (a second or two): one line, not a traceback from deep in an import.
-        ``__main__`` restores Python's own handler once the command line is ready to catch it."""
-        print("\ninterrupted", file=sys.stderr)
-        raise SystemExit(130)
+        ``__main__`` restores Python's own handler once the command line is ready to catch it.
+
+        It exits at once (``os._exit``): nothing has started that needs cleaning up, and an exception raised
+        here could land in library code that swallows it (a ``SystemExit`` once vanished in torch's import,
+        and the command ran on with status 0)."""
+        import os
+
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        os._exit(130)
 
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 
