@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from llama_from_scratch import generate, load_checkpoint
+from llama_from_scratch import GenerationConfig, generate, load_checkpoint
 from llama_from_scratch.checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     # (transformers' min_new_tokens would ban that token and change the greedy path, so it is not used.)
     def run_ours(compile: bool = False) -> tuple[float, list[int]]:
         start = time.perf_counter()
-        tokens = generate(ours, prompt, args.tokens, stop_tokens=[tokenizer.eos_token_id], compile=compile)
+        tokens = generate(ours, prompt, GenerationConfig(args.tokens, stop_tokens=[tokenizer.eos_token_id]), compile=compile)
         return time.perf_counter() - start, tokens
 
     def run_theirs() -> tuple[float, list[int]]:

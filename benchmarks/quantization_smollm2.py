@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from decode_smollm2 import llama_cpp_tok_s, smollm2_file, transformers_smollm2
 
-from llama_from_scratch import generate_stream, load_pretrained
+from llama_from_scratch import GenerationConfig, generate_stream, load_pretrained
 from llama_from_scratch.checkpoints import model_tensors
 from llama_from_scratch.quantization import quantize
 from llama_from_scratch.training.corpus import shakespeare
@@ -96,7 +96,7 @@ def main() -> None:
     def decode(model) -> tuple[float, list[int]]:
         """Seconds from the first token yielded to the last, and the tokens."""
         tokens, first = [], None
-        for token in generate_stream(model, prompt, args.tokens, stop_tokens=[eos], compile=True):
+        for token in generate_stream(model, prompt, GenerationConfig(args.tokens, stop_tokens=[eos]), compile=True):
             tokens.append(token)
             first = first or time.perf_counter()
         return time.perf_counter() - first, tokens

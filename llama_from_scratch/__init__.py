@@ -58,6 +58,7 @@ from .device import default_device, default_dtype
 from .errors import FormatError
 from .feedforward import SwiGLU
 from .generate import (
+    GenerationConfig,
     decode_one_token,
     generate,
     generate_batch,
@@ -89,6 +90,7 @@ __all__ = [
     "Attention",
     "ByteLevelBPE",
     "FormatError",
+    "GenerationConfig",
     "KVCache",
     "Llama",
     "LlamaConfig",

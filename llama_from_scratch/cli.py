@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .chat import CHAT_TEMPLATES
 from .checkpoints.gguf import GGUF_QUANT_NAMES
@@ -31,6 +32,9 @@ from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
 from .training.recipes import DEFAULT_RECIPE, RECIPES
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it, not at start-up
+    from .generate import GenerationConfig
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 MAX_LINE_BYTES = 1 << 20  # chat: the longest line read from standard input, a megabyte
@@ -67,7 +71,7 @@ def command_info(args: argparse.Namespace) -> None:
 def command_train(args: argparse.Namespace) -> None:
     import torch
 
-    from .generate import generate
+    from .generate import GenerationConfig, generate
     from .model import Llama
     from .training.checkpoint import RunFolder, prepare_run_dir
     from .training.distributed import init_distributed, leave_distributed, main_process_first
@@ -88,7 +92,7 @@ def command_train(args: argparse.Namespace) -> None:
     prompt = tokenizer.encode("ROMEO:\n", bos=True)
 
     def show_sample(step: int, metrics: dict[str, float]) -> None:
-        tokens = generate(model, prompt, 80, temperature=0.8, top_k=50, seed=step)
+        tokens = generate(model, prompt, GenerationConfig(80, temperature=0.8, top_k=50, seed=step))
         model.train()
         text = tokenizer.decode(prompt[1:] + tokens)
         print(
@@ -164,6 +168,14 @@ def quantize_if_asked(model, args: argparse.Namespace):
     return quantize(model, args.quantize, args.group_size, include_output=True)
 
 
+def generation_config(args: argparse.Namespace, stop_tokens: Iterable[int] = ()) -> GenerationConfig:
+    """The decoding settings of ``generate`` and ``chat`` (``chat`` has no ``--top-k``)."""
+    from .generate import GenerationConfig
+
+    top_k = getattr(args, "top_k", None)
+    return GenerationConfig(args.max_new_tokens, args.temperature, top_k, args.top_p, stop_tokens, args.seed)
+
+
 def command_generate(args: argparse.Namespace) -> None:
     from .tokenization.chat import decode_stream
     from .checkpoints.load import load_pretrained
@@ -174,17 +186,8 @@ def command_generate(args: argparse.Namespace) -> None:
     tokenizer = pretrained.tokenizer
     prompt = tokenizer.encode(args.prompt, bos=tokenizer.bos_id is not None)
     print(args.prompt, end="", flush=True)
-    stream = generate_stream(
-        pretrained.model,
-        prompt,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        stop_tokens=[t for t in (tokenizer.eos_id,) if t is not None],
-        seed=args.seed,
-        compile=args.compile,
-    )
+    stop_tokens = [t for t in (tokenizer.eos_id,) if t is not None]
+    stream = generate_stream(pretrained.model, prompt, generation_config(args, stop_tokens), compile=args.compile)
     for piece in decode_stream(tokenizer, stream, context=prompt):
         print(piece, end="", flush=True)
     print()
@@ -294,7 +297,7 @@ def command_chat(args: argparse.Namespace) -> None:
     def write(text: str) -> None:
         print(text, end="", flush=True)
 
-    chat(pretrained, read, write, args.max_new_tokens, args.temperature, args.top_p, args.seed, args.compile)
+    chat(pretrained, read, write, generation_config(args), args.compile)
 
 
 def command_exercises(args: argparse.Namespace) -> int:

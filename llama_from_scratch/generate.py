@@ -11,6 +11,7 @@ vocabulary. *Decoding* picks one:
 * **top-p** (nucleus sampling, Holtzman et al., 2019): sample only among the
   smallest set of best tokens whose probabilities add up to at least ``p``.
 
+One request's settings, how to pick each token and when to stop, are a :class:`GenerationConfig`.
 The prompt goes through the model once (:func:`prefill`), filling the KV
 cache; each new token then costs one single-token forward pass
 (:func:`decode_one_token`). With ``compile=True`` those decode steps run
@@ -20,7 +21,8 @@ prompts at once, left-padded to one length (:func:`left_pad`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -105,35 +107,63 @@ def compiled_decode_step(model: Llama) -> Callable[..., torch.Tensor]:
     return step
 
 
-def _check_arguments(
-    model: Llama,
-    prompt: Sequence[int],
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> None:
+@dataclass(frozen=True)
+class GenerationConfig:
+    """One request's decoding settings: how each new token is picked, and when generation ends.
+
+    At most ``max_new_tokens`` new tokens; greedy when ``temperature`` is 0, otherwise sampled from the
+    temperature-scaled distribution restricted to the ``top_k`` best tokens and to the ``top_p`` nucleus
+    when those are given (:func:`next_token_probabilities`). Generation ends early at the first token of
+    ``stop_tokens`` (not returned, as in Meta's reference code). ``seed`` makes sampling reproducible.
+    The field names are Hugging Face's ``GenerationConfig``'s; a server gets one per request. Settings are
+    checked when the config is made, so a mistake raises there (:class:`ValueError`).
+    """
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop_tokens: frozenset[int] = frozenset()  # any iterable of ids may be given: kept as a frozenset
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        max_new = self.max_new_tokens
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new!r}")
+        # Sampling computes in float32: a setting that float32 rounds to 0 or to infinity (top_p 1e-46) would pass
+        # a check made on the Python float and then divide by zero or keep no token at all.
+        if not (is_float32(self.temperature) and self.temperature >= 0):
+            raise ValueError(
+                f"temperature must be a finite number >= 0 (0 means greedy), in float32 too, got {self.temperature!r}"
+            )
+        top_k = self.top_k
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        if self.top_p is not None and not (is_float32(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be None or a number in (0, 1], not 0 in float32 either, got {self.top_p!r}")
+        object.__setattr__(self, "stop_tokens", frozenset(self.stop_tokens))  # frozen: set once, here
+
+    def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """The next token id from ``(vocab_size,)`` logits, by these settings (:func:`sample_next_token`)."""
+        return sample_next_token(logits, self.temperature, self.top_k, self.top_p, generator)
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """A random generator on ``device`` seeded with ``seed``; ``None`` (torch's global one) without a seed."""
+        return torch.Generator(device=device).manual_seed(self.seed) if self.seed is not None else None
+
+
+def _check_prompt(model: Llama, prompt: Sequence[int], max_new_tokens: int) -> None:
     if len(prompt) == 0:
         raise ValueError("prompt_tokens is empty: generation needs at least one token to start from")
     vocab = model.config.vocab_size
     bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab]
     if bad:
         raise ValueError(f"prompt_tokens must be ints in [0, {vocab}), got {bad[:5]}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     if len(prompt) + max_new_tokens > model.config.max_seq_len:
         raise ValueError(
             f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
             f"max_seq_len={model.config.max_seq_len} tokens"
         )
-    # Sampling computes in float32: a setting that float32 rounds to 0 or to infinity (top_p 1e-46) would pass
-    # a check made on the Python float and then divide by zero or keep no token at all.
-    if not (is_float32(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), in float32 too, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (is_float32(top_p) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], not 0 in float32 either, got {top_p!r}")
 
 
 def prefill(model: Llama, prompt: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
@@ -158,77 +188,54 @@ def decode_one_token(
 def generate_stream(
     model: Llama,
     prompt_tokens: Sequence[int] | torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop_tokens: Iterable[int] = (),
-    seed: int | None = None,
+    config: GenerationConfig,
     use_cache: bool = True,
     compile: bool = False,
 ) -> Iterator[int]:
-    """Yield new token ids one by one as the model produces them.
+    """Yield new token ids one by one as the model produces them, picked and stopped as ``config`` says.
 
-    Greedy when ``temperature`` is 0; otherwise sampled from the temperature-scaled distribution,
-    restricted to the ``top_k`` best tokens and to the ``top_p`` nucleus when those are given.
-    Generation ends after ``max_new_tokens`` tokens or at the first token in
-    ``stop_tokens`` (which is not yielded, as in Meta's reference code).
-    ``seed`` makes sampling reproducible. ``use_cache=False`` recomputes the
-    whole sequence at every step: slower, for comparison only.
-    ``compile=True`` runs the decode steps through
-    :func:`compiled_decode_step`: a slow first call, then faster tokens.
-    Arguments are checked here, before the first token, so a mistake raises
-    at the call.
+    ``use_cache=False`` recomputes the whole sequence at every step: slower, for comparison only.
+    ``compile=True`` runs the decode steps through :func:`compiled_decode_step`: a slow first call,
+    then faster tokens. The prompt is checked here, before the first token, so a mistake raises at the call.
     """
     prompt = prompt_tokens.tolist() if isinstance(prompt_tokens, torch.Tensor) else list(prompt_tokens)
-    _check_arguments(model, prompt, max_new_tokens, temperature, top_k, top_p)
+    _check_prompt(model, prompt, config.max_new_tokens)
     if compile and not use_cache:
         raise ValueError("compile=True needs use_cache=True: it compiles the one-token step that reads the KV cache")
-    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
     step = compiled_decode_step(model) if compile else model
-    return _decode(model, step, prompt, max_new_tokens, temperature, top_k, top_p, set(stop_tokens), generator, use_cache)
+    return _decode(model, step, prompt, config, use_cache)
 
 
 @torch.inference_mode()
 def _decode(
-    model: Llama,
-    step: Callable[..., torch.Tensor],
-    prompt: list[int],
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    stop: set[int],
-    generator: torch.Generator | None,
-    use_cache: bool,
+    model: Llama, step: Callable[..., torch.Tensor], prompt: list[int], config: GenerationConfig, use_cache: bool
 ) -> Iterator[int]:
     """The decoding loop behind :func:`generate_stream` (arguments already checked)."""
-    device = model.device
+    device, generator = model.device, config.generator(model.device)
     tokens = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, seq), grows without the cache
-    cache = model.new_kv_caches(1, len(prompt) + max_new_tokens) if use_cache else None
-    for i in range(max_new_tokens):
+    cache = model.new_kv_caches(1, len(prompt) + config.max_new_tokens) if use_cache else None
+    for i in range(config.max_new_tokens):
         if not use_cache:
             logits = model(tokens)[0, -1]  # every position again, for comparison
         elif i == 0:
             logits = prefill(model, tokens, cache)
         else:
             logits = decode_one_token(step, tokens[:, -1:], len(prompt) + i - 1, cache)
-        token = sample_next_token(logits, temperature, top_k, top_p, generator)
-        if token in stop:
+        token = config.sample(logits, generator)
+        if token in config.stop_tokens:
             return
         yield token
         tokens = torch.cat([tokens, torch.tensor([[token]], dtype=torch.long, device=device)], dim=1)
 
 
 def generate(
-    model: Llama, prompt_tokens: Sequence[int] | torch.Tensor, max_new_tokens: int, **options
+    model: Llama, prompt_tokens: Sequence[int] | torch.Tensor, config: GenerationConfig, **options
 ) -> list[int]:
-    """The new token ids after ``prompt_tokens`` (the prompt itself is not included).
+    """The new token ids after ``prompt_tokens`` (the prompt itself is not included), as ``config`` says.
 
-    Greedy by default; ``options`` are those of :func:`generate_stream` (``temperature``, ``top_k``,
-    ``top_p``, ``stop_tokens``, ``seed``, ``use_cache``, ``compile``), checked there.
+    ``options`` are those of :func:`generate_stream` (``use_cache``, ``compile``).
     """
-    return list(generate_stream(model, prompt_tokens, max_new_tokens, **options))
+    return list(generate_stream(model, prompt_tokens, config, **options))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,12 +261,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.T
 def generate_batch(
     model: Llama,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop_tokens: Iterable[int] = (),
-    seed: int | None = None,
+    config: GenerationConfig,
     pad_id: int = 0,
 ) -> list[list[int]]:
     """Generate after several prompts at once: the new token ids of each, as :func:`generate` would give them.
@@ -270,20 +272,20 @@ def generate_batch(
     stop token is finished (the stop token is not returned) but keeps being fed until every row is done:
     the batch moves in lockstep. Greedy rows give :func:`generate`'s tokens up to float rounding (the
     padding shifts a row's positions, which RoPE ignores up to rounding). Sampling draws the rows in
-    order from one generator, so it is reproducible with ``seed`` but draws other numbers than
+    order from one generator, so it is reproducible with ``config.seed`` but draws other numbers than
     :func:`generate` would for each prompt alone.
     """
     rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
     tokens, attention_mask = left_pad(rows, pad_id)  # (batch, longest) each
+    max_new_tokens = config.max_new_tokens
     for row in rows:
-        _check_arguments(model, row, max_new_tokens, temperature, top_k, top_p)
+        _check_prompt(model, row, max_new_tokens)
     if tokens.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise ValueError(
             f"the longest prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
             f"model's context of max_seq_len={model.config.max_seq_len} tokens"
         )
-    device, stop = model.device, set(stop_tokens)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    device, generator = model.device, config.generator(model.device)
     batch, start_pos = tokens.shape
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
     cache = model.new_kv_caches(batch, start_pos + max_new_tokens)
@@ -291,9 +293,9 @@ def generate_batch(
     outputs: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
     for step in range(max_new_tokens):
-        new = [sample_next_token(logits[row], temperature, top_k, top_p, generator) for row in range(batch)]
+        new = [config.sample(logits[row], generator) for row in range(batch)]
         for row, token in enumerate(new):
-            finished[row] = finished[row] or token in stop
+            finished[row] = finished[row] or token in config.stop_tokens
             if not finished[row]:
                 outputs[row].append(token)
         if all(finished) or step == max_new_tokens - 1:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .generate import _check_arguments
+from .generate import GenerationConfig, _check_prompt
 from .model import Llama
 
 Proposer = Callable[[list[int], int], list[int]]
@@ -143,7 +143,8 @@ def speculative_generate(
     rounding near a tie), with counts of the rounds and of the proposals accepted.
     """
     prompt = list(prompt_tokens)
-    _check_arguments(target, prompt, max_new_tokens, 0.0, None, None)
+    stop = GenerationConfig(max_new_tokens, stop_tokens=stop_tokens).stop_tokens  # greedy; checks the settings
+    _check_prompt(target, prompt, max_new_tokens)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (tokens proposed per round) must be an int >= 1, got {k!r}")
     if isinstance(draft, Llama):
@@ -153,7 +154,7 @@ def speculative_generate(
                 f"({target.config.vocab_size}): they must share one tokenizer"
             )
         draft = ModelDraft(draft, len(prompt) + max_new_tokens)
-    stop, device = set(stop_tokens), target.device
+    device = target.device
     cache = target.new_kv_caches(1, len(prompt) + max_new_tokens)
     tokens, cached = list(prompt), 0  # the target's cache holds tokens[:cached]
     result = SpeculativeResult([])

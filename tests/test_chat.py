@@ -9,6 +9,7 @@ from helpers import random_llama
 from llama_from_scratch import LlamaConfig, train_bpe
 from llama_from_scratch.chat import render_chat
 from llama_from_scratch.checkpoints import Pretrained, load_pretrained, save_checkpoint
+from llama_from_scratch.generate import GenerationConfig
 from llama_from_scratch.tokenization.chat import chat, decode_stream
 
 CHATML = (
@@ -49,7 +50,7 @@ def test_chat_keeps_the_conversation(tokenizer):
     pretrained = Pretrained(random_llama(config), tokenizer, CHATML)
     questions = iter(["To be?", "Or not?", ""])
     written: list[str] = []
-    messages = chat(pretrained, lambda: next(questions), written.append, max_new_tokens=5)
+    messages = chat(pretrained, lambda: next(questions), written.append, GenerationConfig(5))
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert "".join(written).count("\n") >= 2  # each answer ends its line
     with pytest.raises(ValueError, match="no chat template"):

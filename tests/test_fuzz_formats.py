@@ -1012,10 +1012,11 @@ def test_a_hostile_file_is_one_clear_error(regression_outcomes, name):
 def use_chat(path: Path) -> None:
     """One turn of ``chat`` with the checkpoint ``path``: its chat template rendered, two tokens generated."""
     from llama_from_scratch import load_pretrained
+    from llama_from_scratch.generate import GenerationConfig
     from llama_from_scratch.tokenization.chat import chat
 
     turns = iter(["Hello", None])
-    chat(load_pretrained(path, device="cpu"), lambda: next(turns), lambda text: None, max_new_tokens=2)
+    chat(load_pretrained(path, device="cpu"), lambda: next(turns), lambda text: None, GenerationConfig(2))
 
 
 def use_adapter(path: Path) -> None:

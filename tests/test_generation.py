@@ -5,6 +5,7 @@ import torch
 
 from helpers import random_llama
 from llama_from_scratch import (
+    GenerationConfig,
     KVCache,
     Llama,
     LlamaConfig,
@@ -54,8 +55,8 @@ def test_cache_overflow_is_a_clear_error():
 
 def test_greedy_generation_is_identical_with_and_without_cache(model):
     prompt = [5, 17, 3, 99, 42]
-    with_cache = generate(model, prompt, max_new_tokens=30)
-    without = generate(model, prompt, max_new_tokens=30, use_cache=False)
+    with_cache = generate(model, prompt, GenerationConfig(30))
+    without = generate(model, prompt, GenerationConfig(30), use_cache=False)
     assert len(with_cache) == 30
     assert with_cache == without
 
@@ -66,38 +67,38 @@ def test_compiled_decoding_gives_the_eager_tokens_without_recompiling():
     torch._dynamo.reset()
     model = random_llama(CONFIG)
     prompts = ([5, 17, 3, 99, 42], [8, 1, 64], [2, 30, 30, 7, 1, 9, 77])
-    eager = [generate(model, prompt, max_new_tokens=n) for prompt, n in zip(prompts, (30, 12, 21))]
-    compiled = [generate(model, prompt, max_new_tokens=n, compile=True) for prompt, n in zip(prompts, (30, 12, 21))]
+    eager = [generate(model, prompt, GenerationConfig(n)) for prompt, n in zip(prompts, (30, 12, 21))]
+    compiled = [generate(model, prompt, GenerationConfig(n), compile=True) for prompt, n in zip(prompts, (30, 12, 21))]
     assert compiled == eager
     # Three calls with three cache lengths and many positions: a recompile would count a second frame.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     with pytest.raises(ValueError, match="use_cache=True"):
-        generate(model, [1, 2], 4, compile=True, use_cache=False)
+        generate(model, [1, 2], GenerationConfig(4), compile=True, use_cache=False)
 
 
 def test_generation_continues_the_models_own_argmax(model):
     prompt = [1, 2, 3]
-    tokens = generate(model, prompt, max_new_tokens=5)
+    tokens = generate(model, prompt, GenerationConfig(5))
     with torch.no_grad():
         logits = model(torch.tensor([prompt + tokens[:-1]]))[0]
     assert logits[len(prompt) - 1 :].argmax(-1).tolist() == tokens
 
 
 def test_streaming_yields_the_same_tokens(model):
-    stream = generate_stream(model, [7, 8, 9], max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
-    assert list(stream) == generate(model, [7, 8, 9], max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
+    stream = generate_stream(model, [7, 8, 9], GenerationConfig(12, temperature=0.8, top_k=20, seed=3))
+    assert list(stream) == generate(model, [7, 8, 9], GenerationConfig(12, temperature=0.8, top_k=20, seed=3))
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(model):
-    runs = [generate(model, [4, 5], 20, temperature=1.0, top_p=0.95, seed=s) for s in (0, 0, 1)]
+    runs = [generate(model, [4, 5], GenerationConfig(20, temperature=1.0, top_p=0.95, seed=s)) for s in (0, 0, 1)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
 
 def test_stop_token_ends_generation_and_is_not_returned(model):
-    free = generate(model, [10, 11], max_new_tokens=20)
+    free = generate(model, [10, 11], GenerationConfig(20))
     stop = free[5]
-    stopped = generate(model, [10, 11], max_new_tokens=20, stop_tokens=[stop])
+    stopped = generate(model, [10, 11], GenerationConfig(20, stop_tokens=[stop]))
     assert stopped == free[: free.index(stop)]
 
 
@@ -114,12 +115,10 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("settings", "message"),
     [
-        ({"prompt_tokens": []}, "empty"),
-        ({"prompt_tokens": [1, 500]}, r"\[0, 101\)"),
         ({"max_new_tokens": -1}, "max_new_tokens"),
-        ({"max_new_tokens": 100}, "max_seq_len=64"),
+        ({"max_new_tokens": 2.0}, "max_new_tokens"),
         ({"temperature": -0.5}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
         ({"top_k": 0}, "top_k"),
@@ -127,10 +126,18 @@ def test_top_k_and_top_p_keep_the_right_tokens():
         ({"top_p": 1.5}, "top_p"),
     ],
 )
-def test_invalid_generation_arguments_raise_at_the_call(model, kwargs, message):
-    arguments = {"prompt_tokens": [1, 2], "max_new_tokens": 4, **kwargs}
+def test_invalid_generation_settings_raise_when_the_config_is_made(settings, message):
     with pytest.raises(ValueError, match=message):
-        generate_stream(model, **arguments)  # raises before the first token is asked for
+        GenerationConfig(**{"max_new_tokens": 4, **settings})
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_new_tokens", "message"),
+    [([], 4, "empty"), ([1, 500], 4, r"\[0, 101\)"), ([1, 2], 100, "max_seq_len=64")],
+)
+def test_invalid_prompt_raises_at_the_call(model, prompt, max_new_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        generate_stream(model, prompt, GenerationConfig(max_new_tokens))  # raises before the first token is asked for
 
 
 @pytest.mark.parametrize(
@@ -151,7 +158,7 @@ def test_bad_model_input_is_a_clear_error(model, tokens, start_pos, message):
 
 def test_prefill_and_decode_one_token_are_the_steps_of_generate(model):
     prompt = torch.tensor([[5, 17, 3, 99, 42]])
-    tokens = generate(model, prompt[0], 6)
+    tokens = generate(model, prompt[0], GenerationConfig(6))
     with torch.no_grad():
         cache = model.new_kv_caches(1, 11)
         logits = prefill(model, prompt, cache)

@@ -14,6 +14,7 @@ from helpers import random_llama
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.chat import LLAMA3_TEMPLATE
 from llama_from_scratch.checkpoints import Pretrained, load_tokenizer
+from llama_from_scratch.generate import GenerationConfig
 from llama_from_scratch.long_context import passkey_prompt, read_passkey
 from llama_from_scratch.long_context.finetune import extend_context, finetune_long_context
 from llama_from_scratch.long_context.passkey import FILLER, INTRO, KEY_LINE, QUESTION
@@ -155,6 +156,6 @@ def test_llama3_chat_stops_at_eot(llama3_tokenizer):
         model.output.weight.zero_()[eot, 0] = 1.0
     written = []
     questions = iter(["Hi!", None])
-    messages = chat(Pretrained(model, tokenizer, LLAMA3_TEMPLATE), lambda: next(questions), written.append, 8)
+    messages = chat(Pretrained(model, tokenizer, LLAMA3_TEMPLATE), lambda: next(questions), written.append, GenerationConfig(8))
     assert messages == [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": ""}]
     assert written == ["\n"]  # stopping only at <|end_of_text|>, the answer would be "<|eot_id|>" eight times

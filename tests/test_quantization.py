@@ -291,13 +291,13 @@ def test_quantized_logits_equal_the_dequantized_model_bit_for_bit(scheme, group_
 
 
 def test_a_fully_quantized_model_generates_the_same_tokens_as_its_dequantized_twin():
-    from llama_from_scratch import generate
+    from llama_from_scratch import GenerationConfig, generate
 
     model = quantize(random_llama(CONFIG), "int8", include_embeddings=True, include_output=True)
     plain = dequantize(copy.deepcopy(model))
     assert model.new_kv_caches()[0].k.dtype == torch.float32  # read from the embedding's (dequantized) .weight
     # greedy decoding with the KV cache: identical logits at every step (see above) give identical tokens
-    assert generate(model, [1, 2, 3], 8) == generate(plain, [1, 2, 3], 8)
+    assert generate(model, [1, 2, 3], GenerationConfig(8)) == generate(plain, [1, 2, 3], GenerationConfig(8))
 
 
 # ---------------------------------------------------------------- the one-row kernels used under torch.compile
@@ -329,7 +329,7 @@ def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels(monkeyp
     """generate(compile=True) on an int4 model (head included): Inductor compiles matmul_one_row, and the
     greedy tokens equal the eager ones: the sums are reordered, so logits differ by float32 rounding only
     (about 1e-6 here), and every step's best logit leads the second by far more (checked)."""
-    from llama_from_scratch import generate
+    from llama_from_scratch import GenerationConfig, generate
     from llama_from_scratch.generate import compiled_decode_step
 
     model = quantize(random_llama(TIED), "int4", 32, include_output=True)
@@ -338,10 +338,10 @@ def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels(monkeyp
     counting = lambda self, x: calls.append(1) or original(self, x)  # noqa: E731 (counts while Dynamo traces)
     monkeypatch.setattr(Int4Linear, "matmul_one_row", counting)
     torch._dynamo.reset()
-    tokens = generate(model, [1, 2, 3], 6, compile=True)
+    tokens = generate(model, [1, 2, 3], GenerationConfig(6), compile=True)
     monkeypatch.undo()  # the eager run below uses the real kernel
     assert calls, "the compiled decode step never took the one-row path"
-    assert tokens == generate(model, [1, 2, 3], 6)
+    assert tokens == generate(model, [1, 2, 3], GenerationConfig(6))
     with torch.no_grad():
         logits = model(torch.tensor([[1, 2, 3, *tokens[:-1]]]))[0, 2:]  # the logits each token was chosen from
     best_two = logits.topk(2).values

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import SMOLLM2, assert_same_logits, float32_rounding, needs_smollm2, needs_transformers
-from llama_from_scratch import generate, load_checkpoint, load_pretrained
+from llama_from_scratch import GenerationConfig, generate, load_checkpoint, load_pretrained
 from llama_from_scratch.chat import render_chat
 
 pytest.importorskip("gguf")
@@ -71,7 +71,7 @@ def test_logits_equal_transformers_on_the_same_file(models, model64, prompt):
 def test_greedy_64_tokens_equal_transformers(models):
     ours, theirs, tokenizer = models
     prompt = tokenizer(PROMPTS[2])["input_ids"]
-    mine = generate(ours, prompt, max_new_tokens=64, stop_tokens=[tokenizer.eos_token_id])
+    mine = generate(ours, prompt, GenerationConfig(64, stop_tokens=[tokenizer.eos_token_id]))
     with torch.no_grad():
         reference = theirs.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)
     assert len(mine) == 64  # this prompt's answer is long: all 64 tokens are compared
@@ -122,7 +122,7 @@ def test_exported_gguf_runs_in_llama_cpp_with_our_greedy_tokens(pretrained, tmp_
         chat_template=pretrained.chat_template,
     )
     prompt = pretrained.tokenizer.encode(PROMPTS[2])
-    ours = generate(pretrained.model, prompt, max_new_tokens=32)
+    ours = generate(pretrained.model, prompt, GenerationConfig(32))
     cpp = llama_cpp.Llama(str(exported), n_ctx=256, n_threads=2, verbose=False)
     theirs = []
     for token in cpp.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0):
@@ -153,7 +153,7 @@ def test_a_quantized_gguf_export_runs_in_llama_cpp_and_chooses_our_tokens(pretra
     ours = load_checkpoint(path, device="cpu", dtype=torch.float32)
     question = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = pretrained.tokenizer.encode(render_chat(pretrained.chat_template, question))
-    answer = generate(ours, prompt, max_new_tokens=32)
+    answer = generate(ours, prompt, GenerationConfig(32))
     sequence = prompt + answer[:-1]
     with torch.no_grad():
         mine = ours(torch.tensor([sequence]))[0, len(prompt) - 1 :]  # (steps, vocab): the logits each token won

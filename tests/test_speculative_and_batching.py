@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import assert_same_logits, float32_rounding, random_llama
-from llama_from_scratch import LlamaConfig, generate
+from llama_from_scratch import GenerationConfig, LlamaConfig, generate
 from llama_from_scratch.attention import padded_causal_mask
 from llama_from_scratch.generate import generate_batch, left_pad
 from llama_from_scratch.speculative import layer_skip_draft, prompt_lookup, speculative_generate
@@ -91,17 +91,17 @@ def test_attention_mask_of_the_wrong_shape_is_a_clear_error(model):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_generate_batch_gives_generates_tokens(dtype):
     model = random_llama(CONFIG).to(dtype)
-    stop = generate(model, PROMPTS[0], 12)[4]  # ends the first prompt early, not the others (checked below)
-    batched = generate_batch(model, PROMPTS, 12, stop_tokens={stop})
-    alone = [generate(model, prompt, 12, stop_tokens={stop}) for prompt in PROMPTS]
+    stop = generate(model, PROMPTS[0], GenerationConfig(12))[4]  # ends the first prompt early, not the others (checked below)
+    batched = generate_batch(model, PROMPTS, GenerationConfig(12, stop_tokens={stop}))
+    alone = [generate(model, prompt, GenerationConfig(12, stop_tokens={stop})) for prompt in PROMPTS]
     assert batched == alone
     assert len(batched[0]) < 12 and any(len(b) == 12 for b in batched[1:])
 
 
 def test_generate_batch_sampling_is_reproducible(model):
-    a = generate_batch(model, PROMPTS, 8, temperature=1.0, top_k=20, seed=3)
-    assert a == generate_batch(model, PROMPTS, 8, temperature=1.0, top_k=20, seed=3)
-    assert a != generate_batch(model, PROMPTS, 8, temperature=1.0, top_k=20, seed=4)
+    a = generate_batch(model, PROMPTS, GenerationConfig(8, temperature=1.0, top_k=20, seed=3))
+    assert a == generate_batch(model, PROMPTS, GenerationConfig(8, temperature=1.0, top_k=20, seed=3))
+    assert a != generate_batch(model, PROMPTS, GenerationConfig(8, temperature=1.0, top_k=20, seed=4))
 
 
 def drafts(model):
@@ -121,7 +121,7 @@ def test_speculative_greedy_is_plain_greedy_in_float64(k):
     model = random_llama(CONFIG).double()
     for name, draft in drafts(model).items():
         for prompt in PROMPTS:
-            expected = generate(model, prompt, 30)
+            expected = generate(model, prompt, GenerationConfig(30))
             result = speculative_generate(model, draft, prompt, 30, k=k)
             assert result.tokens == expected, (name, prompt)
             assert result.rounds == len(result.accepted_per_round) and result.accepted <= result.proposed
@@ -129,7 +129,7 @@ def test_speculative_greedy_is_plain_greedy_in_float64(k):
 
 def test_speculative_greedy_is_plain_greedy_in_float32(model):
     for prompt in PROMPTS:
-        expected = generate(model, prompt, 30)
+        expected = generate(model, prompt, GenerationConfig(30))
         tokens = torch.tensor([prompt + expected])
         with torch.no_grad():
             top2 = model(tokens)[0, len(prompt) - 1 : -1].topk(2).values
@@ -148,15 +148,15 @@ def test_a_perfect_draft_yields_k_plus_one_tokens_per_round(model):
 
 def test_a_useless_draft_costs_rounds_not_correctness(model):
     def wrong(tokens, k):  # never the target's choice
-        return [(generate(model, tokens, 1)[0] + 1) % CONFIG.vocab_size] * k
+        return [(generate(model, tokens, GenerationConfig(1))[0] + 1) % CONFIG.vocab_size] * k
 
     result = speculative_generate(model, wrong, PROMPTS[0], 10, k=3)
-    assert result.tokens == generate(model, PROMPTS[0], 10)
+    assert result.tokens == generate(model, PROMPTS[0], GenerationConfig(10))
     assert result.accepted == 0 and result.rounds == 10
 
 
 def test_speculative_stops_at_a_stop_token(model):
-    plain = generate(model, PROMPTS[2], 20)
+    plain = generate(model, PROMPTS[2], GenerationConfig(20))
     stop = plain[7]
     result = speculative_generate(model, model, PROMPTS[2], 20, k=4, stop_tokens={stop})
     assert result.tokens == plain[: plain.index(stop)]

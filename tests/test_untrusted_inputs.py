@@ -31,7 +31,7 @@ from llama_from_scratch.files import parse_json, read_bytes, read_json
 from llama_from_scratch.finetuning.adapter import load_adapter, save_adapter
 from llama_from_scratch.finetuning.data import read_jsonl
 from llama_from_scratch.finetuning.lora import LoRALinear, add_lora
-from llama_from_scratch.generate import generate
+from llama_from_scratch.generate import GenerationConfig, generate
 from llama_from_scratch.quantization import quantize
 from llama_from_scratch.rope_scaling import RopeScaling
 from llama_from_scratch.tokenization.tiktoken_file import read_tiktoken_ranks, tiktoken_to_byte_bpe
@@ -80,7 +80,7 @@ def test_numbers_that_float32_cannot_hold_are_refused():
         TrainConfig(lr=1e39)
     model = random_llama(CONFIG)
     with pytest.raises(ValueError, match="top_p must be None or a number in \\(0, 1\\], not 0 in float32"):
-        generate(model, [1, 2], 2, temperature=1.0, top_p=1e-46)
+        generate(model, [1, 2], GenerationConfig(2, temperature=1.0, top_p=1e-46))
 
 
 def test_lora_refuses_a_rank_above_the_layer_and_an_alpha_float32_cannot_scale_by():

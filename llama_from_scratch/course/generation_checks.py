@@ -222,7 +222,7 @@ def check_generate(fn: Callable) -> None:
     The model must see the prompt once and then one token per step: a hook on the token embedding
     counts the tokens of every forward pass.
     """
-    from ..generate import generate, generate_stream
+    from ..generate import GenerationConfig, generate, generate_stream
     from ..model import Llama
 
     torch.manual_seed(0)
@@ -242,7 +242,8 @@ def check_generate(fn: Callable) -> None:
             hook.remove()
         kind = ", a multi-query model" if model is multi_query else ""
         label = f"my_generate(prompt of {len(prompt)} tokens, n={n}{kind})"
-        compare_values(label, as_list(got), generate(model, prompt, n), (model, prompt, n), GENERATE)
+        expected = generate(model, prompt, GenerationConfig(n))
+        compare_values(label, as_list(got), expected, (model, prompt, n), GENERATE)
         if seen[:1] != [len(prompt)] or any(s != 1 for s in seen[1:]) or len(seen) > n:
             raise fail(
                 label,

@@ -18,7 +18,7 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ..generate import generate_stream
+from ..generate import GenerationConfig, generate_stream
 from ..model import Llama
 from ..tokenization.tokenizer import Tokenizer
 
@@ -39,14 +39,15 @@ def generate_until(
 
     Ends at a stop sequence, a token of ``stop_tokens`` (the tokenizer's end-of-sequence token is always
     one) or after ``max_new_tokens`` tokens. ``sampling``: ``temperature``, ``top_k``, ``top_p``, ``seed``,
-    as for :func:`~llama_from_scratch.generate.generate_stream` (greedy by default).
+    the fields of :class:`~llama_from_scratch.generate.GenerationConfig` (greedy by default).
     """
     if any(not s for s in stop):
         raise ValueError(f"stop sequences must not be empty, got {list(stop)!r}")
     stop_tokens = set(stop_tokens) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
     new: list[int] = []
     text = ""
-    for token in generate_stream(model, prompt, max_new_tokens, stop_tokens=stop_tokens, **sampling):
+    config = GenerationConfig(max_new_tokens, stop_tokens=stop_tokens, **sampling)
+    for token in generate_stream(model, prompt, config):
         new.append(token)
         text = tokenizer.decode(new)
         cut = min((text.find(s) for s in stop if s in text), default=-1)

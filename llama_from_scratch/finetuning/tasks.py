@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..chat import render_chat
-from ..generate import generate
+from ..generate import GenerationConfig, generate
 from ..model import Llama
 from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
 from ..tokenization.tokenizer import Tokenizer
@@ -167,7 +167,8 @@ def answer(
 ) -> str:
     """The model's greedy reply to ``conversation``, up to its end-of-turn token."""
     prompt = encode_chat(tokenizer, render_chat(template, conversation, **special_texts(tokenizer)))
-    return tokenizer.decode(generate(model, prompt, max_new_tokens, stop_tokens=chat_stop_tokens(tokenizer)))
+    config = GenerationConfig(max_new_tokens, stop_tokens=chat_stop_tokens(tokenizer))
+    return tokenizer.decode(generate(model, prompt, config))
 
 
 def accuracy(

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from ..chat import render_chat
-from ..generate import generate_stream
+from ..generate import GenerationConfig, generate_stream
 from ..model import Llama
 from .byte_bpe import ByteLevelBPE
 from .tiktoken_file import LLAMA3_END_OF_TURN_TOKENS
@@ -94,16 +95,14 @@ def chat(
     pretrained: ChatModel,
     read: Callable[[], str | None],
     write: Callable[[str], None],
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    seed: int | None = None,
+    config: GenerationConfig = GenerationConfig(256),
     compile: bool = False,
 ) -> list[dict[str, str]]:
     """A conversation: read a user turn, stream the answer, repeat until ``read`` returns None or "".
 
     The whole conversation is re-rendered through the template at every turn,
-    so the model sees every earlier question and answer. ``compile=True``
+    so the model sees every earlier question and answer. Each answer is decoded by ``config``, up to the
+    room left in the context and to the chat's stop tokens (:func:`chat_stop_tokens`). ``compile=True``
     decodes with the compiled step (see :func:`~llama_from_scratch.generate.compiled_decode_step`).
     Returns the messages.
     """
@@ -125,16 +124,12 @@ def chat(
             raise ValueError(
                 f"the conversation ({len(prompt)} tokens) has filled the context of {model.config.max_seq_len} tokens"
             )
-        stream = generate_stream(
-            model,
-            prompt,
-            min(max_new_tokens, room),
-            temperature=temperature,
-            top_p=top_p,
-            stop_tokens=chat_stop_tokens(tokenizer),
-            seed=seed,
-            compile=compile,
+        turn = replace(
+            config,
+            max_new_tokens=min(config.max_new_tokens, room),
+            stop_tokens=config.stop_tokens | set(chat_stop_tokens(tokenizer)),
         )
+        stream = generate_stream(model, prompt, turn, compile=compile)
         answer = ""
         for piece in decode_stream(tokenizer, stream, context=prompt):
             answer += piece
