@@ -21,6 +21,7 @@ from llama_from_scratch.finetuning import (
     finetune,
     load_adapter,
     merge_lora,
+    reward_margins,
     save_adapter,
     sequence_logprobs,
     tokenize_conversation,
@@ -214,9 +215,9 @@ def test_dpo_loss_is_its_formula():
     terms = zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist())
     by_hand = sum(-math.log(1 / (1 + math.exp(-beta * ((a - c) - (b - d))))) for a, b, c, d in terms) / 6
     # float64 throughout; softplus and the hand-written log-sigmoid differ by rounding only (~1e-16 relative)
-    assert dpo_loss(pc, pr, rc, rr, beta).item() == pytest.approx(by_hand, rel=1e-12)
+    assert dpo_loss(reward_margins(pc, pr, rc, rr, beta)).item() == pytest.approx(by_hand, rel=1e-12)
     inputs = tuple(t.clone().requires_grad_(True) for t in (pc, pr, rc, rr))
-    assert torch.autograd.gradcheck(lambda *t: dpo_loss(*t, beta=beta), inputs)
+    assert torch.autograd.gradcheck(lambda *t: dpo_loss(reward_margins(*t, beta=beta)), inputs)
 
 
 def test_sequence_logprobs_sums_the_labelled_tokens():

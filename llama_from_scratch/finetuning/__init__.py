@@ -9,7 +9,7 @@ given these).
 """
 
 from .adapter import load_adapter, save_adapter
-from .dpo import dpo_loss, preference_metrics, sequence_logprobs
+from .dpo import dpo_loss, preference_metrics, reward_margins, sequence_logprobs
 from .finetune import FinetuneConfig, finetune
 from .lora import LoRALinear, add_lora, merge_lora
 from .sft import tokenize_conversation
@@ -23,6 +23,7 @@ __all__ = [
     "load_adapter",
     "merge_lora",
     "preference_metrics",
+    "reward_margins",
     "save_adapter",
     "sequence_logprobs",
     "tokenize_conversation",

@@ -60,27 +60,21 @@ def reward_margins(
     reference_rejected_logps: torch.Tensor,
     beta: float = 0.1,
 ) -> torch.Tensor:
-    """``β · [log π/π_ref (chosen) - log π/π_ref (rejected)]`` per pair: the implicit reward's margin."""
+    """``β · [log π/π_ref (chosen) - log π/π_ref (rejected)]`` per pair: the implicit reward's margin.
+
+    Every argument is ``(pairs,)``: the summed log-probabilities of each chosen and rejected answer under
+    the policy and the reference. Returns ``(pairs,)``, what :func:`dpo_loss` pushes up.
+    """
     chosen = policy_chosen_logps - reference_chosen_logps  # log-ratio to the reference
     rejected = policy_rejected_logps - reference_rejected_logps
     return beta * (chosen - rejected)
 
 
-def dpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
-    beta: float = 0.1,
-) -> torch.Tensor:
-    """The DPO loss, averaged over the pairs: ``mean(-log σ(margin))`` (:func:`reward_margins`).
+def dpo_loss(margins: torch.Tensor) -> torch.Tensor:
+    """The DPO loss, averaged over the pairs: ``mean(-log σ(margin))`` of the ``(pairs,)`` :func:`reward_margins`.
 
-    Every argument is ``(pairs,)``: the summed log-probabilities of each chosen and rejected answer under
-    the policy and the reference. ``-log σ(z)`` is computed as ``softplus(-z)``, exact for large ``|z|``.
+    ``-log σ(z)`` is computed as ``softplus(-z)``, exact for large ``|z|``.
     """
-    margins = reward_margins(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
-    )
     return F.softplus(-margins).mean()
 
 
@@ -109,7 +103,7 @@ def dpo_batch_loss(
     logps = sequence_logprobs(model, tokens, labels)
     policy_chosen, policy_rejected = logps.chunk(2)
     reference_chosen, reference_rejected = reference_logps.chunk(2)
-    loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+    loss = dpo_loss(reward_margins(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta))
     if nll_weight == 0:
         return loss
     chosen_tokens = (labels.chunk(2)[0] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (pairs,)
@@ -176,10 +170,9 @@ def preference_metrics(policy: torch.Tensor, reference: torch.Tensor, beta: floa
       policy moved from the reference on them (their expectation under the policy's own answers is the KL
       divergence that RLHF's penalty holds down; DPO's β plays that penalty's part).
     """
-    logps = (policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1])
-    margins = reward_margins(*logps, beta)
+    margins = reward_margins(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], beta)
     return {
-        "loss": dpo_loss(*logps, beta).item(),
+        "loss": dpo_loss(margins).item(),
         "reward_margin": margins.mean().item(),
         "reward_accuracy": reward_accuracy(margins),
         "preference_accuracy": (policy[:, 0] > policy[:, 1]).float().mean().item(),
