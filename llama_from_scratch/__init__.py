@@ -67,6 +67,7 @@ from .generate import (
     next_token_probabilities,
     prefill,
     sample_next_token,
+    top_p_filter,
 )
 from .kv_cache import KVCache, kv_cache_bytes
 from .model import Llama, TransformerBlock, count_parameters, parameters_by_component
@@ -133,6 +134,7 @@ __all__ = [
     "sample_next_token",
     "save_checkpoint",
     "shakespeare",
+    "top_p_filter",
     "train",
     "train_bpe",
 ]

@@ -51,7 +51,7 @@ def next_token_probabilities(
     """The distribution that sampling draws from: ``(vocab_size,)`` logits -> ``(vocab_size,)`` probabilities.
 
     Temperature rescales the logits; top-k and then top-p set the
-    probability of every token outside the kept set to exactly zero, and the
+    probability of every token outside the kept set to exactly zero (:func:`top_p_filter`), and the
     rest is renormalised.
     """
     logits = logits.float() / temperature
@@ -59,14 +59,21 @@ def next_token_probabilities(
         kth_best = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Drop a token when the better tokens before it already reach top_p.
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        probs = probs / probs.sum()
-    return probs
+    return top_p_filter(probs, top_p) if top_p is not None and top_p < 1.0 else probs
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus sampling's cut: ``(vocab_size,)`` probabilities -> the nucleus's, renormalised.
+
+    The nucleus is the smallest set of most likely tokens whose probabilities add up to at least ``top_p``;
+    every other token's probability becomes exactly zero.
+    """
+    sorted_probs, order = torch.sort(probs, descending=True)
+    # Drop a token when the better tokens before it already reach top_p.
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return probs / probs.sum()
 
 
 def compiled_decode_step(model: Llama) -> Callable[..., torch.Tensor]:

@@ -166,6 +166,16 @@ def merged_shapes(shards: list[Path], states: list[dict[str, torch.Tensor]]) -> 
     return shapes
 
 
+def merge_shards(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
+    """Tensor ``name`` whole again from its slices, one per model-parallel shard (in the shards' order).
+
+    A sliced tensor is joined along the dimension it was split on (:func:`shard_dim`); a replicated one
+    (a norm's gain) is the same in every shard, and the first shard's is it.
+    """
+    dim = shard_dim(name)
+    return shards[0] if dim is None or len(shards) == 1 else torch.cat(shards, dim=dim)
+
+
 def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[str, str, torch.Tensor]]]:
     """The config and the merged tensors of a Meta checkpoint directory."""
     shards = meta_shards(directory)
@@ -179,9 +189,7 @@ def read_meta_checkpoint(directory: Path) -> tuple[LlamaConfig, Iterator[tuple[s
         for name in states[0]:
             if name == META_ROPE_FREQS:
                 continue  # RoPE frequencies: recomputed from the config
-            dim = shard_dim(name)
-            slices = [state[name] for state in states]
-            merged = slices[0] if dim is None or len(slices) == 1 else torch.cat(slices, dim=dim)
+            merged = merge_shards(name, [state[name] for state in states])
             yield shards[0].name if len(shards) == 1 else f"{shards[0].name}..{shards[-1].name}", name, merged
 
     return config, tensors()

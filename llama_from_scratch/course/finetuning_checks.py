@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..finetuning.lora import LoRALinear
-from ..finetuning.sft import IGNORE_INDEX
+from ..finetuning.sft import IGNORE_INDEX, mask_labels
 from .feedback import (
     Case,
     Mistake,
@@ -405,6 +405,6 @@ def check_mask_labels(fn: Callable[[list[int], list[int], int], Sequence[int]]) 
             raise fail(case.label, f"  expected a list of ints (or a 1-D tensor), got {type(got).__name__}")
 
     check_cases(
-        "loss mask", "my_mask_labels", fn, cases, mistakes=MASK_LABELS, before=ints,
+        "loss mask", "my_mask_labels", fn, cases, mistakes=MASK_LABELS, before=ints, forbidden=[mask_labels],
         convert=lambda got: as_list(got.tolist() if isinstance(got, torch.Tensor) else got),
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..generate import next_token_probabilities
+from ..generate import next_token_probabilities, top_p_filter
 from .feedback import (
     FLOAT32_EPS,
     Case,
@@ -212,7 +212,7 @@ def check_top_p(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
         cases,
         compare=compare,
         mistakes=TOP_P,
-        forbidden=[next_token_probabilities],
+        forbidden=[next_token_probabilities, top_p_filter],
     )
 
 

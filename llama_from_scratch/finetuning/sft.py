@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,18 @@ def check_messages(messages: object, where: str = "conversation") -> list[dict[s
     return messages
 
 
+def mask_labels(context: list[int], answer: list[int], stop_tokens: Collection[int]) -> list[int]:
+    """The labels of one turn's tokens, ``context + answer``: which of them the model learns to write.
+
+    ``-100`` for the ``context`` (the conversation so far and the assistant's header: given, not learnt),
+    the ``answer``'s own ids up to and including its first end-of-turn token of ``stop_tokens`` (that is
+    how the model learns to stop), and ``-100`` for what the template writes after that token.
+    Returns ``len(context) + len(answer)`` ids.
+    """
+    end = next((j + 1 for j, token in enumerate(answer) if token in stop_tokens), len(answer))
+    return [IGNORE_INDEX] * len(context) + answer[:end] + [IGNORE_INDEX] * (len(answer) - end)
+
+
 def tokenize_conversation(tokenizer: Tokenizer, template: str, messages: list[dict[str, str]]) -> Example:
     """Render ``messages`` with ``template`` and encode them, labelling the assistant's tokens only."""
     check_messages(messages)
@@ -91,10 +103,8 @@ def tokenize_conversation(tokenizer: Tokenizer, template: str, messages: list[di
             )
         context = encode_chat(tokenizer, prompt[len(done) :])
         answer = encode_chat(tokenizer, full[len(prompt) :])
-        # the answer up to and including the end-of-turn marker carries loss; the template's text after it does not
-        end = next((j + 1 for j, token in enumerate(answer) if token in stops), len(answer))
         tokens += context + answer
-        labels += [IGNORE_INDEX] * len(context) + answer[:end] + [IGNORE_INDEX] * (len(answer) - end)
+        labels += mask_labels(context, answer, stops)
         done = full
     return Example(tokens, labels)
 
