@@ -19,7 +19,6 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .chat import CHAT_TEMPLATES
 from .checkpoints.gguf import GGUF_QUANT_NAMES
@@ -28,13 +27,12 @@ from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
 from .finetuning.data import CACHE_FOLDER
 from .finetuning.tasks import MAX_CHARS
+from .generate import GenerationConfig
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
+from .tokenization.chat import CHAT_ANSWER
 from .training.recipes import DEFAULT_RECIPE, RECIPES
-
-if TYPE_CHECKING:  # torch is imported by the commands that need it, not at start-up
-    from .generate import GenerationConfig
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 MAX_LINE_BYTES = 1 << 20  # chat: the longest line read from standard input, a megabyte
@@ -71,7 +69,7 @@ def command_info(args: argparse.Namespace) -> None:
 def command_train(args: argparse.Namespace) -> None:
     import torch
 
-    from .generate import GenerationConfig, generate
+    from .generate import generate
     from .model import Llama
     from .training.checkpoint import RunFolder, prepare_run_dir
     from .training.distributed import init_distributed, leave_distributed, main_process_first
@@ -170,8 +168,6 @@ def quantize_if_asked(model, args: argparse.Namespace):
 
 def generation_config(args: argparse.Namespace, stop_tokens: Iterable[int] = ()) -> GenerationConfig:
     """The decoding settings of ``generate`` and ``chat`` (``chat`` has no ``--top-k``)."""
-    from .generate import GenerationConfig
-
     top_k = getattr(args, "top_k", None)
     return GenerationConfig(args.max_new_tokens, args.temperature, top_k, args.top_p, stop_tokens, args.seed)
 
@@ -408,8 +404,8 @@ def parser() -> argparse.ArgumentParser:
             required=name == "generate",
             help="a .gguf file, a Hugging Face or Meta directory, or a training run's folder",
         )
-        sub.add_argument("--max-new-tokens", type=int, default=200 if name == "generate" else 256)
-        sub.add_argument("--temperature", type=float, default=0.8 if name == "generate" else 0.0)
+        sub.add_argument("--max-new-tokens", type=int, default=200 if name == "generate" else CHAT_ANSWER.max_new_tokens)
+        sub.add_argument("--temperature", type=float, default=0.8 if name == "generate" else CHAT_ANSWER.temperature)
         sub.add_argument("--top-p", type=float)
         sub.add_argument("--seed", type=int)
         sub.add_argument(

@@ -83,6 +83,9 @@ def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], context: Sequence
         shown = text
 
 
+CHAT_ANSWER = GenerationConfig(max_new_tokens=256)  # :func:`chat`'s default: greedy answers of up to 256 tokens
+
+
 class ChatModel(Protocol):
     """What :func:`chat` talks to: a model, its tokenizer and its chat template, as ``load_pretrained`` gives them."""
 
@@ -95,7 +98,7 @@ def chat(
     pretrained: ChatModel,
     read: Callable[[], str | None],
     write: Callable[[str], None],
-    config: GenerationConfig = GenerationConfig(256),
+    config: GenerationConfig = CHAT_ANSWER,
     compile: bool = False,
 ) -> list[dict[str, str]]:
     """A conversation: read a user turn, stream the answer, repeat until ``read`` returns None or "".
