@@ -30,6 +30,7 @@ from .finetuning.tasks import MAX_CHARS
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
+from .systems.precision import PRECISIONS
 from .training.recipes import DEFAULT_RECIPE, RECIPES
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
@@ -74,7 +75,8 @@ def command_train(args: argparse.Namespace) -> None:
     from .training.train import TextWindows, train
 
     recipe = RECIPES[args.recipe]
-    changes = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_accum") if getattr(args, k) is not None}
+    names = ("steps", "batch_size", "lr", "grad_accum", "precision", "activation_checkpointing")
+    changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = recipe.train.replace(**changes)
     rank, world_size, device = init_distributed()
     if rank == 0:  # an unusable or already used --out is reported now, not after the data and the model are ready
@@ -390,6 +392,13 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="sequences per step per process")
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--lr", type=float, help="peak learning rate (the floor follows it: a tenth of it)")
+    train.add_argument(
+        "--precision", choices=list(PRECISIONS), help="the forward pass's format (default bf16 on a CUDA GPU, else fp32)"
+    )
+    train.add_argument(
+        "--activation-checkpointing", action="store_true", default=None,
+        help="recompute each block's activations in the backward pass: less memory, about a third more time",
+    )
     used = train.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
