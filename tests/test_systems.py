@@ -113,3 +113,56 @@ def test_activation_checkpointing_gives_bit_identical_gradients_in_float64():
         grads.append([p.grad.clone() for p in model.parameters()])
         assert len(calls) == 1 + checkpointing  # checkpointed: attention ran again in the backward pass
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def saved_activation_bytes(model: Llama, inputs: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of ``model.loss`` (weights excluded), each
+    storage once: measured, as PyTorch keeps them."""
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.loss(inputs, inputs)
+    return sum(n for pointer, n in saved.items() if pointer not in weights)
+
+
+@pytest.mark.parametrize("config", [MODEL, MODEL.replace(dim=64, n_heads=8, n_kv_heads=1, hidden_dim=160, n_layers=3)])
+def test_activation_bytes_equal_what_autograd_saves(config):
+    from llama_from_scratch.systems.memory import activation_bytes, block_activation_elements
+
+    torch.manual_seed(0)
+    model = Llama(config)
+    for batch_size, seq_len in ((1, 16), (2, 32)):
+        inputs = torch.randint(0, config.vocab_size, (batch_size, seq_len))
+        assert saved_activation_bytes(model, inputs) == activation_bytes(config, batch_size, seq_len)
+        # checkpointed: the forward pass keeps the blocks' inputs; one block is recomputed at a time later
+        model.activation_checkpointing = True
+        one_block = 4 * block_activation_elements(config, batch_size * seq_len)
+        assert saved_activation_bytes(model, inputs) == activation_bytes(config, batch_size, seq_len, True) - one_block
+        model.activation_checkpointing = False
+
+
+def test_model_state_bytes_equal_the_tensors_of_an_adamw_step_and_the_zero_paper():
+    from llama_from_scratch.systems.memory import MIXED_PRECISION_ADAMW, model_state_bytes, training_memory
+    from llama_from_scratch.training.train import configure_optimizer
+
+    model = Llama(MODEL)
+    optimizer = configure_optimizer(model, TrainConfig())
+    model.loss(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))).backward()
+    optimizer.step()
+    # AdamW's per-parameter "step" counters are one 0-d float32 each, not per-parameter state: left out
+    moments = sum(t.nbytes for state in optimizer.state.values() for name, t in state.items() if name != "step")
+    measured = (
+        sum(p.nbytes for p in model.parameters()), sum(p.grad.nbytes for p in model.parameters()), moments
+    )
+    assert model_state_bytes(model.num_parameters()) == measured
+    assert training_memory(MODEL, 2, 8).optimizer == moments
+    # The ZeRO paper's figure 1: 7.5B parameters, 64 devices, K = 12: 120, 31.4, 16.6 and 1.9 GB per device
+    per_device = [sum(model_state_bytes(7_500_000_000, s, 64, MIXED_PRECISION_ADAMW)) / 1e9 for s in ("ddp", "zero1", "zero2", "zero3")]
+    assert [round(x, 1) for x in per_device] == [120.0, 31.4, 16.6, 1.9]
+    with pytest.raises(ValueError, match="strategy must be one of ddp, zero1, zero2, zero3, got 'fsdp'"):
+        model_state_bytes(10, "fsdp")

@@ -1,10 +1,12 @@
 """Systems and scaling (chapter 14): what changes when the model or the data outgrows one device.
 
 :mod:`.precision` (fp32, bf16 and fp16 autocast, and where PyTorch allows each), :mod:`.loss_scaling`
-(float16's dynamic loss scaling, equal to ``torch.amp.GradScaler``).
+(float16's dynamic loss scaling, equal to ``torch.amp.GradScaler``), :mod:`.memory` (parameters, gradients,
+optimizer state and activations per device under data parallelism, ZeRO and activation checkpointing).
 """
 
 from .loss_scaling import DynamicLossScaler
+from .memory import TrainingMemory, training_memory
 from .precision import PRECISIONS, autocast
 
-__all__ = ["PRECISIONS", "DynamicLossScaler", "autocast"]
+__all__ = ["PRECISIONS", "DynamicLossScaler", "TrainingMemory", "autocast", "training_memory"]
