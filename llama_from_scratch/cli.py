@@ -27,6 +27,7 @@ from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
 from .finetuning.data import CACHE_FOLDER
 from .finetuning.tasks import MAX_CHARS
+from .long_context.flash_backward import ATTENTION
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
@@ -69,6 +70,7 @@ def command_train(args: argparse.Namespace) -> None:
     import torch
 
     from .generate import generate
+    from .long_context.flash_backward import set_attention
     from .model import Llama
     from .training.checkpoint import RunFolder, prepare_run_dir
     from .training.distributed import init_distributed, leave_distributed, main_process_first
@@ -87,6 +89,7 @@ def command_train(args: argparse.Namespace) -> None:
 
     torch.manual_seed(config.seed)
     model = Llama(recipe.model).to(device)
+    set_attention(model, args.attention)
     prompt = tokenizer.encode("ROMEO:\n", bos=True)
 
     def show_sample(step: int, metrics: dict[str, float]) -> None:
@@ -394,6 +397,10 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="peak learning rate (the floor follows it: a tenth of it)")
     train.add_argument(
         "--precision", choices=list(PRECISIONS), help="the forward pass's format (default bf16 on a CUDA GPU, else fp32)"
+    )
+    train.add_argument(
+        "--attention", choices=list(ATTENTION), default="sdpa",
+        help="sdpa: PyTorch's fused kernel; tiled: chapter 11's tiles with chapter 14's backward pass",
     )
     train.add_argument(
         "--activation-checkpointing", action="store_true", default=None,

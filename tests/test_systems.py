@@ -166,3 +166,111 @@ def test_model_state_bytes_equal_the_tensors_of_an_adamw_step_and_the_zero_paper
     assert [round(x, 1) for x in per_device] == [120.0, 31.4, 16.6, 1.9]
     with pytest.raises(ValueError, match="strategy must be one of ddp, zero1, zero2, zero3, got 'fsdp'"):
         model_state_bytes(10, "fsdp")
+
+
+FLOAT32_U = 2.0**-24  # float32's unit roundoff: each operation rounds with a relative error of at most this
+
+
+def attention_gradient_bounds(q, k, v, grad_out):
+    """Bounds on the float32 rounding error of ``(dq, dk, dv)`` at each entry, from float64 magnitudes.
+
+    A sum of n terms computed in floating point is off by at most about n * u * (sum of |terms|) (Higham's
+    gamma_n). Every gradient is such a sum over keys (dq) or query rows (dk, dv, over the n_rep heads of a
+    group too) of terms that are themselves sums: the scores and dO . v over head_dim. So the error is
+    bounded by (kv_seq + seq * n_rep + 2 * head_dim) * u times the magnitude of the final sum, whose terms
+    carry the relative error of the recomputed weights P = exp(S - lse): the rounding of the score and of
+    lse (head_dim terms each), which exp turns into a relative error of P. dS = P (dP - D) is bounded by
+    P (|dP| + |D|) in size, before the cancellation that makes it small.
+    """
+    from llama_from_scratch.attention import causal_mask, repeat_kv
+
+    n_heads, seq, head_dim = q.shape[1:]
+    n_kv_heads, kv_seq = k.shape[1], k.shape[2]
+    n_rep = n_heads // n_kv_heads
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
+    p = torch.softmax(scores.masked_fill(~causal_mask(seq, kv_seq), -math.inf), dim=-1)
+    out = p @ v
+    size_s = q.abs() @ k.abs().transpose(-2, -1) / math.sqrt(head_dim)
+    relative_p = (head_dim + 4) * FLOAT32_U * (size_s + size_s.amax(dim=-1, keepdim=True) + 1)
+    size_ds = p * (1 + relative_p) * (grad_out.abs() @ v.abs().transpose(-2, -1) + (grad_out * out).abs().sum(-1, keepdim=True))
+    gamma = (kv_seq + seq * n_rep + 2 * head_dim) * FLOAT32_U
+
+    def per_kv_head(x):
+        return x.unflatten(1, (n_kv_heads, n_rep)).sum(dim=2)
+
+    dq = gamma * size_ds @ k.abs() / math.sqrt(head_dim)
+    dk = per_kv_head(gamma * size_ds.transpose(-2, -1) @ q.abs() / math.sqrt(head_dim))
+    dv = per_kv_head(gamma * (p * (1 + relative_p)).transpose(-2, -1) @ grad_out.abs())
+    return dq, dk, dv
+
+
+def attention_gradients(attend, q, k, v, grad_out, dtype):
+    leaves = [t.to(dtype).detach().requires_grad_() for t in (q, k, v)]
+    attend(*leaves).backward(grad_out.to(dtype))
+    return [t.grad.double() for t in leaves]
+
+
+@pytest.mark.parametrize(
+    "n_heads, n_kv_heads, seq, kv_seq, block_size",
+    [(4, 4, 37, 37, 8), (4, 2, 50, 50, 16), (6, 1, 33, 33, 8), (4, 2, 20, 29, 8)],  # MHA, GQA, MQA, cached past
+)
+def test_tiled_attention_gradients_equal_sdpa_within_float32_rounding(n_heads, n_kv_heads, seq, kv_seq, block_size):
+    import torch.nn.functional as F
+
+    from llama_from_scratch.attention import causal_mask
+    from llama_from_scratch.long_context.flash_backward import tiled_attention
+
+    torch.manual_seed(0)
+    q = 2 * torch.randn(2, n_heads, seq, 16, dtype=torch.float64)
+    k = 2 * torch.randn(2, n_kv_heads, kv_seq, 16, dtype=torch.float64)
+    v, grad_out = torch.randn(2, n_kv_heads, kv_seq, 16, dtype=torch.float64), torch.randn_like(q)
+    mask = causal_mask(seq, kv_seq)
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+    def tiled(q, k, v):
+        return tiled_attention(q, k, v, True, block_size)
+
+    exact = attention_gradients(sdpa, q, k, v, grad_out, torch.float64)
+    bounds = attention_gradient_bounds(q, k, v, grad_out)
+    for name, attend in (("tiled", tiled), ("sdpa", sdpa)):  # SDPA's own float32 rounding obeys the bound too
+        for which, got, expected, bound in zip("qkv", attention_gradients(attend, q, k, v, grad_out, torch.float32), exact, bounds):
+            assert ((got - expected).abs() <= bound).all(), f"{name} d{which}: {((got - expected).abs() / bound).max()}"
+    # in float64 the tiles and the fused kernel differ by float64 rounding only (u = 1.1e-16, sums of < 100 terms)
+    for got, expected in zip(attention_gradients(tiled, q, k, v, grad_out, torch.float64), exact):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_tiled_attention_passes_gradcheck_and_saves_only_the_output_and_the_log_sum_exp():
+    from llama_from_scratch.long_context.flash_backward import tiled_attention
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, 7, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    for causal in (True, False):
+        assert torch.autograd.gradcheck(lambda q, k, v: tiled_attention(q, k, v, causal, 3), (q, k, v))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = tiled_attention(q, k, v, True, 3)
+    extra = [t for t in saved if t is not q and t is not k and t is not v]
+    assert [tuple(t.shape) for t in extra] == [tuple(out.shape), (1, 4, 5)]  # the output and one lse per row
+
+
+def test_a_model_trains_with_tiled_attention_as_with_sdpa():
+    from llama_from_scratch.long_context.flash_backward import set_attention
+
+    torch.manual_seed(0)
+    model = Llama(MODEL).to(torch.float64)
+    inputs, targets = torch.randint(0, 64, (2, 20)), torch.randint(0, 64, (2, 20))
+    grads = []
+    for attention in ("sdpa", "tiled"):
+        set_attention(model, attention, block_size=8)  # 20 tokens: blocks of 8, 8 and 4
+        model.zero_grad()
+        model.loss(inputs, targets).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for tiled, fused in zip(*grads):  # float64 rounding of sums of a few hundred terms
+        torch.testing.assert_close(tiled, fused, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="attention must be one of sdpa, tiled, got 'flash'"):
+        set_attention(model, "flash")
