@@ -108,7 +108,7 @@ def command_train(args: argparse.Namespace) -> None:
             flush=True,
         )
     folder = RunFolder(args.out, args.resume, args.overwrite, data.files_to_keep)
-    train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample)
+    train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample, peak_flops=args.peak_flops)
     leave_distributed()
 
 
@@ -401,6 +401,10 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--attention", choices=list(ATTENTION), default="sdpa",
         help="sdpa: PyTorch's fused kernel; tiled: chapter 11's tiles with chapter 14's backward pass",
+    )
+    train.add_argument(
+        "--peak-flops", type=float,
+        help="FLOP/s of one process's device (fp32 matmul peak, e.g. 1.89e11): log the model FLOPs utilisation",
     )
     train.add_argument(
         "--activation-checkpointing", action="store_true", default=None,

@@ -274,3 +274,30 @@ def test_a_model_trains_with_tiled_attention_as_with_sdpa():
         torch.testing.assert_close(tiled, fused, rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="attention must be one of sdpa, tiled, got 'flash'"):
         set_attention(model, "flash")
+
+
+@pytest.mark.parametrize("config", [MODEL, MODEL.replace(n_kv_heads=4, tie_embeddings=True)])
+def test_training_flops_per_token_equal_pytorchs_count_of_a_training_step(config):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llama_from_scratch.systems.flops import training_flops_per_token
+
+    model = Llama(config)
+    inputs = torch.randint(0, config.vocab_size, (2, 16))
+    # the math kernel computes attention with matrix products that FlopCounterMode counts (the fused CPU one
+    # is not counted), the whole (seq, seq) square as PaLM's formula does
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model.loss(inputs, inputs).backward()
+    assert counter.get_total_flops() == inputs.numel() * training_flops_per_token(config, 16)
+
+
+def test_the_training_loop_reports_model_flops_utilization():
+    from llama_from_scratch.systems.flops import training_flops_per_token
+
+    config = quick_config(steps=2)
+    history = train(Llama(MODEL), TextWindows(synthetic_data()), config, peak_flops=1e9)
+    per_token = training_flops_per_token(MODEL, config.seq_len)
+    assert [r["mfu"] for r in history] == [r["tokens_per_s"] * per_token / 1e9 for r in history]
+    with pytest.raises(ValueError, match="peak_flops must be a positive, finite FLOP/s figure, got 0"):
+        train(Llama(MODEL), TextWindows(synthetic_data()), config, peak_flops=0)

@@ -2,11 +2,21 @@
 
 :mod:`.precision` (fp32, bf16 and fp16 autocast, and where PyTorch allows each), :mod:`.loss_scaling`
 (float16's dynamic loss scaling, equal to ``torch.amp.GradScaler``), :mod:`.memory` (parameters, gradients,
-optimizer state and activations per device under data parallelism, ZeRO and activation checkpointing).
+optimizer state and activations per device under data parallelism, ZeRO and activation checkpointing),
+:mod:`.flops` (6N per token plus attention; model FLOPs utilisation).
 """
 
+from .flops import model_flops_utilization, training_flops_per_token
 from .loss_scaling import DynamicLossScaler
 from .memory import TrainingMemory, training_memory
 from .precision import PRECISIONS, autocast
 
-__all__ = ["PRECISIONS", "DynamicLossScaler", "TrainingMemory", "autocast", "training_memory"]
+__all__ = [
+    "PRECISIONS",
+    "DynamicLossScaler",
+    "TrainingMemory",
+    "autocast",
+    "model_flops_utilization",
+    "training_flops_per_token",
+    "training_memory",
+]

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from ..checkpoints.load import latest_checkpoint
 from ..errors import is_finite_number, is_float32, is_int
 from ..model import Llama
+from ..systems.flops import model_flops_utilization, training_flops_per_token
 from ..systems.loss_scaling import DynamicLossScaler
 from ..systems.precision import PRECISIONS, autocast
 from .checkpoint import RunFolder, load_training_state, prepare_run_dir, save_training_checkpoint
@@ -294,8 +295,12 @@ def train(
     config: TrainConfig,
     folder: RunFolder | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    peak_flops: float | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``data`` for ``config.steps`` steps; return the history of logged values.
+
+    With ``peak_flops`` (the FLOP/s one process's device can do, measured or from its data sheet) each
+    step also logs ``mfu``, its model FLOPs utilisation (:mod:`..systems.flops`) over all processes.
 
     Every ``eval_every`` steps (and at the end) ``data.validate`` measures the model and
     ``on_eval(step, metrics)`` is called (to print a sample, say). Every ``checkpoint_every`` steps
@@ -317,6 +322,8 @@ def train(
     if folder is not None and is_main:
         prepare_run_dir(folder.out_dir, folder.resume, folder.overwrite)
     autocast(model.device, config.precision)  # a precision this device cannot run fails now, not at step 1
+    if peak_flops is not None and not (is_finite_number(peak_flops) and peak_flops > 0):
+        raise ValueError(f"peak_flops must be a positive, finite FLOP/s figure, got {peak_flops!r}")
     scaler = DynamicLossScaler() if config.precision == "fp16" else None
     model.activation_checkpointing = config.activation_checkpointing
     optimizer = configure_optimizer(model, config)
@@ -365,8 +372,12 @@ def train(
             if scaler is not None:
                 record["loss_scale"] = scaler.scale
             record["tokens_per_s"] = tokens_per_step / (now - clock)
+            if peak_flops is not None:
+                per_token = training_flops_per_token(model.config, micro_batches[0][0].shape[-1])
+                record["mfu"] = model_flops_utilization(record["tokens_per_s"], per_token, peak_flops * world_size)
             clock = now
-            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+            shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
+            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", **shown)
             last = step == config.steps - 1
             if is_main and ((step + 1) % config.eval_every == 0 or last):
                 metrics = data.validate(model, config)
