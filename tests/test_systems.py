@@ -1,7 +1,9 @@
-"""Chapter 14's systems pieces: loss scaling, mixed precision, activation checkpointing."""
+"""Chapter 14's systems pieces: loss scaling, mixed precision, activation checkpointing, memory and FLOPs
+accounting, FlashAttention's backward pass, the scaling-law fit."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -301,3 +303,48 @@ def test_the_training_loop_reports_model_flops_utilization():
     assert [r["mfu"] for r in history] == [r["tokens_per_s"] * per_token / 1e9 for r in history]
     with pytest.raises(ValueError, match="peak_flops must be a positive, finite FLOP/s figure, got 0"):
         train(Llama(MODEL), TextWindows(synthetic_data()), config, peak_flops=0)
+
+
+CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. (2022), approach 3's fit
+FIT_STARTS = [(0.0, 5.0, 5.0, 0.5, 0.5), (1.0, 0.0, 10.0, 0.25, 1.0), (0.0, 10.0, 0.0, 1.0, 0.25)]  # a few: quick
+
+
+def chinchilla_runs():
+    """36 runs: 6 model sizes (1M to 1B) x 6 token counts (10M to 10B), their loss by Chinchilla's law."""
+    from llama_from_scratch.systems.scaling_laws import ScalingLaw
+
+    n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e7, 1e10, 6)))
+    return n, d, ScalingLaw(**CHINCHILLA).loss(n, d)
+
+
+def test_the_scaling_law_fit_recovers_known_parameters_from_noiseless_and_noisy_runs():
+    from llama_from_scratch.systems.scaling_laws import _log_prediction, fit_scaling_law
+
+    n, d, losses = chinchilla_runs()
+    exact = fit_scaling_law(n, d, losses, FIT_STARTS)
+    for name, value in CHINCHILLA.items():  # L-BFGS's tolerances, far below this
+        assert getattr(exact, name) == pytest.approx(value, rel=1e-6), name
+    sigma = 0.005  # 0.5% multiplicative noise: a log-space residual of standard deviation 0.005
+    noisy = losses * np.exp(np.random.default_rng(0).normal(0.0, sigma, losses.shape))
+    fit = fit_scaling_law(n, d, noisy, FIT_STARTS[:1])  # the start that found the noiseless optimum
+    # The expected error of the fitted (e, a, b, alpha, beta): least squares' covariance sigma^2 (J^T J)^-1,
+    # with J the derivatives of log L at the true values; times pi / 2 because with delta = 1e-3 << sigma the
+    # Huber loss acts as an absolute loss, whose estimates have pi / 2 times least squares' variance for
+    # Gaussian noise. Each error must lie within 4 standard errors.
+    truth = torch.tensor([math.log(CHINCHILLA["E"]), math.log(CHINCHILLA["A"]), math.log(CHINCHILLA["B"]), 0.34, 0.28], dtype=torch.float64)
+    log_n, log_d = torch.tensor(n).log(), torch.tensor(d).log()
+    jacobian = torch.autograd.functional.jacobian(lambda theta: _log_prediction(theta, log_n, log_d), truth)
+    standard_error = (sigma**2 * math.pi / 2 * torch.linalg.inv(jacobian.T @ jacobian)).diagonal().sqrt()
+    got = torch.tensor([math.log(fit.E), math.log(fit.A), math.log(fit.B), fit.alpha, fit.beta], dtype=torch.float64)
+    assert ((got - truth).abs() <= 4 * standard_error).all(), ((got - truth) / standard_error).tolist()
+
+
+def test_the_compute_optimal_frontier_is_the_minimum_of_each_iso_flop_curve():
+    from llama_from_scratch.systems.scaling_laws import ScalingLaw
+
+    law = ScalingLaw(**CHINCHILLA)
+    for flops in (1e18, 1e21, 5.76e23):  # the last: Chinchilla's and Gopher's budget
+        n_opt, d_opt = law.compute_optimal(flops)
+        assert 6 * n_opt * d_opt == pytest.approx(flops)
+        sizes = n_opt * np.geomspace(0.5, 2, 2001)  # a fine grid around it: the least loss sits in the middle
+        assert abs(np.argmin(law.iso_flop(flops, sizes)) - 1000) <= 1
