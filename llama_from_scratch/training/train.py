@@ -46,7 +46,7 @@ from ..systems.loss_scaling import DynamicLossScaler
 from ..systems.precision import PRECISIONS, autocast
 from .checkpoint import RunFolder, load_training_state, prepare_run_dir, save_training_checkpoint
 from .dataset import EVAL, TokenData, get_batch
-from .distributed import any_rank, process_group, wrap_model, wrapped_loss
+from .distributed import any_rank, is_sharded, process_group, wrap_model, wrapped_loss
 from .signals import TrainingStopped, stop_requests
 
 MIN_LR_SHARE = 0.1  # the cosine ends at a tenth of the peak rate, as in the LLaMA papers
@@ -314,10 +314,16 @@ def train(
 
     Launched on several processes (``torchrun``; :func:`.distributed.init_distributed` has joined the
     process group), each process trains on its slice of every global batch, through the gradient-
-    averaging wrapper of :func:`.distributed.wrap_model`; only rank 0 evaluates and writes.
+    averaging wrapper of :func:`.distributed.wrap_model`; only rank 0 evaluates and writes. A model sharded
+    with :func:`.distributed.shard_model` (FSDP) needs no wrapper, and every process evaluates (each forward
+    pass gathers the weights from all of them); its checkpoints would need ``torch.distributed.checkpoint``,
+    not written yet, so it trains without a ``folder``.
     """
     rank, world_size = process_group()
     is_main = rank == 0
+    sharded = is_sharded(model)
+    if sharded and folder is not None:
+        raise ValueError("a sharded (FSDP) model trains without a checkpoint folder: sharded checkpoints are not written yet")
     out_dir = folder.out_dir if folder is not None else None
     if folder is not None and is_main:
         prepare_run_dir(folder.out_dir, folder.resume, folder.overwrite)
@@ -334,7 +340,7 @@ def train(
         if checkpoint is None:
             raise FileNotFoundError(f"resume=True but {folder.out_dir} holds no checkpoint to resume from")
         start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files, scaler)
-    if world_size > 1:  # the wrapper averages the gradients of what runs inside its forward: the loss
+    if world_size > 1 and not sharded:  # the wrapper averages the gradients of what runs inside its forward: the loss
         forward, loss_fn = wrap_model(model, model.device, data.loss), wrapped_loss
     else:
         forward, loss_fn = model, data.loss
@@ -379,11 +385,11 @@ def train(
             shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", **shown)
             last = step == config.steps - 1
-            if is_main and ((step + 1) % config.eval_every == 0 or last):
+            if (is_main or sharded) and ((step + 1) % config.eval_every == 0 or last):
                 metrics = data.validate(model, config)
                 if metrics is not None:
                     record.update({f"val_{k}": v for k, v in metrics.items()})
-                    if on_eval is not None:
+                    if on_eval is not None and is_main:
                         on_eval(step + 1, metrics)
                     clock = time.perf_counter()  # evaluation time is not training throughput
             history.append(record)
