@@ -356,6 +356,7 @@ def _fsdp_worker(rank, world_size, port, out):
 
     import torch.distributed as dist
 
+    from llama_from_scratch.training.checkpoint import RunFolder
     from llama_from_scratch.training.distributed import leave_distributed, shard_model
     from tests.test_train import new_model
 
@@ -365,8 +366,13 @@ def _fsdp_worker(rank, world_size, port, out):
     model = new_model(dtype=torch.float64)
     shard_model(model)
     data = TextWindows(synthetic_data(), synthetic_data(seed=1))
-    history = train(model, data, quick_config(batch_size=2))
-    losses = torch.tensor([r["loss"] for r in history], dtype=torch.float64)
+    # 2 steps (the warm-up: the same learning rates as in an 8-step run), then resumed from their checkpoint
+    train(model, data, quick_config(batch_size=2, steps=2), RunFolder(out.parent / "run"))
+    model = new_model(seed=1, dtype=torch.float64)  # its weights come from the sharded checkpoint
+    shard_model(model)
+    history = train(model, data, quick_config(batch_size=2), RunFolder(out.parent / "run", resume=True))
+    # the steps run after resuming (the history read back holds rank 0's own losses for the first two)
+    losses = torch.tensor([r["loss"] for r in history[2:]], dtype=torch.float64)
     dist.all_reduce(losses)  # the global mean loss: each rank's mean over its half, averaged
     model.reshard()  # the root's weights stay gathered after a forward pass without backward (the evaluation)
     held = sum(p.to_local().nbytes for p in model.parameters())  # this rank's shards of the weights
@@ -376,7 +382,7 @@ def _fsdp_worker(rank, world_size, port, out):
 
 
 @pytest.mark.slow
-def test_two_process_fsdp_follows_the_single_process_trajectory_holding_half_the_weights(tmp_path):
+def test_two_process_fsdp_follows_the_single_process_trajectory_resumes_and_converts(tmp_path):
     import json
     import socket
 
@@ -394,9 +400,17 @@ def test_two_process_fsdp_follows_the_single_process_trajectory_holding_half_the
     fsdp = json.loads((tmp_path / "fsdp.json").read_text())
     # float64 as in the DDP test: the reduce-scatter sums the two halves' gradients in another order, and
     # Adam amplifies such rounding over 8 steps, far below 1e-9 at float64's 2.2e-16 relative precision
-    assert np.abs(np.array(fsdp["loss"]) - np.array([r["loss"] for r in single])).max() <= 1e-9
+    assert np.abs(np.array(fsdp["loss"]) - np.array([r["loss"] for r in single[2:]])).max() <= 1e-9
     # every rank evaluated the whole model on the same windows: its per-process batch_size of 2 of them
     expected = evaluate(model, synthetic_data(seed=1), quick_config(batch_size=2))["loss"]
     assert fsdp["val"] == pytest.approx(expected, abs=1e-9)
     # each rank holds half of every weight, the rows of an odd-sized tensor rounded up: at most 55%
     assert fsdp["held"] <= 0.55 * sum(p.nbytes for p in model.parameters())
+    # the sharded checkpoint (resumed above: the trajectory is the uninterrupted one) as one file
+    from llama_from_scratch import load_checkpoint
+    from llama_from_scratch.checkpoints.load import latest_checkpoint
+    from llama_from_scratch.training.sharded_checkpoint import convert_to_single_file
+
+    whole = load_checkpoint(convert_to_single_file(latest_checkpoint(tmp_path / "run"), tmp_path / "whole"))
+    for name, tensor in model.state_dict().items():  # saved in float32, as every training checkpoint
+        assert torch.equal(whole.state_dict()[name], tensor.float()), name

@@ -45,6 +45,7 @@ from ..systems.flops import model_flops_utilization, training_flops_per_token
 from ..systems.loss_scaling import DynamicLossScaler
 from ..systems.precision import PRECISIONS, autocast
 from .checkpoint import RunFolder, load_training_state, prepare_run_dir, save_training_checkpoint
+from .sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from .dataset import EVAL, TokenData, get_batch
 from .distributed import any_rank, is_sharded, process_group, wrap_model, wrapped_loss
 from .signals import TrainingStopped, stop_requests
@@ -315,15 +316,13 @@ def train(
     Launched on several processes (``torchrun``; :func:`.distributed.init_distributed` has joined the
     process group), each process trains on its slice of every global batch, through the gradient-
     averaging wrapper of :func:`.distributed.wrap_model`; only rank 0 evaluates and writes. A model sharded
-    with :func:`.distributed.shard_model` (FSDP) needs no wrapper, and every process evaluates (each forward
-    pass gathers the weights from all of them); its checkpoints would need ``torch.distributed.checkpoint``,
-    not written yet, so it trains without a ``folder``.
+    with :func:`.distributed.shard_model` (FSDP) needs no wrapper, every process evaluates (each forward
+    pass gathers the weights from all of them), and every process writes its shards of each checkpoint
+    (:mod:`.sharded_checkpoint`).
     """
     rank, world_size = process_group()
     is_main = rank == 0
     sharded = is_sharded(model)
-    if sharded and folder is not None:
-        raise ValueError("a sharded (FSDP) model trains without a checkpoint folder: sharded checkpoints are not written yet")
     out_dir = folder.out_dir if folder is not None else None
     if folder is not None and is_main:
         prepare_run_dir(folder.out_dir, folder.resume, folder.overwrite)
@@ -339,7 +338,10 @@ def train(
         checkpoint = latest_checkpoint(folder.out_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"resume=True but {folder.out_dir} holds no checkpoint to resume from")
-        start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files, scaler)
+        if sharded:
+            start, history = load_sharded_checkpoint(checkpoint, model, optimizer, config)
+        else:
+            start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files, scaler)
     if world_size > 1 and not sharded:  # the wrapper averages the gradients of what runs inside its forward: the loss
         forward, loss_fn = wrap_model(model, model.device, data.loss), wrapped_loss
     else:
@@ -347,7 +349,9 @@ def train(
     model.train()
 
     def save(step: int) -> None:
-        if is_main and folder is not None:
+        if sharded and folder is not None:  # every process writes its shards
+            save_sharded_checkpoint(folder.out_dir, model, optimizer, step, config, history, folder.extra_files)
+        elif is_main and folder is not None:
             save_training_checkpoint(
                 folder.out_dir, model, optimizer, step, config, history, folder.extra_files,
                 model_files=folder.model_files, loss_scaler=scaler,
