@@ -73,7 +73,7 @@ def command_train(args: argparse.Namespace) -> None:
     from .long_context.flash_backward import set_attention
     from .model import Llama
     from .training.checkpoint import RunFolder, prepare_run_dir
-    from .training.distributed import init_distributed, leave_distributed, main_process_first
+    from .training.distributed import init_distributed, leave_distributed, main_process_first, shard_model
     from .training.train import TextWindows, train
 
     recipe = RECIPES[args.recipe]
@@ -81,6 +81,8 @@ def command_train(args: argparse.Namespace) -> None:
     changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = recipe.train.replace(**changes)
     rank, world_size, device = init_distributed()
+    if args.fsdp and world_size == 1:
+        raise ValueError("--fsdp shards the model across processes: start them with torchrun --nproc_per_node=N")
     if rank == 0:  # an unusable or already used --out is reported now, not after the data and the model are ready
         prepare_run_dir(args.out, args.resume, args.overwrite)
     with main_process_first():  # rank 0 prepares the data, the others then read its cache
@@ -93,9 +95,11 @@ def command_train(args: argparse.Namespace) -> None:
     prompt = tokenizer.encode("ROMEO:\n", bos=True)
 
     def show_sample(step: int, metrics: dict[str, float]) -> None:
-        tokens = generate(model, prompt, 80, temperature=0.8, top_k=50, seed=step)
-        model.train()
-        text = tokenizer.decode(prompt[1:] + tokens)
+        text = ""
+        if not args.fsdp:  # a sharded model's every forward pass needs all processes: no sample from rank 0 alone
+            tokens = generate(model, prompt, 80, temperature=0.8, top_k=50, seed=step)
+            model.train()
+            text = tokenizer.decode(prompt[1:] + tokens)
         print(
             f"\nstep {step}: val loss {metrics['loss']:.3f}, {metrics['bits_per_byte']:.3f} bits/byte\n{text}\n",
             flush=True,
@@ -104,9 +108,11 @@ def command_train(args: argparse.Namespace) -> None:
     if rank == 0:
         print(
             f"{args.recipe}: {model.num_parameters():,} parameters on {device}, {world_size} process(es), "
-            f"{len(train_data.tokens):,} training tokens",
+            f"{len(train_data.tokens):,} training tokens" + (", sharded (FSDP)" if args.fsdp else ""),
             flush=True,
         )
+    if args.fsdp:
+        shard_model(model)
     folder = RunFolder(args.out, args.resume, args.overwrite, data.files_to_keep)
     train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample, peak_flops=args.peak_flops)
     leave_distributed()
@@ -405,6 +411,10 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--peak-flops", type=float,
         help="FLOP/s of one process's device (fp32 matmul peak, e.g. 1.89e11): log the model FLOPs utilisation",
+    )
+    train.add_argument(
+        "--fsdp", action="store_true",
+        help="shard weights, gradients and optimizer state across the torchrun processes (FSDP2)",
     )
     train.add_argument(
         "--activation-checkpointing", action="store_true", default=None,
