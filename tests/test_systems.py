@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_train import quick_config, synthetic_data
 
 from llama_from_scratch import Llama, LlamaConfig
 from llama_from_scratch.systems.loss_scaling import DynamicLossScaler
 from llama_from_scratch.systems.precision import autocast
 from llama_from_scratch.training.train import TextWindows, TrainConfig, evaluate, train
-from tests.test_train import quick_config, synthetic_data
 
 MODEL = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=32)
 
@@ -25,7 +25,7 @@ def scaled_steps(use_grad_scaler: bool) -> tuple[list[float], list[torch.Tensor]
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(5))
     optimizer = torch.optim.AdamW([weight], lr=0.1)
-    settings = dict(init_scale=2.0**10, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
+    settings = {"init_scale": 2.0**10, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 3}
     scaler = torch.amp.GradScaler("cpu", **settings) if use_grad_scaler else DynamicLossScaler(**settings)
     scales, weights = [], []
     for g in GRADIENT_SEQUENCE:
@@ -158,13 +158,14 @@ def test_model_state_bytes_equal_the_tensors_of_an_adamw_step_and_the_zero_paper
     optimizer.step()
     # AdamW's per-parameter "step" counters are one 0-d float32 each, not per-parameter state: left out
     moments = sum(t.nbytes for state in optimizer.state.values() for name, t in state.items() if name != "step")
-    measured = (
-        sum(p.nbytes for p in model.parameters()), sum(p.grad.nbytes for p in model.parameters()), moments
-    )
+    measured = (sum(p.nbytes for p in model.parameters()), sum(p.grad.nbytes for p in model.parameters()), moments)
     assert model_state_bytes(model.num_parameters()) == measured
     assert training_memory(MODEL, 2, 8).optimizer == moments
     # The ZeRO paper's figure 1: 7.5B parameters, 64 devices, K = 12: 120, 31.4, 16.6 and 1.9 GB per device
-    per_device = [sum(model_state_bytes(7_500_000_000, s, 64, MIXED_PRECISION_ADAMW)) / 1e9 for s in ("ddp", "zero1", "zero2", "zero3")]
+    per_device = [
+        sum(model_state_bytes(7_500_000_000, s, 64, MIXED_PRECISION_ADAMW)) / 1e9
+        for s in ("ddp", "zero1", "zero2", "zero3")
+    ]
     assert [round(x, 1) for x in per_device] == [120.0, 31.4, 16.6, 1.9]
     with pytest.raises(ValueError, match="strategy must be one of ddp, zero1, zero2, zero3, got 'fsdp'"):
         model_state_bytes(10, "fsdp")
@@ -195,7 +196,11 @@ def attention_gradient_bounds(q, k, v, grad_out):
     out = p @ v
     size_s = q.abs() @ k.abs().transpose(-2, -1) / math.sqrt(head_dim)
     relative_p = (head_dim + 4) * FLOAT32_U * (size_s + size_s.amax(dim=-1, keepdim=True) + 1)
-    size_ds = p * (1 + relative_p) * (grad_out.abs() @ v.abs().transpose(-2, -1) + (grad_out * out).abs().sum(-1, keepdim=True))
+    size_ds = (
+        p
+        * (1 + relative_p)
+        * (grad_out.abs() @ v.abs().transpose(-2, -1) + (grad_out * out).abs().sum(-1, keepdim=True))
+    )
     gamma = (kv_seq + seq * n_rep + 2 * head_dim) * FLOAT32_U
 
     def per_kv_head(x):
@@ -238,7 +243,9 @@ def test_tiled_attention_gradients_equal_sdpa_within_float32_rounding(n_heads, n
     exact = attention_gradients(sdpa, q, k, v, grad_out, torch.float64)
     bounds = attention_gradient_bounds(q, k, v, grad_out)
     for name, attend in (("tiled", tiled), ("sdpa", sdpa)):  # SDPA's own float32 rounding obeys the bound too
-        for which, got, expected, bound in zip("qkv", attention_gradients(attend, q, k, v, grad_out, torch.float32), exact, bounds):
+        for which, got, expected, bound in zip(
+            "qkv", attention_gradients(attend, q, k, v, grad_out, torch.float32), exact, bounds
+        ):
             assert ((got - expected).abs() <= bound).all(), f"{name} d{which}: {((got - expected).abs() / bound).max()}"
     # in float64 the tiles and the fused kernel differ by float64 rounding only (u = 1.1e-16, sums of < 100 terms)
     for got, expected in zip(attention_gradients(tiled, q, k, v, grad_out, torch.float64), exact):
@@ -252,7 +259,7 @@ def test_tiled_attention_passes_gradcheck_and_saves_only_the_output_and_the_log_
     q = torch.randn(1, 4, 5, 4, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(1, 2, 7, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
     for causal in (True, False):
-        assert torch.autograd.gradcheck(lambda q, k, v: tiled_attention(q, k, v, causal, 3), (q, k, v))
+        assert torch.autograd.gradcheck(lambda q, k, v, causal=causal: tiled_attention(q, k, v, causal, 3), (q, k, v))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out = tiled_attention(q, k, v, True, 3)
@@ -305,7 +312,13 @@ def test_the_training_loop_reports_model_flops_utilization():
         train(Llama(MODEL), TextWindows(synthetic_data()), config, peak_flops=0)
 
 
-CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. (2022), approach 3's fit
+CHINCHILLA = {
+    "E": 1.69,
+    "A": 406.4,
+    "B": 410.7,
+    "alpha": 0.34,
+    "beta": 0.28,
+}  # Hoffmann et al. (2022), approach 3's fit
 FIT_STARTS = [(0.0, 5.0, 5.0, 0.5, 0.5), (1.0, 0.0, 10.0, 0.25, 1.0), (0.0, 10.0, 0.0, 1.0, 0.25)]  # a few: quick
 
 
@@ -331,7 +344,10 @@ def test_the_scaling_law_fit_recovers_known_parameters_from_noiseless_and_noisy_
     # with J the derivatives of log L at the true values; times pi / 2 because with delta = 1e-3 << sigma the
     # Huber loss acts as an absolute loss, whose estimates have pi / 2 times least squares' variance for
     # Gaussian noise. Each error must lie within 4 standard errors.
-    truth = torch.tensor([math.log(CHINCHILLA["E"]), math.log(CHINCHILLA["A"]), math.log(CHINCHILLA["B"]), 0.34, 0.28], dtype=torch.float64)
+    truth = torch.tensor(
+        [math.log(CHINCHILLA["E"]), math.log(CHINCHILLA["A"]), math.log(CHINCHILLA["B"]), 0.34, 0.28],
+        dtype=torch.float64,
+    )
     log_n, log_d = torch.tensor(n).log(), torch.tensor(d).log()
     jacobian = torch.autograd.functional.jacobian(lambda theta: _log_prediction(theta, log_n, log_d), truth)
     standard_error = (sigma**2 * math.pi / 2 * torch.linalg.inv(jacobian.T @ jacobian)).diagonal().sqrt()
@@ -355,10 +371,10 @@ def _fsdp_worker(rank, world_size, port, out):
     import os
 
     import torch.distributed as dist
+    from test_train import new_model
 
     from llama_from_scratch.training.checkpoint import RunFolder
     from llama_from_scratch.training.distributed import leave_distributed, shard_model
-    from tests.test_train import new_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -377,23 +393,21 @@ def _fsdp_worker(rank, world_size, port, out):
     model.reshard()  # the root's weights stay gathered after a forward pass without backward (the evaluation)
     held = sum(p.to_local().nbytes for p in model.parameters())  # this rank's shards of the weights
     if rank == 0:
-        out.write_text(json.dumps({"loss": (losses / world_size).tolist(), "val": history[-1]["val_loss"], "held": held}))
+        out.write_text(
+            json.dumps({"loss": (losses / world_size).tolist(), "val": history[-1]["val_loss"], "held": held})
+        )
     leave_distributed()
 
 
 @pytest.mark.slow
 def test_two_process_fsdp_follows_the_single_process_trajectory_resumes_and_converts(tmp_path):
     import json
-    import socket
 
     import torch.multiprocessing as mp
+    from helpers import free_port
+    from test_train import new_model
 
-    from tests.test_train import new_model
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_fsdp_worker, args=(2, port, tmp_path / "fsdp.json"), nprocs=2)
+    mp.spawn(_fsdp_worker, args=(2, free_port(), tmp_path / "fsdp.json"), nprocs=2)
     torch.set_num_threads(1)
     model = new_model(dtype=torch.float64)
     single = train(model, TextWindows(synthetic_data(), synthetic_data(seed=1)), quick_config(batch_size=4))

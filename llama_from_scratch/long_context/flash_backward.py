@@ -95,7 +95,9 @@ def flash_attention_backward(
         q_end = min(q_start + block_size, seq)
         q_block, do_block = qs[..., q_start:q_end, :], do[..., q_start:q_end, :]
         for k_start, k_end in key_blocks(q_start, q_end, seq, kv_seq, causal, block_size):
-            p = torch.exp(block_scores(q_block, ks, q_start, q_end, k_start, k_end, seq, causal) - lse[..., q_start:q_end, :])
+            p = torch.exp(
+                block_scores(q_block, ks, q_start, q_end, k_start, k_end, seq, causal) - lse[..., q_start:q_end, :]
+            )
             dv[..., k_start:k_end, :] += (p.transpose(-2, -1) @ do_block).sum(dim=2)  # summed over the n_rep heads
             dp = do_block @ vs[..., k_start:k_end, :].transpose(-2, -1)
             ds = p * (dp - delta[..., q_start:q_end, :])
@@ -130,7 +132,9 @@ def set_attention(model: nn.Module, attention: str, block_size: int = 64) -> Non
         raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    attend = F.scaled_dot_product_attention if attention == "sdpa" else functools.partial(tiled_sdpa, block_size=block_size)
+    attend = (
+        F.scaled_dot_product_attention if attention == "sdpa" else functools.partial(tiled_sdpa, block_size=block_size)
+    )
     for module in model.modules():
         if isinstance(module, Attention):
             module.attend = attend

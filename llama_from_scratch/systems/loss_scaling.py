@@ -58,7 +58,9 @@ class DynamicLossScaler:
     ):
         for name, value in (("init_scale", init_scale), ("growth_factor", growth_factor)):
             if not (is_finite_number(value) and value > (0 if name == "init_scale" else 1)):
-                raise ValueError(f"DynamicLossScaler.{name} must be finite and > {0 if name == 'init_scale' else 1}, got {value!r}")
+                raise ValueError(
+                    f"DynamicLossScaler.{name} must be finite and > {0 if name == 'init_scale' else 1}, got {value!r}"
+                )
         if not (is_finite_number(backoff_factor) and 0 < backoff_factor < 1):
             raise ValueError(f"DynamicLossScaler.backoff_factor must lie in (0, 1), got {backoff_factor!r}")
         if not is_int(growth_interval) or growth_interval < 1:
@@ -102,7 +104,9 @@ class DynamicLossScaler:
     def load_state_dict(self, state: dict[str, float | int]) -> None:
         """Continue from :meth:`state_dict`; ``ValueError`` if the values cannot be this scaler's."""
         scale, good_steps = state["scale"], state["good_steps"]
-        if not (is_finite_number(scale) and scale > 0 and is_int(good_steps) and 0 <= good_steps < self.growth_interval):
+        if not (
+            is_finite_number(scale) and scale > 0 and is_int(good_steps) and 0 <= good_steps < self.growth_interval
+        ):
             raise ValueError(
                 f"a loss scaler's state needs a finite scale > 0 and 0 <= good_steps < {self.growth_interval}, "
                 f"got scale={scale!r}, good_steps={good_steps!r}"

@@ -58,7 +58,10 @@ class TrainingMemory:
 
 
 def model_state_bytes(
-    n_parameters: int, strategy: str = "ddp", world_size: int = 1, bytes_per_parameter: tuple[int, int, int] = FP32_ADAMW
+    n_parameters: int,
+    strategy: str = "ddp",
+    world_size: int = 1,
+    bytes_per_parameter: tuple[int, int, int] = FP32_ADAMW,
 ) -> tuple[float, float, float]:
     """``(parameters, gradients, optimizer)`` bytes per device for ``n_parameters`` under ``strategy``.
 
@@ -88,7 +91,11 @@ def block_activation_elements(config: LlamaConfig, tokens: int) -> int:
 
 
 def activation_bytes(
-    config: LlamaConfig, batch_size: int, seq_len: int, activation_checkpointing: bool = False, bytes_per_number: int = 4
+    config: LlamaConfig,
+    batch_size: int,
+    seq_len: int,
+    activation_checkpointing: bool = False,
+    bytes_per_number: int = 4,
 ) -> int:
     """Peak bytes of saved activations per device for a micro-batch of ``batch_size x seq_len`` tokens.
 
@@ -120,4 +127,6 @@ def training_memory(
     do not depend on ``strategy``; the model states do (:func:`model_state_bytes`).
     """
     states = model_state_bytes(count_parameters(config), strategy, world_size, bytes_per_parameter)
-    return TrainingMemory(*states, activation_bytes(config, batch_size, seq_len, activation_checkpointing, bytes_per_number))
+    return TrainingMemory(
+        *states, activation_bytes(config, batch_size, seq_len, activation_checkpointing, bytes_per_number)
+    )

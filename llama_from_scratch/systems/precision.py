@@ -53,7 +53,6 @@ def autocast(device: torch.device, precision: str | None) -> contextlib.Abstract
             refusal = str(caught[0].message)
     if refusal is not None:
         raise ValueError(
-            f"precision {precision!r} is not supported on {device} by PyTorch {torch.__version__}: {refusal}; "
-            "use fp32"
+            f"precision {precision!r} is not supported on {device} by PyTorch {torch.__version__}: {refusal}; use fp32"
         )
     return context

@@ -87,7 +87,8 @@ def fit_scaling_law(
     n, d, y = (torch.as_tensor(np.asarray(x, dtype=float)) for x in (n_parameters, n_tokens, losses))
     if not (n.ndim == d.ndim == y.ndim == 1 and len(n) == len(d) == len(y) >= 5):
         raise ValueError(
-            f"fit_scaling_law needs three sequences of one length, at least 5 runs; got lengths {len(n)}, {len(d)}, {len(y)}"
+            "fit_scaling_law needs three sequences of one length, at least 5 runs; "
+            f"got lengths {len(n)}, {len(d)}, {len(y)}"
         )
     if not (bool((n > 0).all()) and bool((d > 0).all()) and bool((y > 0).all()) and bool(torch.isfinite(y).all())):
         raise ValueError("fit_scaling_law needs positive model sizes, token counts and finite positive losses")
@@ -98,23 +99,29 @@ def fit_scaling_law(
 
     best, best_value = None, math.inf
     for start in starts if starts is not None else default_starts():
-        theta = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS(
-            [theta], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
-        )
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            value = objective(theta)
-            value.backward()
-            return value
-
-        optimizer.step(closure)
+        theta = _minimise(objective, torch.tensor(start, dtype=torch.float64))
         with torch.no_grad():
             value = float(objective(theta))
         if math.isfinite(value) and value < best_value:
-            best, best_value = theta.detach().clone(), value
+            best, best_value = theta, value
     if best is None:
         raise ValueError("fit_scaling_law: no starting point gave a finite fit")
     e, a, b, alpha, beta = best.tolist()
     return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
+
+
+def _minimise(objective, start: torch.Tensor) -> torch.Tensor:
+    """L-BFGS (strong Wolfe line search) on ``objective`` from ``start``; the parameters it ends at."""
+    theta = start.clone().requires_grad_()
+    optimizer = torch.optim.LBFGS(
+        [theta], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = objective(theta)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return theta.detach()

@@ -88,8 +88,9 @@ def load_sharded_checkpoint(
     """Load a sharded checkpoint into the sharded ``model`` and its ``optimizer`` on every process; return
     ``(step, history)``. ``ValueError`` for another model or settings that may not change on resume."""
     trainer = read_json(checkpoint / STATE)
-    if trainer.get("model_config") != dataclasses.asdict(model.config):
-        raise ValueError(f"{checkpoint}: checkpoint of a different model: {_differences(trainer.get('model_config', {}), model.config)}")
+    saved_model = trainer.get("model_config", {})
+    if saved_model != dataclasses.asdict(model.config):
+        raise ValueError(f"{checkpoint}: checkpoint of a different model: {_differences(saved_model, model.config)}")
     changed = _differences(read_json(checkpoint / "train_config.json"), config, skip=MAY_CHANGE_ON_RESUME)
     if changed:
         raise ValueError(f"{checkpoint}: cannot resume with other settings ({changed}); start a new run instead")

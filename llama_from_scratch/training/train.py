@@ -96,9 +96,12 @@ class TrainConfig:
             if not (is_float32(value) or (name == "grad_clip" and value == math.inf)):
                 raise ValueError(f"TrainConfig.{name} must be a finite number, in float32 too, got {value!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)} or None, got {self.precision!r}")
+            choices = ", ".join(PRECISIONS)
+            raise ValueError(f"TrainConfig.precision must be one of {choices} or None, got {self.precision!r}")
         if not isinstance(self.activation_checkpointing, bool):
-            raise ValueError(f"TrainConfig.activation_checkpointing must be True or False, got {self.activation_checkpointing!r}")
+            raise ValueError(
+                f"TrainConfig.activation_checkpointing must be True or False, got {self.activation_checkpointing!r}"
+            )
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainConfig needs 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
