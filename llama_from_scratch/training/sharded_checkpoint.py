@@ -35,8 +35,9 @@ from ..checkpoints.atomic import atomic_write
 from ..checkpoints.load import LATEST
 from ..config import LlamaConfig
 from ..errors import FormatError
-from ..files import read_json
+from ..files import REQUIRED, json_field, read_json
 from ..model import Llama
+from ..systems.loss_scaling import DynamicLossScaler
 from .checkpoint import MAY_CHANGE_ON_RESUME, _differences, checkpoints_of, write_full_model
 
 SHARDS = "sharded"
@@ -52,10 +53,11 @@ def save_sharded_checkpoint(
     history: list[dict],
     extra_files: dict[str, Path] | None = None,
     keep: int = 2,
+    loss_scaler: DynamicLossScaler | None = None,
 ) -> Path:
     """Every process writes its shards of checkpoint ``step-NNNNNNN`` into ``run_dir``; rank 0 the rest
-    (and copies ``extra_files``, name -> file, the tokenizer say). Called by all processes together;
-    returns the checkpoint's folder."""
+    (and copies ``extra_files``, name -> file, the tokenizer say; and a float16 run's ``loss_scaler``, the
+    same on every process). Called by all processes together; returns the checkpoint's folder."""
     run_dir = Path(run_dir)
     name = f"step-{step:07d}"
     staging, final = run_dir / f".{name}", run_dir / name
@@ -67,6 +69,8 @@ def save_sharded_checkpoint(
     dcp.save(state, checkpoint_id=staging / SHARDS)  # collective: returns once every process has written
     if dist.get_rank() == 0:
         trainer = {"step": step, "history": history, "model_config": dataclasses.asdict(model.config)}
+        if loss_scaler is not None:
+            trainer["loss_scaler"] = loss_scaler.state_dict()
         (staging / STATE).write_text(json.dumps(trainer) + "\n")
         (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         for target, source in (extra_files or {}).items():
@@ -83,12 +87,17 @@ def save_sharded_checkpoint(
 
 
 def load_sharded_checkpoint(
-    checkpoint: Path, model: Llama, optimizer: torch.optim.Optimizer, config
+    checkpoint: Path,
+    model: Llama,
+    optimizer: torch.optim.Optimizer,
+    config,
+    loss_scaler: DynamicLossScaler | None = None,
 ) -> tuple[int, list[dict]]:
-    """Load a sharded checkpoint into the sharded ``model`` and its ``optimizer`` on every process; return
-    ``(step, history)``. ``ValueError`` for another model or settings that may not change on resume."""
-    trainer = read_json(checkpoint / STATE)
-    saved_model = trainer.get("model_config", {})
+    """Load a sharded checkpoint into the sharded ``model``, its ``optimizer`` (and a float16 run's
+    ``loss_scaler``) on every process; return ``(step, history)``. ``ValueError`` for another model or
+    settings that may not change on resume."""
+    trainer = read_trainer_json(checkpoint / STATE)
+    saved_model = trainer["model_config"]
     if saved_model != dataclasses.asdict(model.config):
         raise ValueError(f"{checkpoint}: checkpoint of a different model: {_differences(saved_model, model.config)}")
     changed = _differences(read_json(checkpoint / "train_config.json"), config, skip=MAY_CHANGE_ON_RESUME)
@@ -100,14 +109,30 @@ def load_sharded_checkpoint(
     dcp.load(state, checkpoint_id=checkpoint / SHARDS)  # into these tensors: each process reads its shards
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    if loss_scaler is not None:
+        try:
+            loss_scaler.load_state_dict(trainer["loss_scaler"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise FormatError(f"{checkpoint / STATE}: loss_scaler: {error!r}") from None
     return trainer["step"], trainer["history"]
+
+
+def read_trainer_json(path: Path) -> dict:
+    """``trainer_state.json`` read as an untrusted file: its fields' types checked."""
+    trainer = read_json(path)
+    step = json_field(trainer, "step", "int", path, REQUIRED)
+    if step < 0:
+        raise FormatError(f"{path}: step must be >= 0, got {step}")
+    json_field(trainer, "history", "list", path, REQUIRED, items="dict")
+    json_field(trainer, "model_config", "dict", path, REQUIRED)
+    return trainer
 
 
 def convert_to_single_file(checkpoint: Path, out_dir: Path) -> Path:
     """The model of a sharded checkpoint as a Hugging Face folder (``load_checkpoint`` reads it); one process,
     no process group. The whole model passes through this process's memory."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    trainer = read_json(checkpoint / STATE)
+    trainer = read_trainer_json(checkpoint / STATE)
     whole = out_dir / "consolidated.pt"
     out_dir.mkdir(parents=True, exist_ok=True)
     dcp_to_torch_save(checkpoint / SHARDS, whole)

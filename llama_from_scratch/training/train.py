@@ -342,7 +342,7 @@ def train(
         if checkpoint is None:
             raise FileNotFoundError(f"resume=True but {folder.out_dir} holds no checkpoint to resume from")
         if sharded:
-            start, history = load_sharded_checkpoint(checkpoint, model, optimizer, config)
+            start, history = load_sharded_checkpoint(checkpoint, model, optimizer, config, scaler)
         else:
             start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files, scaler)
     if world_size > 1 and not sharded:  # the wrapper averages the gradients of what runs inside its forward: the loss
@@ -353,7 +353,9 @@ def train(
 
     def save(step: int) -> None:
         if sharded and folder is not None:  # every process writes its shards
-            save_sharded_checkpoint(folder.out_dir, model, optimizer, step, config, history, folder.extra_files)
+            save_sharded_checkpoint(
+                folder.out_dir, model, optimizer, step, config, history, folder.extra_files, loss_scaler=scaler
+            )
         elif is_main and folder is not None:
             save_training_checkpoint(
                 folder.out_dir, model, optimizer, step, config, history, folder.extra_files,
