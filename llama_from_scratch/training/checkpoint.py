@@ -234,13 +234,19 @@ def read_trainer_state(path: Path, model: Llama) -> dict:
     except Exception as error:  # noqa: BLE001 - torch.load raises anything from EOFError to UnpicklingError
         raise FormatError(f"{path}: not a readable trainer state ({type(error).__name__}: {str(error)[:200]})") from None
     check_type(state, "dict", str(path))
+    check_trainer_fields(state, path)
+    json_field(state, "optimizer", "dict", path, REQUIRED)
+    return state
+
+
+def check_trainer_fields(state: dict, path: Path) -> None:
+    """The fields every trainer state has, single-file or sharded: ``step`` (an int >= 0), ``history`` (a list
+    of dicts) and ``model_config`` (a dict); a :class:`FormatError` naming ``path`` and the field if not."""
     step = json_field(state, "step", "int", path, REQUIRED)
     if step < 0:
         raise FormatError(f"{path}: step must be >= 0, got {step}")
-    json_field(state, "optimizer", "dict", path, REQUIRED)
     json_field(state, "history", "list", path, REQUIRED, items="dict")
     json_field(state, "model_config", "dict", path, REQUIRED)
-    return state
 
 
 def _differences(saved: dict, current, skip: tuple[str, ...] = ()) -> str:

@@ -35,10 +35,10 @@ from ..checkpoints.atomic import atomic_write
 from ..checkpoints.load import LATEST
 from ..config import LlamaConfig
 from ..errors import FormatError
-from ..files import REQUIRED, json_field, read_json
+from ..files import read_json
 from ..model import Llama
 from ..systems.loss_scaling import DynamicLossScaler
-from .checkpoint import MAY_CHANGE_ON_RESUME, _differences, checkpoints_of, write_full_model
+from .checkpoint import MAY_CHANGE_ON_RESUME, _differences, check_trainer_fields, checkpoints_of, write_full_model
 
 SHARDS = "sharded"
 STATE = "trainer_state.json"
@@ -120,11 +120,7 @@ def load_sharded_checkpoint(
 def read_trainer_json(path: Path) -> dict:
     """``trainer_state.json`` read as an untrusted file: its fields' types checked."""
     trainer = read_json(path)
-    step = json_field(trainer, "step", "int", path, REQUIRED)
-    if step < 0:
-        raise FormatError(f"{path}: step must be >= 0, got {step}")
-    json_field(trainer, "history", "list", path, REQUIRED, items="dict")
-    json_field(trainer, "model_config", "dict", path, REQUIRED)
+    check_trainer_fields(trainer, path)
     return trainer
 
 
