@@ -96,6 +96,9 @@ class Attention(nn.Module):
 
     Weights follow Meta's names: ``wq`` ``(n_heads * head_dim, dim)``, ``wk``
     and ``wv`` ``(n_kv_heads * head_dim, dim)``, ``wo`` ``(dim, n_heads * head_dim)``.
+    ``attend`` is the function that turns queries, keys and values into outputs, with the arguments of
+    ``F.scaled_dot_product_attention`` (the default); chapter 14 swaps in a tiled one
+    (:func:`llama_from_scratch.long_context.flash_backward.set_attention`).
     """
 
     def __init__(self, config: LlamaConfig):
@@ -108,6 +111,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.attend = F.scaled_dot_product_attention
 
     def qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -140,8 +144,9 @@ class Attention(nn.Module):
         left-padded batch, is ``(batch, start_pos + seq)``: True for real
         tokens, False for padding, which no real token then attends to
         (:func:`padded_causal_mask`). Returns ``(batch, seq, dim)``,
-        computed by PyTorch's fused ``scaled_dot_product_attention``, which
-        never hands out the attention weights (:meth:`weights` computes them).
+        computed by :attr:`attend` (PyTorch's fused ``scaled_dot_product_attention``
+        unless swapped), which never hands out the attention weights
+        (:meth:`weights` computes them).
         """
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x, cos, sin)
@@ -150,15 +155,15 @@ class Attention(nn.Module):
         kv_seq = k.shape[2]
         if attention_mask is not None:
             mask = padded_causal_mask(attention_mask, seq)  # (batch, 1, seq, kv_seq)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
+            out = self.attend(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
         elif seq == kv_seq:
             # No cached past: the plain lower-triangular mask, which the fused kernel builds itself.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_rep > 1)
+            out = self.attend(q, k, v, is_causal=True, enable_gqa=self.n_rep > 1)
         else:
             # Cached past: the new queries sit at the end, so the mask is offset (see
             # causal_mask). A single new token may see everything: no mask at all.
             mask = causal_mask(seq, kv_seq, x.device) if seq > 1 else None
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
+            out = self.attend(q, k, v, attn_mask=mask, enable_gqa=self.n_rep > 1)
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
         return self.wo(out)
 

@@ -28,9 +28,11 @@ from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJE
 from .finetuning.data import CACHE_FOLDER
 from .finetuning.tasks import MAX_CHARS
 from .generate import GenerationConfig
+from .long_context.flash_backward import ATTENTION
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
+from .systems.precision import PRECISIONS
 from .tokenization.chat import CHAT_ANSWER
 from .training.recipes import DEFAULT_RECIPE, RECIPES
 
@@ -70,15 +72,19 @@ def command_train(args: argparse.Namespace) -> None:
     import torch
 
     from .generate import generate
+    from .long_context.flash_backward import set_attention
     from .model import Llama
     from .training.checkpoint import RunFolder, prepare_run_dir
-    from .training.distributed import init_distributed, leave_distributed, main_process_first
+    from .training.distributed import init_distributed, leave_distributed, main_process_first, shard_model
     from .training.train import TextWindows, train
 
     recipe = RECIPES[args.recipe]
-    changes = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "grad_accum") if getattr(args, k) is not None}
+    names = ("steps", "batch_size", "lr", "grad_accum", "precision", "activation_checkpointing")
+    changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = recipe.train.replace(**changes)
     rank, world_size, device = init_distributed()
+    if args.fsdp and world_size == 1:
+        raise ValueError("--fsdp shards the model across processes: start them with torchrun --nproc_per_node=N")
     if rank == 0:  # an unusable or already used --out is reported now, not after the data and the model are ready
         prepare_run_dir(args.out, args.resume, args.overwrite)
     with main_process_first():  # rank 0 prepares the data, the others then read its cache
@@ -87,12 +93,15 @@ def command_train(args: argparse.Namespace) -> None:
 
     torch.manual_seed(config.seed)
     model = Llama(recipe.model).to(device)
+    set_attention(model, args.attention)
     prompt = tokenizer.encode("ROMEO:\n", bos=True)
 
     def show_sample(step: int, metrics: dict[str, float]) -> None:
-        tokens = generate(model, prompt, GenerationConfig(80, temperature=0.8, top_k=50, seed=step))
-        model.train()
-        text = tokenizer.decode(prompt[1:] + tokens)
+        text = ""
+        if not args.fsdp:  # a sharded model's every forward pass needs all processes: no sample from rank 0 alone
+            tokens = generate(model, prompt, GenerationConfig(80, temperature=0.8, top_k=50, seed=step))
+            model.train()
+            text = tokenizer.decode(prompt[1:] + tokens)
         print(
             f"\nstep {step}: val loss {metrics['loss']:.3f}, {metrics['bits_per_byte']:.3f} bits/byte\n{text}\n",
             flush=True,
@@ -101,11 +110,13 @@ def command_train(args: argparse.Namespace) -> None:
     if rank == 0:
         print(
             f"{args.recipe}: {model.num_parameters():,} parameters on {device}, {world_size} process(es), "
-            f"{len(train_data.tokens):,} training tokens",
+            f"{len(train_data.tokens):,} training tokens" + (", sharded (FSDP)" if args.fsdp else ""),
             flush=True,
         )
+    if args.fsdp:
+        shard_model(model)
     folder = RunFolder(args.out, args.resume, args.overwrite, data.files_to_keep)
-    train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample)
+    train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample, peak_flops=args.peak_flops)
     leave_distributed()
 
 
@@ -389,6 +400,25 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="sequences per step per process")
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--lr", type=float, help="peak learning rate (the floor follows it: a tenth of it)")
+    train.add_argument(
+        "--precision", choices=list(PRECISIONS), help="the forward pass's format (default bf16 on a CUDA GPU, else fp32)"
+    )
+    train.add_argument(
+        "--attention", choices=list(ATTENTION), default="sdpa",
+        help="sdpa: PyTorch's fused kernel; tiled: chapter 11's tiles with chapter 14's backward pass",
+    )
+    train.add_argument(
+        "--peak-flops", type=float,
+        help="FLOP/s of one process's device (fp32 matmul peak, e.g. 1.89e11): log the model FLOPs utilisation",
+    )
+    train.add_argument(
+        "--fsdp", action="store_true",
+        help="shard weights, gradients and optimizer state across the torchrun processes (FSDP2)",
+    )
+    train.add_argument(
+        "--activation-checkpointing", action="store_true", default=None,
+        help="recompute each block's activations in the backward pass: less memory, about a third more time",
+    )
     used = train.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")

@@ -20,6 +20,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
 from .config import LlamaConfig
@@ -55,7 +56,14 @@ class TransformerBlock(nn.Module):
 
 
 class Llama(nn.Module):
-    """A LLaMA-family decoder-only language model built from a :class:`LlamaConfig`."""
+    """A LLaMA-family decoder-only language model built from a :class:`LlamaConfig`.
+
+    ``activation_checkpointing`` (a training option, chapter 14; off by default): while gradients are
+    recorded, each block keeps only its input and recomputes its inner activations in the backward
+    pass (``torch.utils.checkpoint``), so a forward pass holds ``n_layers`` ``(batch, seq, dim)``
+    tensors plus one block's worth instead of every block's: memory for about one more forward pass
+    of time. The recomputation repeats the same operations, so the gradients are bit-identical.
+    """
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -64,6 +72,7 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.activation_checkpointing = False
         if config.tie_embeddings:
             self.tie_weights()
         self.reset_parameters()
@@ -144,8 +153,12 @@ class Llama(nn.Module):
             )
         cos, sin = self._rope(tokens, start_pos)
         x = self.tok_embeddings(tokens)  # (batch, seq, dim)
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, start_pos, cache[i] if cache is not None else None, attention_mask)
+            if recompute:  # a cache would be written twice: checkpointing is for training, without one
+                x = checkpoint(layer, x, cos, sin, start_pos, None, attention_mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, start_pos, cache[i] if cache is not None else None, attention_mask)
         return self.norm(x)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

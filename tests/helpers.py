@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import socket
 
 import pytest
 import torch
@@ -153,3 +154,10 @@ def hidden_tests(notebook: str, name: str, answer) -> None:
     visible_check = [line for line in source.splitlines() if line.startswith("check_") and line.endswith(f"({name})")]
     code = "\n".join(line for line in source.splitlines() if line not in visible_check)
     exec(code, namespace)  # noqa: S102 (the course's own solution notebook)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now: for a process group of test processes (gloo)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

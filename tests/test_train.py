@@ -4,13 +4,13 @@ import importlib
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from llama_from_scratch import Llama, LlamaConfig, load_checkpoint
 from llama_from_scratch.training import checkpoint as train_checkpoint
@@ -212,10 +212,7 @@ def _ddp_worker(rank, world_size, port, out):
 
 
 def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, tmp_path / "ddp.json"), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path / "ddp.json"), nprocs=2)
     torch.set_num_threads(1)
     single = train(new_model(dtype=torch.float64), TextWindows(synthetic_data()), quick_config(batch_size=4))
     ddp = json.loads((tmp_path / "ddp.json").read_text())

@@ -34,7 +34,10 @@ full prefill. Blocks crossing the diagonal are masked with ``-inf``; every query
 in the first block, so ``m`` is finite from the first block on and ``-inf - (-inf)`` never occurs.
 
 Memory: beyond the inputs and the output, one query block's ``(block, head_dim)`` accumulator and one
-``(block, block)`` score block per head, whatever the sequence length.
+``(block, block)`` score block per head, whatever the sequence length. Differentiating through this loop
+with autograd would keep every score block for the backward pass, the very matrix avoided here:
+:mod:`.flash_backward` (chapter 14) gives it a backward pass that recomputes them instead, from the
+output and each row's log-sum-exp ``m + log(l)``, which :func:`flash_attention_forward` returns.
 """
 
 from __future__ import annotations
@@ -55,30 +58,30 @@ def flash_attention(
     Returns ``(batch, n_heads, seq, head_dim)`` in ``q``'s dtype; the sums run in at least float32.
     ``block_size`` queries and keys are handled at a time.
     """
+    return flash_attention_forward(q, k, v, causal, block_size)[0].to(q.dtype)
+
+
+def flash_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, block_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`flash_attention`'s loop: the output ``(batch, n_heads, seq, head_dim)`` and each row's
+    log-sum-exp of the scaled scores ``(batch, n_heads, seq)``, both in the dtype of the sums (at least
+    float32). The log-sum-exp is all a backward pass needs to rebuild any block of softmax weights:
+    ``p = exp(score - lse)``."""
     _check_shapes(q, k, v, causal, block_size)
-    _, n_heads, seq, head_dim = q.shape
-    n_kv_heads, kv_seq = k.shape[1], k.shape[2]
-    offset = kv_seq - seq  # position of query 0
-    input_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
-    # Query head h reads key/value head h // n_rep: group the query heads instead of copying k and v.
-    # q: (batch, n_kv_heads, n_rep, seq, head_dim), scaled once here rather than in every score block.
-    q = q.to(dtype).unflatten(1, (n_kv_heads, n_heads // n_kv_heads)) / math.sqrt(head_dim)
-    k, v = k.to(dtype)[:, :, None], v.to(dtype)[:, :, None]  # (batch, n_kv_heads, 1, kv_seq, head_dim)
+    seq, kv_seq = q.shape[2], k.shape[2]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = grouped(q, k, v, dtype)
     out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:-1], dtype=dtype, device=q.device)
     for q_start in range(0, seq, block_size):
         q_end = min(q_start + block_size, seq)
         q_block = q[..., q_start:q_end, :]
         m = torch.full((*q_block.shape[:-1], 1), float("-inf"), dtype=dtype, device=q.device)
         l = torch.zeros_like(m)  # noqa: E741 (the paper's name)
         acc = torch.zeros_like(q_block)
-        keys_seen = offset + q_end if causal else kv_seq  # keys at or after this are above the diagonal
-        for k_start in range(0, keys_seen, block_size):
-            k_end = min(k_start + block_size, kv_seq)
-            scores = q_block @ k[..., k_start:k_end, :].transpose(-2, -1)  # (..., q block, k block)
-            if causal and k_end - 1 > offset + q_start:  # the block crosses the diagonal
-                query_pos = torch.arange(offset + q_start, offset + q_end, device=q.device)[:, None]
-                key_pos = torch.arange(k_start, k_end, device=q.device)[None, :]
-                scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+        for k_start, k_end in key_blocks(q_start, q_end, seq, kv_seq, causal, block_size):
+            scores = block_scores(q_block, k, q_start, q_end, k_start, k_end, seq, causal)
             m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
             correction = torch.exp(m - m_new)
             p = torch.exp(scores - m_new)
@@ -86,7 +89,44 @@ def flash_attention(
             acc = correction * acc + p @ v[..., k_start:k_end, :]
             m = m_new
         out[..., q_start:q_end, :] = acc / l
-    return out.flatten(1, 2).to(input_dtype)  # (batch, n_heads, seq, head_dim)
+        lse[..., q_start:q_end] = (m + torch.log(l)).squeeze(-1)
+    return out.flatten(1, 2), lse.flatten(1, 2)
+
+
+def grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query head h reads key/value head h // n_rep: group the query heads instead of copying k and v.
+
+    Returns ``q`` ``(batch, n_kv_heads, n_rep, seq, head_dim)``, scaled by ``1 / sqrt(head_dim)`` once here
+    rather than in every score block, and ``k``, ``v`` ``(batch, n_kv_heads, 1, kv_seq, head_dim)``, in ``dtype``.
+    """
+    n_heads, n_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[3]
+    q = q.to(dtype).unflatten(1, (n_kv_heads, n_heads // n_kv_heads)) / math.sqrt(head_dim)
+    return q, k.to(dtype)[:, :, None], v.to(dtype)[:, :, None]
+
+
+def key_blocks(
+    q_start: int, q_end: int, seq: int, kv_seq: int, causal: bool, block_size: int
+) -> list[tuple[int, int]]:
+    """``(k_start, k_end)`` of the key blocks the queries ``q_start .. q_end - 1`` see: all of them, or, if
+    ``causal``, those that start at or before the block's last position (query 0 sits at ``kv_seq - seq``)."""
+    keys_seen = kv_seq - seq + q_end if causal else kv_seq  # keys at or after this are above the diagonal
+    return [(k_start, min(k_start + block_size, kv_seq)) for k_start in range(0, keys_seen, block_size)]
+
+
+def block_scores(
+    q_block: torch.Tensor, k: torch.Tensor, q_start: int, q_end: int, k_start: int, k_end: int, seq: int, causal: bool
+) -> torch.Tensor:
+    """The scaled scores of a query block against keys ``k_start .. k_end - 1``: ``(..., q block, k block)``,
+    ``-inf`` above the diagonal when ``causal``."""
+    offset = k.shape[-2] - seq  # position of query 0
+    scores = q_block @ k[..., k_start:k_end, :].transpose(-2, -1)
+    if causal and k_end - 1 > offset + q_start:  # the block crosses the diagonal
+        query_pos = torch.arange(offset + q_start, offset + q_end, device=q_block.device)[:, None]
+        key_pos = torch.arange(k_start, k_end, device=q_block.device)[None, :]
+        scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    return scores
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, block_size: int) -> None:

@@ -5,8 +5,9 @@ reads), :mod:`.train` (AdamW, the learning-rate schedule, clipping, the loop and
 evaluation), :mod:`.checkpoint` (training checkpoints that a crash cannot corrupt, exact resumption, the
 run folder),
 :mod:`.signals` (Ctrl-C and SIGTERM stop a run after a step, with a checkpoint),
-:mod:`.distributed` (several processes with ``torchrun``) and :mod:`.recipes` (named runs: data, model,
-hyper-parameters).
+:mod:`.distributed` (several processes with ``torchrun``: data parallelism, or FSDP's sharding),
+:mod:`.sharded_checkpoint` (an FSDP run's checkpoints, each process writing its shards) and :mod:`.recipes`
+(named runs: data, model, hyper-parameters).
 """
 
 from .corpus import shakespeare

@@ -40,11 +40,13 @@ from ..checkpoints.tensors import model_tensors
 from ..errors import FormatError
 from ..files import REQUIRED, check_type, json_field, read_bytes, read_json
 from ..model import Llama
+from ..systems.loss_scaling import DynamicLossScaler
 
 # A resumed run may change only these settings (how often it reports and saves, and how long it runs);
 # any other change would make it a different run, so resuming refuses it. A changed ``steps`` stretches
 # or shortens the learning-rate schedule from the resume point on.
-MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "eval_batches", "checkpoint_every")
+# activation checkpointing recomputes the same numbers: the gradients are bit-identical with or without it
+MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "eval_batches", "checkpoint_every", "activation_checkpointing")
 _STEP = re.compile(r"step-(\d+)")
 
 
@@ -133,8 +135,11 @@ def save_training_checkpoint(
     extra_files: dict[str, Path] | None = None,
     keep: int = 2,
     model_files: ModelFiles = FULL_MODEL,
+    loss_scaler: DynamicLossScaler | None = None,
 ) -> Path:
     """Write checkpoint ``step-NNNNNNN`` into ``run_dir``, point ``latest`` at it, keep the newest ``keep``.
+
+    A float16 run's ``loss_scaler`` is saved with the optimizer: its scale is part of where the run stands.
 
     A full disk raises ``OSError`` ("no space left") and leaves the previous checkpoint and ``latest``
     as they were.
@@ -148,6 +153,8 @@ def save_training_checkpoint(
         "history": history,
         "model_config": dataclasses.asdict(model.config),  # all of it: config.json keeps only the shapes
     }
+    if loss_scaler is not None:
+        state["loss_scaler"] = loss_scaler.state_dict()
     try:
         with atomic_write(final, directory=True) as staging:
             model_files.write(model, staging)
@@ -174,9 +181,15 @@ def save_training_checkpoint(
 
 
 def load_training_state(
-    checkpoint: Path, model: Llama, optimizer: torch.optim.Optimizer, config, model_files: ModelFiles = FULL_MODEL
+    checkpoint: Path,
+    model: Llama,
+    optimizer: torch.optim.Optimizer,
+    config,
+    model_files: ModelFiles = FULL_MODEL,
+    loss_scaler: DynamicLossScaler | None = None,
 ) -> tuple[int, list[dict]]:
-    """Load weights and optimizer state from ``checkpoint`` into ``model`` / ``optimizer``; return (step, history).
+    """Load weights and optimizer state from ``checkpoint`` into ``model`` / ``optimizer`` (and a float16
+    run's ``loss_scaler``); return (step, history).
 
     Raises ``ValueError`` if the checkpoint belongs to a different model, or if ``config`` changes a
     setting other than :data:`MAY_CHANGE_ON_RESUME` (then the resumed run would not continue the
@@ -200,6 +213,12 @@ def load_training_state(
         optimizer.load_state_dict(state["optimizer"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
         raise FormatError(f"{checkpoint / 'trainer_state.pt'}: optimizer: not this run's optimizer state ({error})") from None
+    if loss_scaler is not None:
+        scaler_state = json_field(state, "loss_scaler", "dict", checkpoint / "trainer_state.pt", REQUIRED)
+        try:
+            loss_scaler.load_state_dict(scaler_state)
+        except (KeyError, TypeError, ValueError) as error:
+            raise FormatError(f"{checkpoint / 'trainer_state.pt'}: loss_scaler: {error!r}") from None
     return state["step"], state["history"]
 
 
@@ -215,13 +234,19 @@ def read_trainer_state(path: Path, model: Llama) -> dict:
     except Exception as error:  # noqa: BLE001 - torch.load raises anything from EOFError to UnpicklingError
         raise FormatError(f"{path}: not a readable trainer state ({type(error).__name__}: {str(error)[:200]})") from None
     check_type(state, "dict", str(path))
+    check_trainer_fields(state, path)
+    json_field(state, "optimizer", "dict", path, REQUIRED)
+    return state
+
+
+def check_trainer_fields(state: dict, path: Path) -> None:
+    """The fields every trainer state has, single-file or sharded: ``step`` (an int >= 0), ``history`` (a list
+    of dicts) and ``model_config`` (a dict); a :class:`FormatError` naming ``path`` and the field if not."""
     step = json_field(state, "step", "int", path, REQUIRED)
     if step < 0:
         raise FormatError(f"{path}: step must be >= 0, got {step}")
-    json_field(state, "optimizer", "dict", path, REQUIRED)
     json_field(state, "history", "list", path, REQUIRED, items="dict")
     json_field(state, "model_config", "dict", path, REQUIRED)
-    return state
 
 
 def _differences(saved: dict, current, skip: tuple[str, ...] = ()) -> str:

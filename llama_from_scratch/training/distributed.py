@@ -7,6 +7,15 @@ full copy of the model and trains on its own slice of every global batch.
 ``backward()``, so after each step every copy holds the same weights, exactly
 as if one process had trained on the whole global batch. The processes talk
 through NCCL between CUDA GPUs or gloo between CPU processes.
+
+**Fully sharded data parallelism** (FSDP, chapter 14; :func:`shard_model`) keeps the data parallelism
+but not the copies: each process holds ``1 / N`` of every parameter, of its gradient and of the
+optimizer's moments (ZeRO stage 3, :mod:`..systems.memory`). Before a block runs, its full weights are
+gathered from all processes (all-gather) and dropped again after it; after its backward pass its
+gradients are summed and split between the processes (reduce-scatter), each keeping its shard, which its
+optimizer then updates. The arithmetic is that of one process on the whole batch, as with DDP.
+PyTorch's FSDP2 (``fully_shard``) does all of it, on gloo too. Several machines: the same command under
+``torchrun --nnodes=M --nproc_per_node=N --rdzv-endpoint=HOST:PORT`` on each.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 from torch.nn.parallel import DistributedDataParallel
 
 from ..device import default_device
@@ -95,6 +105,24 @@ def wrap_model(
 def wrapped_loss(wrapper: DistributedDataParallel, *batch: torch.Tensor) -> torch.Tensor:
     """The loss of one micro-batch through :func:`wrap_model`'s wrapper: its forward pass (so DDP sees it)."""
     return wrapper(*batch)
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """Shard ``model`` (a :class:`..model.Llama`, on this process's device) across the process group, in place.
+
+    Each transformer block is one unit (gathered whole, one at a time, while it runs), and the rest (the
+    embedding, the final norm, the head) is the root unit. ``loss`` is registered as a forward method, so
+    that calling ``model.loss`` gathers the root's weights as ``model(...)`` would.
+    """
+    for block in model.layers:
+        fully_shard(block)
+    fully_shard(model)
+    register_fsdp_forward_method(model, "loss")
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether :func:`shard_model` has sharded ``model``."""
+    return isinstance(model, FSDPModule)
 
 
 def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:

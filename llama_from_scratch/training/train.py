@@ -17,13 +17,15 @@ recipe, small enough to read in one sitting:
   and exact resumption (:class:`.checkpoint.RunFolder`), on one process or
   several (``torchrun``, see :mod:`.distributed`).
 
-On a CUDA GPU the forward pass runs under bfloat16 autocast; on the CPU
-everything stays float32 (bfloat16 is far slower on CPUs without native support).
+``TrainConfig.precision`` chooses the forward pass's number format (:mod:`..systems.precision`): by
+default bfloat16 autocast on a CUDA GPU and float32 elsewhere (bfloat16 is far slower on CPUs without
+native support); ``fp16`` scales the loss (:class:`..systems.loss_scaling.DynamicLossScaler`).
+``activation_checkpointing`` recomputes each block's activations in the backward pass instead of
+keeping them (:attr:`..model.Llama.activation_checkpointing`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -39,9 +41,13 @@ from tqdm.auto import tqdm
 from ..checkpoints.load import latest_checkpoint
 from ..errors import is_finite_number, is_float32, is_int
 from ..model import Llama
+from ..systems.flops import model_flops_utilization, training_flops_per_token
+from ..systems.loss_scaling import DynamicLossScaler
+from ..systems.precision import PRECISIONS, autocast
 from .checkpoint import RunFolder, load_training_state, prepare_run_dir, save_training_checkpoint
+from .sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from .dataset import EVAL, TokenData, get_batch
-from .distributed import any_rank, process_group, wrap_model, wrapped_loss
+from .distributed import any_rank, is_sharded, process_group, wrap_model, wrapped_loss
 from .signals import TrainingStopped, stop_requests
 
 MIN_LR_SHARE = 0.1  # the cosine ends at a tenth of the peak rate, as in the LLaMA papers
@@ -70,6 +76,8 @@ class TrainConfig:
     eval_batches: int = 16
     checkpoint_every: int = 500
     seed: int = 1337
+    precision: str | None = None  # fp32, bf16 or fp16; None: bf16 on a CUDA GPU, fp32 elsewhere
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.min_lr is None and is_finite_number(self.lr):
@@ -87,6 +95,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not (is_float32(value) or (name == "grad_clip" and value == math.inf)):
                 raise ValueError(f"TrainConfig.{name} must be a finite number, in float32 too, got {value!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            choices = ", ".join(PRECISIONS)
+            raise ValueError(f"TrainConfig.precision must be one of {choices} or None, got {self.precision!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(
+                f"TrainConfig.activation_checkpointing must be True or False, got {self.activation_checkpointing!r}"
+            )
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainConfig needs 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
@@ -134,13 +149,6 @@ def configure_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.op
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=True)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA; nothing on other devices (float32 throughout)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def language_model_loss(model: Llama, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the next-token predictions, in nats per token: :meth:`Llama.loss`."""
     return model.loss(inputs, targets)
@@ -153,6 +161,8 @@ def train_step(
     lr: float,
     grad_clip: float,
     loss_fn: Callable[..., torch.Tensor] = language_model_loss,
+    precision: str | None = None,
+    scaler: DynamicLossScaler | None = None,
 ) -> tuple[float, float]:
     """One optimizer step over ``micro_batches``; returns ``(mean loss, gradient norm before clipping)``.
 
@@ -161,23 +171,33 @@ def train_step(
     memory. Each micro-batch is a tuple of tensors, moved to the model's device and
     passed to ``loss_fn(model, *batch)``: ``(inputs, targets)`` for the language-model
     loss; fine-tuning objectives bring their own (:mod:`llama_from_scratch.finetuning`).
+
+    ``precision`` is the forward pass's format (``None``: :func:`..systems.precision.default_precision`).
+    With a ``scaler`` (float16) each loss is scaled before ``backward()``, the gradients are unscaled
+    before clipping, and a step whose gradients hold inf or NaN is skipped (the returned norm shows it).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     device = next(model.parameters()).device
+    context = autocast(device, precision)
     for batch in micro_batches:
-        with autocast(device):
+        with context:
             loss = loss_fn(model, *(t.to(device) for t in batch)) / len(micro_batches)
-        loss.backward()
+        (loss if scaler is None else scaler.scale_loss(loss)).backward()
         total += loss.item()
     # the norm of what this step updates: a frozen weight may still hold a stale gradient from elsewhere
     # (a probe's backward, say), which zero_grad above does not clear and which must not shrink this step
     # (taken in the model's order: a norm summed in another order rounds differently)
     updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if id(p) in updated], grad_clip)
-    optimizer.step()
+    parameters = [p for p in model.parameters() if id(p) in updated]
+    found_inf = scaler is not None and scaler.unscale_(parameters)
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    if not found_inf:
+        optimizer.step()
+    if scaler is not None:
+        scaler.update(found_inf)
     return total, float(grad_norm)
 
 
@@ -193,7 +213,7 @@ def evaluate(model: Llama, data: TokenData, config: TrainConfig) -> dict[str, fl
     losses = []
     for i in range(config.eval_batches):
         inputs, targets = get_batch(data, i, config.batch_size, config.seq_len, config.seed, stream=EVAL)
-        with autocast(device):
+        with autocast(device, config.precision):
             losses.append(language_model_loss(model, inputs.to(device), targets.to(device)).item())
     model.train()
     return _loss_and_bits_per_byte(sum(losses) / len(losses), data)
@@ -204,7 +224,9 @@ def _loss_and_bits_per_byte(loss: float, data: TokenData) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 16) -> dict[str, float]:
+def evaluate_all(
+    model: Llama, data: TokenData, seq_len: int, batch_size: int = 16, precision: str | None = None
+) -> dict[str, float]:
     """Loss and bits per byte on *every* token of ``data``, each predicted once.
 
     :func:`evaluate` samples a few windows, to be quick during training; this
@@ -212,6 +234,7 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
     ``seq_len`` tokens, the last one shorter, and is the figure to quote for a
     finished model. Each window starts with an empty context, so its first
     tokens are hard to predict: the figure errs on the pessimistic side.
+    ``precision`` as in :func:`train_step`.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -225,7 +248,7 @@ def evaluate_all(model: Llama, data: TokenData, seq_len: int, batch_size: int = 
         if len(chunk) - 1 > cut:  # the split's last, shorter window
             pieces.append((chunk[cut:-1].unsqueeze(0), chunk[cut + 1 :].unsqueeze(0)))
         for inputs, targets in pieces:
-            with autocast(device):
+            with autocast(device, precision):
                 total += language_model_loss(model, inputs.to(device), targets.to(device)).item() * inputs.numel()
             count += inputs.numel()
     model.train()
@@ -276,8 +299,12 @@ def train(
     config: TrainConfig,
     folder: RunFolder | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    peak_flops: float | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``data`` for ``config.steps`` steps; return the history of logged values.
+
+    With ``peak_flops`` (the FLOP/s one process's device can do, measured or from its data sheet) each
+    step also logs ``mfu``, its model FLOPs utilisation (:mod:`..systems.flops`) over all processes.
 
     Every ``eval_every`` steps (and at the end) ``data.validate`` measures the model and
     ``on_eval(step, metrics)`` is called (to print a sample, say). Every ``checkpoint_every`` steps
@@ -291,13 +318,22 @@ def train(
 
     Launched on several processes (``torchrun``; :func:`.distributed.init_distributed` has joined the
     process group), each process trains on its slice of every global batch, through the gradient-
-    averaging wrapper of :func:`.distributed.wrap_model`; only rank 0 evaluates and writes.
+    averaging wrapper of :func:`.distributed.wrap_model`; only rank 0 evaluates and writes. A model sharded
+    with :func:`.distributed.shard_model` (FSDP) needs no wrapper, every process evaluates (each forward
+    pass gathers the weights from all of them), and every process writes its shards of each checkpoint
+    (:mod:`.sharded_checkpoint`).
     """
     rank, world_size = process_group()
     is_main = rank == 0
+    sharded = is_sharded(model)
     out_dir = folder.out_dir if folder is not None else None
     if folder is not None and is_main:
         prepare_run_dir(folder.out_dir, folder.resume, folder.overwrite)
+    autocast(model.device, config.precision)  # a precision this device cannot run fails now, not at step 1
+    if peak_flops is not None and not (is_finite_number(peak_flops) and peak_flops > 0):
+        raise ValueError(f"peak_flops must be a positive, finite FLOP/s figure, got {peak_flops!r}")
+    scaler = DynamicLossScaler() if config.precision == "fp16" else None
+    model.activation_checkpointing = config.activation_checkpointing
     optimizer = configure_optimizer(model, config)
     history: list[dict[str, float]] = []
     start = 0
@@ -305,18 +341,25 @@ def train(
         checkpoint = latest_checkpoint(folder.out_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"resume=True but {folder.out_dir} holds no checkpoint to resume from")
-        start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files)
-    if world_size > 1:  # the wrapper averages the gradients of what runs inside its forward: the loss
+        if sharded:
+            start, history = load_sharded_checkpoint(checkpoint, model, optimizer, config, scaler)
+        else:
+            start, history = load_training_state(checkpoint, model, optimizer, config, folder.model_files, scaler)
+    if world_size > 1 and not sharded:  # the wrapper averages the gradients of what runs inside its forward: the loss
         forward, loss_fn = wrap_model(model, model.device, data.loss), wrapped_loss
     else:
         forward, loss_fn = model, data.loss
     model.train()
 
     def save(step: int) -> None:
-        if is_main and folder is not None:
+        if sharded and folder is not None:  # every process writes its shards
+            save_sharded_checkpoint(
+                folder.out_dir, model, optimizer, step, config, history, folder.extra_files, loss_scaler=scaler
+            )
+        elif is_main and folder is not None:
             save_training_checkpoint(
                 folder.out_dir, model, optimizer, step, config, history, folder.extra_files,
-                model_files=folder.model_files,
+                model_files=folder.model_files, loss_scaler=scaler,
             )
 
     quiet = not is_main or bool(os.environ.get("TQDM_DISABLE"))  # tqdm's notebook bar ignores TQDM_DISABLE
@@ -329,7 +372,9 @@ def train(
             ]
             tokens_per_step = sum(batch[0].numel() for batch in micro_batches) * world_size
             lr = learning_rate(step, config)
-            loss, grad_norm = train_step(forward, optimizer, micro_batches, lr, config.grad_clip, loss_fn)
+            loss, grad_norm = train_step(
+                forward, optimizer, micro_batches, lr, config.grad_clip, loss_fn, config.precision, scaler
+            )
             if not math.isfinite(loss):
                 kept = latest_checkpoint(out_dir) if out_dir is not None else None
                 raise ValueError(
@@ -339,15 +384,21 @@ def train(
                 )
             now = time.perf_counter()
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+            if scaler is not None:
+                record["loss_scale"] = scaler.scale
             record["tokens_per_s"] = tokens_per_step / (now - clock)
+            if peak_flops is not None:
+                per_token = training_flops_per_token(model.config, micro_batches[0][0].shape[-1])
+                record["mfu"] = model_flops_utilization(record["tokens_per_s"], per_token, peak_flops * world_size)
             clock = now
-            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+            shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
+            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", **shown)
             last = step == config.steps - 1
-            if is_main and ((step + 1) % config.eval_every == 0 or last):
+            if (is_main or sharded) and ((step + 1) % config.eval_every == 0 or last):
                 metrics = data.validate(model, config)
                 if metrics is not None:
                     record.update({f"val_{k}": v for k, v in metrics.items()})
-                    if on_eval is not None:
+                    if on_eval is not None and is_main:
                         on_eval(step + 1, metrics)
                     clock = time.perf_counter()  # evaluation time is not training throughput
             history.append(record)
