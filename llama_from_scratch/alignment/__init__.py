@@ -2,9 +2,25 @@
 whose truth is known.
 
 :mod:`.losses` (the Bradley-Terry ranking loss, PPO's clipped surrogate, GRPO's group advantages, Llama 2's
-combined and KL-penalised reward).
+combined and KL-penalised reward), :mod:`.reward_model` (a Llama with a scalar head on the last real token,
+saved as Hugging Face's LlamaForSequenceClassification), :mod:`.reward_training` (its preference pairs through
+the training loop, pair accuracy).
 """
 
 from .losses import bradley_terry_loss, group_advantages, llama2_reward, ppo_clip_loss, ppo_reward, whiten
+from .reward_model import RewardModel, load_reward_model, reward_model_from_checkpoint, save_reward_model
+from .reward_training import RewardData
 
-__all__ = ["bradley_terry_loss", "group_advantages", "llama2_reward", "ppo_clip_loss", "ppo_reward", "whiten"]
+__all__ = [
+    "RewardData",
+    "RewardModel",
+    "bradley_terry_loss",
+    "group_advantages",
+    "llama2_reward",
+    "load_reward_model",
+    "ppo_clip_loss",
+    "ppo_reward",
+    "reward_model_from_checkpoint",
+    "save_reward_model",
+    "whiten",
+]

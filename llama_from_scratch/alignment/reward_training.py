@@ -1,0 +1,72 @@
+"""Training a reward model on preference pairs: the Bradley-Terry loss through pretraining's loop.
+
+Each pair is the token sequences (prompt and answer, rendered in the chat template) of a chosen and a
+rejected answer to one prompt. A batch stacks the chosen rows above the rejected ones, so one forward
+pass scores both (:class:`RewardData`), and the loss is :func:`~.losses.bradley_terry_loss` of the two
+halves. The loop is :func:`~llama_from_scratch.training.train.train`'s: schedule, clipping, checkpoints
+(:data:`REWARD_MODEL_FILES`: the whole reward model, head included), exact resumption.
+What to watch is the held-out *pair accuracy*: how often the reward model ranks an unseen pair as the
+annotator (here: the known rule) did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..finetuning.sft import sample_indices
+from ..training.checkpoint import ModelFiles
+from ..training.train import TrainConfig
+from .losses import bradley_terry_loss, pair_accuracy
+from .reward_model import RewardModel, read_reward_model, right_pad, save_reward_model, score_sequences
+
+Pair = tuple[Sequence[int], Sequence[int]]  # (chosen tokens, rejected tokens)
+REWARD_MODEL_FILES = ModelFiles(save_reward_model, read_reward_model)  # what a reward model run's checkpoints hold
+
+
+def pair_batch(pairs: Sequence[Pair], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, lengths)``: ``(2 * pairs, longest)`` right-padded, the chosen rows first; ``(2 * pairs,)``."""
+    return right_pad([chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs], pad_id)
+
+
+def pair_scores(model: RewardModel, pairs: Sequence[Pair], batch_size: int = 8, pad_id: int = 0) -> torch.Tensor:
+    """``(pairs, 2)``: the reward of each chosen and rejected answer (eval mode, float32 on the CPU)."""
+    chosen = score_sequences(model, [c for c, _ in pairs], batch_size, pad_id)
+    rejected = score_sequences(model, [r for _, r in pairs], batch_size, pad_id)
+    return torch.stack([chosen, rejected], dim=1)
+
+
+def reward_metrics(scores: torch.Tensor, margin: float = 0.0) -> dict[str, float]:
+    """From ``(pairs, 2)`` scores: the Bradley-Terry ``loss``, the ``pair_accuracy``, and the mean score of the
+    chosen and of the rejected answers (their distributions should separate)."""
+    return {
+        "loss": bradley_terry_loss(scores[:, 0], scores[:, 1], margin).item(),
+        "pair_accuracy": pair_accuracy(scores[:, 0], scores[:, 1]),
+        "chosen_reward": scores[:, 0].mean().item(),
+        "rejected_reward": scores[:, 1].mean().item(),
+    }
+
+
+@dataclass
+class RewardData:
+    """A reward model's data as the training loop reads it (a :class:`~llama_from_scratch.training.train.TrainingData`):
+    pairs drawn as a pure function of the step, the Bradley-Terry loss with ``margin``, and
+    :func:`reward_metrics` on the held-out ``validation`` pairs."""
+
+    train: list[Pair]
+    validation: list[Pair]
+    margin: float = 0.0
+    pad_id: int = 0
+
+    def batch(self, index: int, config: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        rows = sample_indices(len(self.train), index, config.batch_size, config.seed, rank=rank, world_size=world_size)
+        return pair_batch([self.train[i] for i in rows], self.pad_id)
+
+    def loss(self, model: RewardModel, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        chosen, rejected = model(tokens, lengths).chunk(2)
+        return bradley_terry_loss(chosen, rejected, self.margin)
+
+    def validate(self, model: RewardModel, config: TrainConfig) -> dict[str, float]:
+        return reward_metrics(pair_scores(model, self.validation, config.batch_size, self.pad_id), self.margin)
