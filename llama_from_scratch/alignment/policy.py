@@ -1,0 +1,107 @@
+"""The policy's side of RL: sample answers, score their tokens under the policy and the frozen reference, and the loss.
+
+In RLHF the language model is a *policy*: each answer token is an action, taken in the state "prompt and
+answer so far". One round of on-policy RL:
+
+1. :func:`sample_answers`: ``G`` answers to each prompt, sampled with the package's batched generation;
+2. :func:`answer_batch`: prompt + answer as one right-padded row, the answer's tokens labelled (the prompt and
+   padding -100, chapter 10's masks), so that the answer's per-token log-probabilities come from one forward pass;
+3. :func:`rollout_logprobs`: those log-probabilities under the policy that sampled (``old``, the ratio's
+   denominator) and under the reference ``π_0``, which with LoRA is the same model with its adapters off
+   (:func:`~llama_from_scratch.finetuning.lora.adapters_disabled`): no second copy of the weights;
+4. :func:`policy_loss`: PPO's clipped surrogate with the answers' advantages, plus ``β`` times GRPO's KL
+   estimate per answer token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ..finetuning.dpo import token_logprobs
+from ..finetuning.lora import adapters_disabled, lora_layers
+from ..finetuning.sft import IGNORE_INDEX, Example, pad_batch
+from ..generate import generate_batch
+from ..model import Llama
+from ..training.train import autocast
+from .losses import PPO_CLIP, kl_k3, ppo_clip_loss
+
+
+def sample_answers(
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    stop_tokens: Iterable[int] = (),
+    seed: int | None = None,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """``group_size`` sampled answers to each prompt, grouped: answers ``i * G ... i * G + G - 1`` are prompt ``i``'s.
+
+    An answer that ended at a stop token keeps it (the policy must learn to stop, and be rewarded or blamed
+    for it); one that reached ``max_new_tokens`` does not. The whole group runs as one batch
+    (:func:`~llama_from_scratch.generate.generate_batch`), reproducible with ``seed``.
+    """
+    stops = list(stop_tokens)
+    rows = [list(p) for p in prompts for _ in range(group_size)]
+    answers = generate_batch(model, rows, max_new_tokens, temperature, stop_tokens=stops, seed=seed, pad_id=pad_id)
+    # generate_batch drops the stop token; a shorter answer met one (which one: the first of the list will do
+    # for training when a tokenizer has several, as Llama 3's <|eot_id|> and <|end_of_text|>)
+    return [a + [stops[0]] if stops and len(a) < max_new_tokens else a for a in answers]
+
+
+def answer_batch(
+    prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, labels)``, both ``(answers, longest - 1)``: each prompt + answer right-padded, the targets the
+    answer's tokens only. ``prompts`` holds one prompt per answer (repeat a group's prompt ``G`` times)."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"one prompt per answer: got {len(prompts)} prompts and {len(answers)} answers")
+    examples = [
+        Example(list(p) + list(a), [IGNORE_INDEX] * len(p) + list(a)) for p, a in zip(prompts, answers)
+    ]
+    return pad_batch(examples, pad_id)
+
+
+@torch.no_grad()
+def rollout_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(old, reference)``, each ``(batch, seq)`` :func:`~llama_from_scratch.finetuning.dpo.token_logprobs` of the
+    answers under the policy as it is now and under its base (LoRA adapters off).
+
+    RL needs LoRA here: without adapters there is no way to run the reference without a second copy of the
+    model, so a model without them is refused. Computed as the loss will compute them (train mode, the
+    same autocast), so that the ratio ``π/π_old`` is exactly 1 before the first update.
+    """
+    if not lora_layers(model):
+        raise ValueError("RL's reference is the base model with its LoRA adapters off: add_lora(model) first")
+    with autocast(model.device):
+        old = token_logprobs(model, tokens, labels)
+        with adapters_disabled(model):
+            reference = token_logprobs(model, tokens, labels)
+    return old.float(), reference.float()
+
+
+def policy_loss(
+    model: Llama,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: float = PPO_CLIP,
+    beta: float = 0.0,
+) -> torch.Tensor:
+    """PPO's clipped loss (:func:`~.losses.ppo_clip_loss`) on the answer tokens, plus ``β`` times the mean of
+    :func:`~.losses.kl_k3` over them (GRPO keeps the policy near the reference in the loss; Llama 2's PPO puts
+    its KL term into the reward instead, :func:`~.losses.ppo_reward`, and uses ``beta=0`` here).
+
+    ``tokens``, ``labels``, ``old_logprobs``, ``ref_logprobs``: ``(batch, seq)``; ``advantages``: ``(batch,)``."""
+    logprobs = token_logprobs(model, tokens, labels)  # (batch, seq), with gradient
+    mask = labels != IGNORE_INDEX
+    loss = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip)
+    if beta == 0:
+        return loss
+    weights = mask.to(logprobs.dtype)
+    return loss + beta * (kl_k3(logprobs, ref_logprobs) * weights).sum() / weights.sum()
