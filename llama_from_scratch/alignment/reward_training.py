@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..finetuning.data import check_pair
+from ..finetuning.dpo import tokenize_pairs
 from ..finetuning.sft import sample_indices
+from ..tokenization.tokenizer import Tokenizer
 from ..training.checkpoint import ModelFiles
 from ..training.train import TrainConfig
 from .losses import bradley_terry_loss, pair_accuracy
@@ -24,6 +27,15 @@ from .reward_model import RewardModel, read_reward_model, right_pad, save_reward
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (chosen tokens, rejected tokens)
 REWARD_MODEL_FILES = ModelFiles(save_reward_model, read_reward_model)  # what a reward model run's checkpoints hold
+
+
+def preference_pairs(records: list[dict], tokenizer: Tokenizer, template: str, where: str = "preference pair") -> list[Pair]:
+    """``{"messages", "chosen", "rejected"}`` records (DPO's layout) as the token sequences a reward model scores:
+    each conversation with its answer, rendered in ``template``. A record without both answers, or with two equal
+    ones, is a :class:`~llama_from_scratch.errors.FormatError` naming it (``where`` and its index)."""
+    for i, record in enumerate(records):
+        check_pair(record, f"{where} {i}")
+    return [(c.tokens, r.tokens) for c, r in tokenize_pairs(records, tokenizer, template)]
 
 
 def pair_batch(pairs: Sequence[Pair], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
