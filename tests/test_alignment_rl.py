@@ -19,9 +19,9 @@ PROMPTS = [[1, 5, 9], [2, 7], [3, 3, 3, 8], [4, 11, 6]]
 STOP = 0
 
 
-def reward(i, answer):
-    """A known rule: the share of the answer's tokens below 32 (in [0, 1], so ppo takes it too)."""
-    return sum(t < 32 for t in answer) / max(1, len(answer))
+def reward(indices, answers):
+    """A known rule: the share of each answer's tokens below 32 (in [0, 1], so ppo takes it too)."""
+    return [sum(t < 32 for t in answer) / max(1, len(answer)) for answer in answers]
 
 
 def randomize_adapters(model, seed=1):

@@ -6,7 +6,8 @@ combined and KL-penalised reward), :mod:`.reward_model` (a Llama with a scalar h
 saved as Hugging Face's LlamaForSequenceClassification), :mod:`.reward_training` (its preference pairs through
 the training loop, pair accuracy), :mod:`.policy` (sampled answers, their per-token log-probabilities under the
 policy and under the reference, the base with its LoRA adapters off; the policy's loss) and :mod:`.rl` (GRPO and
-PPO steps through the training loop, resumable like any run), and the tasks whose truth is known: :mod:`.arithmetic_task` (chapter 12's problems as
+PPO steps through the training loop, resumable like any run), :mod:`.best_of_n` (best-of-N, Llama 2's Figure 7, rejection-sampling data), :mod:`.gatt`
+(Ghost Attention's multi-turn data and adherence by turn), and the tasks whose truth is known: :mod:`.arithmetic_task` (chapter 12's problems as
 a verifiable reward and as right-against-wrong pairs) and :mod:`.secret_task` (keep a passkey: decline the
 extraction attempts, answer the rest).
 """

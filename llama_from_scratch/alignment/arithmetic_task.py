@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.arithmetic import Problem, extract_number, problems
+from ..tokenization.tokenizer import Tokenizer
+from .policy import Reward
 
 TRAIN_SEED = 1013  # the training questions' generator seed (plus the split's seed): apart from chapter 12's
 
@@ -57,3 +59,13 @@ def arithmetic_preferences(items: list[Problem], seed: int = 0) -> list[dict]:
         {"messages": arithmetic_messages(p), "chosen": p.solution, "rejected": wrong_solution(p, rng), "safety": False}
         for p in items
     ]
+
+
+def arithmetic_reward(items: list[Problem], tokenizer: Tokenizer) -> Reward:
+    """The verifiable reward (a :data:`~.policy.Reward`): 1.0 for an answer to ``items[i]`` that states the right
+    number (:func:`is_correct` on the decoded tokens), else 0.0."""
+
+    def reward(indices: list[int], answers: list[list[int]]) -> list[float]:
+        return [float(is_correct(tokenizer.decode(a), items[i])) for i, a in zip(indices, answers)]
+
+    return reward

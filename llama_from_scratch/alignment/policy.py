@@ -15,17 +15,30 @@ answer so far". One round of on-policy RL:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from ..chat import render_chat
 from ..finetuning.dpo import token_logprobs
 from ..finetuning.lora import adapters_disabled, lora_layers
 from ..finetuning.sft import IGNORE_INDEX, Example, pad_batch
 from ..generate import generate_batch
 from ..model import Llama
+from ..tokenization.chat import encode_chat, special_texts
+from ..tokenization.tokenizer import Tokenizer
 from ..training.train import autocast
 from .losses import PPO_CLIP, kl_k3, ppo_clip_loss
+
+# How answers are scored: ``reward(prompt_indices, answers)`` -> one number per answer, where answer ``j`` (token
+# ids) answers prompt ``prompt_indices[j]``. A batch at a time, so that a reward model scores them in batches;
+# a verifiable reward checks each (:func:`~.arithmetic_task.arithmetic_reward`).
+Reward = Callable[[list[int], list[list[int]]], Sequence[float]]
+
+
+def chat_prompt(tokenizer: Tokenizer, template: str, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids a chat model answers: ``messages`` rendered in ``template`` with the generation prompt."""
+    return encode_chat(tokenizer, render_chat(template, messages, add_generation_prompt=True, **special_texts(tokenizer)))
 
 
 def sample_answers(
@@ -52,6 +65,12 @@ def sample_answers(
     return [a + [stops[0]] if stops and len(a) < max_new_tokens else a for a in answers]
 
 
+def answer_example(prompt: Sequence[int], answer: Sequence[int]) -> Example:
+    """Prompt and answer as chapter 10's :class:`~llama_from_scratch.finetuning.sft.Example`: the answer's tokens
+    labelled, the prompt's -100 (what RL scores, and what rejection sampling fine-tunes on)."""
+    return Example(list(prompt) + list(answer), [IGNORE_INDEX] * len(prompt) + list(answer))
+
+
 def answer_batch(
     prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +78,7 @@ def answer_batch(
     answer's tokens only. ``prompts`` holds one prompt per answer (repeat a group's prompt ``G`` times)."""
     if len(prompts) != len(answers):
         raise ValueError(f"one prompt per answer: got {len(prompts)} prompts and {len(answers)} answers")
-    examples = [
-        Example(list(p) + list(a), [IGNORE_INDEX] * len(p) + list(a)) for p, a in zip(prompts, answers)
-    ]
-    return pad_batch(examples, pad_id)
+    return pad_batch([answer_example(p, a) for p, a in zip(prompts, answers)], pad_id)
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ from ..files import read_json
 from ..finetuning.finetune import apply_adapters
 from ..finetuning.lora import lora_layers
 from ..model import Llama
+from .policy import Reward
 
 ARCHITECTURE = "LlamaForSequenceClassification"  # config.json's name for a Llama with a scalar head
 
@@ -172,3 +173,14 @@ def score_sequences(
         out.append(model(tokens.to(model.device), lengths.to(model.device)).float().cpu())
     model.train(was_training)
     return torch.cat(out)
+
+
+def reward_model_reward(model: RewardModel, prompts: Sequence[Sequence[int]], batch_size: int = 8, pad_id: int = 0) -> Reward:
+    """A learned reward as a :data:`~.policy.Reward`: ``σ(r(prompt, answer))``, the reward model's score through
+    a sigmoid, in (0, 1) as Llama 2's combined reward and its 0.15 threshold expect (the order is the score's)."""
+
+    def reward(indices: list[int], answers: list[list[int]]) -> list[float]:
+        sequences = [list(prompts[i]) + list(a) for i, a in zip(indices, answers)]
+        return torch.sigmoid(score_sequences(model, sequences, batch_size, pad_id)).tolist()
+
+    return reward

@@ -18,7 +18,7 @@ import torch
 
 from ..finetuning.data import check_pair
 from ..finetuning.dpo import tokenize_pairs
-from ..finetuning.sft import sample_indices
+from ..finetuning.sft import IGNORE_INDEX, Example, sample_indices
 from ..tokenization.tokenizer import Tokenizer
 from ..training.checkpoint import ModelFiles
 from ..training.train import TrainConfig
@@ -31,11 +31,19 @@ REWARD_MODEL_FILES = ModelFiles(save_reward_model, read_reward_model)  # what a 
 
 def preference_pairs(records: list[dict], tokenizer: Tokenizer, template: str, where: str = "preference pair") -> list[Pair]:
     """``{"messages", "chosen", "rejected"}`` records (DPO's layout) as the token sequences a reward model scores:
-    each conversation with its answer, rendered in ``template``. A record without both answers, or with two equal
+    each conversation with its answer, rendered in ``template``, up to the answer's end (:func:`answer_end`). A record without both answers, or with two equal
     ones, is a :class:`~llama_from_scratch.errors.FormatError` naming it (``where`` and its index)."""
     for i, record in enumerate(records):
         check_pair(record, f"{where} {i}")
-    return [(c.tokens, r.tokens) for c, r in tokenize_pairs(records, tokenizer, template)]
+    return [(answer_end(c), answer_end(r)) for c, r in tokenize_pairs(records, tokenizer, template)]
+
+
+def answer_end(example: Example) -> list[int]:
+    """The conversation's tokens up to the answer's last labelled one, its end-of-turn marker: where a sampled
+    answer ends too (:func:`~.policy.sample_answers` keeps the stop token), so the reward model reads the same
+    position in training as when it scores samples (the template's text after the marker is cut)."""
+    last = max(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+    return example.tokens[: last + 1]
 
 
 def pair_batch(pairs: Sequence[Pair], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

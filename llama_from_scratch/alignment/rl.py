@@ -33,7 +33,7 @@ from ..generate import generate_batch
 from ..model import Llama
 from ..training.train import TrainConfig, train
 from .losses import LLAMA2_KL_BETA, PPO_CLIP, group_advantages, ppo_reward, sequence_kl
-from .policy import answer_batch, policy_loss, rollout_logprobs, sample_answers
+from .policy import Reward, answer_batch, policy_loss, rollout_logprobs, sample_answers
 
 ALGORITHMS = ("grpo", "ppo")
 DEFAULT_BETA = {"grpo": 0.04, "ppo": LLAMA2_KL_BETA}  # GRPO paper's β; Llama 2's for 7B and 13B
@@ -94,14 +94,14 @@ def sampling_seed(config: TrainConfig, index: int) -> int:
 def heldout_reward(
     model: Llama,
     prompts: Sequence[Sequence[int]],
-    reward: Callable[[int, list[int]], float],
+    reward: Reward,
     max_new_tokens: int,
     stop_tokens: Sequence[int] = (),
     pad_id: int = 0,
     batch_size: int = 16,
 ) -> dict[str, float]:
-    """The mean reward of the policy's greedy answers to held-out ``prompts`` (``reward(i, answer)`` scores the
-    answer to prompt ``i``; with a verifiable reward this is the held-out accuracy), and their mean KL to the
+    """The mean reward of the policy's greedy answers to held-out ``prompts`` (with a verifiable reward: the
+    held-out accuracy), and their mean KL to the
     reference (:func:`~.losses.sequence_kl`, nats per answer)."""
     was_training = model.training
     model.eval()
@@ -109,7 +109,7 @@ def heldout_reward(
     for start in range(0, len(prompts), batch_size):
         chunk = [list(p) for p in prompts[start : start + batch_size]]
         answers = generate_batch(model, chunk, max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
-        rewards += [reward(start + i, a) for i, a in enumerate(answers)]
+        rewards += [float(r) for r in reward(list(range(start, start + len(chunk))), answers)]
         kept = [(p, a) for p, a in zip(chunk, answers) if a]  # an empty answer has no token to compare
         if kept:
             tokens, labels = answer_batch([p for p, _ in kept], [a for _, a in kept], pad_id)
@@ -125,8 +125,8 @@ class RLData:
     """RL's data as the training loop reads it (a :class:`~llama_from_scratch.training.train.TrainingData`).
 
     ``model`` is the policy being trained (batches are sampled from it); ``prompts`` the training questions as
-    token ids (rendered in the chat template with the generation prompt); ``reward(i, answer_tokens)`` the
-    reward of an answer to prompt ``i`` (in [0, 1] for ``ppo``); ``validation`` / ``validation_reward`` the
+    token ids (rendered in the chat template with the generation prompt); ``reward`` scores answers
+    (:data:`~.policy.Reward`; in [0, 1] for ``ppo``); ``validation`` / ``validation_reward`` the
     held-out questions and their reward; ``measure(model)`` adds figures to every validation.
 
     A batch is ``(tokens, labels, old_logprobs, ref_logprobs, advantages)`` for ``batch_size`` questions times
@@ -135,9 +135,9 @@ class RLData:
 
     model: Llama
     prompts: list[list[int]]
-    reward: Callable[[int, list[int]], float]
+    reward: Reward
     validation: list[list[int]]
-    validation_reward: Callable[[int, list[int]], float]
+    validation_reward: Reward
     config: RLConfig
     stop_tokens: Sequence[int] = ()
     pad_id: int = 0
@@ -153,7 +153,7 @@ class RLData:
             self.stop_tokens, sampling_seed(c, index), self.pad_id,
         )
         grouped = [i for i in rows for _ in range(c.group_size)]  # the question of each answer
-        rewards = torch.tensor([float(self.reward(i, a)) for i, a in zip(grouped, answers)], dtype=torch.float64)
+        rewards = torch.tensor([float(r) for r in self.reward(grouped, answers)], dtype=torch.float64)
         tokens, labels = answer_batch([self.prompts[i] for i in grouped], answers, self.pad_id)
         model.train()  # the log-probabilities as the loss will compute them
         old, reference = (t.cpu() for t in rollout_logprobs(model, tokens.to(model.device), labels.to(model.device)))
@@ -180,9 +180,9 @@ class RLData:
 def rl(
     model: Llama,
     prompts: list[list[int]],
-    reward: Callable[[int, list[int]], float],
+    reward: Reward,
     validation: list[list[int]],
-    validation_reward: Callable[[int, list[int]], float],
+    validation_reward: Reward,
     config: RLConfig,
     out_dir: str | Path | None = None,
     resume: bool = False,
