@@ -11,22 +11,46 @@ annotator (here: the known rule) did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ..errors import is_finite_number
 from ..finetuning.data import check_pair
+from ..finetuning.finetune import identified_run_folder
 from ..finetuning.dpo import tokenize_pairs
 from ..finetuning.sft import IGNORE_INDEX, Example, sample_indices
 from ..tokenization.tokenizer import Tokenizer
 from ..training.checkpoint import ModelFiles
-from ..training.train import TrainConfig
+from ..training.train import TrainConfig, train
 from .losses import bradley_terry_loss, pair_accuracy
 from .reward_model import RewardModel, read_reward_model, right_pad, save_reward_model, score_sequences
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (chosen tokens, rejected tokens)
 REWARD_MODEL_FILES = ModelFiles(save_reward_model, read_reward_model)  # what a reward model run's checkpoints hold
+
+
+@dataclass
+class RewardModelConfig(TrainConfig):
+    """A reward model's training: :class:`TrainConfig`'s settings with full fine-tuning's defaults (``batch_size``:
+    pairs per step; Llama 2 trained one epoch at 1e-5, more would over-fit) and the ranking loss's ``margin``."""
+
+    steps: int = 200
+    batch_size: int = 8
+    seq_len: int = 512
+    lr: float = 5e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_finite_number(self.margin) or self.margin < 0:
+            raise ValueError(f"RewardModelConfig.margin must be a number >= 0, got {self.margin!r}")
 
 
 def preference_pairs(records: list[dict], tokenizer: Tokenizer, template: str, where: str = "preference pair") -> list[Pair]:
@@ -90,3 +114,34 @@ class RewardData:
 
     def validate(self, model: RewardModel, config: TrainConfig) -> dict[str, float]:
         return reward_metrics(pair_scores(model, self.validation, config.batch_size, self.pad_id), self.margin)
+
+
+def train_reward_model(
+    model: RewardModel,
+    train_pairs: list[Pair],
+    val_pairs: list[Pair],
+    config: RewardModelConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    pad_id: int = 0,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    extra_files: dict[str, Path] | None = None,
+    base: str | None = None,
+) -> list[dict[str, float]]:
+    """Train every weight of ``model`` (head included) on the pairs; returns the history (``val_pair_accuracy``,
+    ...). The run's folder works as fine-tuning's: whole reward models in its checkpoints, a resume refused
+    unless the starting model (its new head included) and the training pairs are the run's own."""
+    if not train_pairs or not val_pairs:
+        raise ValueError("a reward model needs training and validation pairs; one of them is empty")
+    longest = max(len(s) for pair in [*train_pairs, *val_pairs] for s in pair)
+    if longest > min(config.seq_len, model.config.max_seq_len):
+        raise ValueError(f"a pair holds {longest} tokens, more than seq_len={config.seq_len} or the model's context")
+    folder = None
+    if out_dir is not None:
+        examples = [(Example(list(c), list(c)), Example(list(r), list(r))) for c, r in train_pairs]
+        folder = identified_run_folder(model, examples, out_dir, resume, overwrite, extra_files, REWARD_MODEL_FILES, base)
+    elif resume or overwrite:
+        raise ValueError("resume and overwrite need out_dir, the run's folder")
+    model.requires_grad_(True)
+    return train(model, RewardData(train_pairs, val_pairs, config.margin, pad_id), config, folder, on_eval)

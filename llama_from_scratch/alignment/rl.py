@@ -47,7 +47,8 @@ class RLConfig(TrainConfig):
     ``group_size`` answers per question (``G``), at most ``max_new_tokens`` each, at ``temperature``;
     ``clip``: PPO's ε; ``beta``: the KL weight (default per algorithm, :data:`DEFAULT_BETA`); ``scale_advantages``:
     GRPO's division by the group's standard deviation; ``rank``, ``alpha``: the LoRA adapters that are trained
-    (on every linear layer of every block). ``lr`` defaults to 1e-4 for the LoRA adapters:
+    (on every linear layer of every block); ``reward_model``: where a learned reward came from (None: the task's
+    true rule), kept with the settings so that a resume with another reward is refused. ``lr`` defaults to 1e-4 for the LoRA adapters:
     RL's gradients are noisy. ``weight_decay`` is 0: it would move the policy even when nothing is learned.
     """
 
@@ -68,6 +69,7 @@ class RLConfig(TrainConfig):
     scale_advantages: bool = True
     rank: int = 8
     alpha: float = 16.0
+    reward_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -215,6 +217,8 @@ def rl(
     if out_dir is not None:  # before the adapters are added: the identity is the base's
         examples = [Example(p, [IGNORE_INDEX] * len(p)) for p in prompts]  # the prompts, nothing labelled
         folder = identified_run_folder(model, examples, out_dir, resume, overwrite, extra_files, ADAPTER_ONLY, base)
-    add_lora(model, config.rank, config.alpha)
+    with torch.random.fork_rng(devices=[]):  # the adapters' random A from the run's seed, not from whatever ran before
+        torch.manual_seed(config.seed)
+        add_lora(model, config.rank, config.alpha)
     data = RLData(model, prompts, reward, validation, validation_reward, config, stop_tokens, pad_id, measure)
     return train(model, data, config, folder, on_eval)
