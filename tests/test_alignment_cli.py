@@ -49,6 +49,10 @@ def test_cli_reward_model_trains_and_saves_a_reward_model(tmp_path, capsys):
     assert main([*common, "--steps", "2", "--data", "secret"]) == 0
     assert "val pair_accuracy" in capsys.readouterr().out
     assert load_reward_model(tmp_path / "rm").config == CONFIG
+    assert main([*common, "--steps", "3", "--data", "secret", "--resume"]) == 0  # the run continues, head included
+    assert (tmp_path / "rm" / "step-0000003" / "model.safetensors").exists()
+    assert main([*common, "--steps", "4", "--data", "arithmetic", "--resume"]) == 1  # other pairs: another run
+    assert "different training data" in capsys.readouterr().err
     same = [{"messages": [{"role": "user", "content": "q"}], "chosen": "x", "rejected": "x"}] * 3
     (tmp_path / "same.jsonl").write_text("\n".join(json.dumps(r) for r in same))
     assert main([*common, "--data", str(tmp_path / "same.jsonl"), "--overwrite"]) == 1

@@ -102,3 +102,28 @@ def test_reward_model_learns_a_known_rule_through_the_training_loop(tmp_path):
     history = train(model, data, config)
     assert history[-1]["val_pair_accuracy"] == 1.0 and history[-1]["val_loss"] < before["loss"]
     assert history[-1]["val_chosen_reward"] > history[-1]["val_rejected_reward"]
+
+
+def test_a_reward_model_starts_from_a_checkpoint_with_its_lora_adapters_merged(tmp_path):
+    from test_alignment_sampling import TOKENIZER
+
+    from llama_from_scratch.alignment.reward_model import reward_model_from_checkpoint
+    from llama_from_scratch.checkpoints import save_checkpoint
+    from llama_from_scratch.finetuning import add_lora, merge_lora, save_adapter
+    from llama_from_scratch.finetuning.lora import lora_layers
+
+    config = LlamaConfig(**{**CONFIG.__dict__, "vocab_size": 258})
+    save_checkpoint(random_llama(config), TOKENIZER, tmp_path / "base")
+    tuned = random_llama(config)
+    add_lora(tuned, rank=2, alpha=4)
+    with torch.no_grad():
+        for layer in lora_layers(tuned).values():
+            layer.lora_B.normal_(0.0, 0.1)
+    save_adapter(tuned, tmp_path / "adapter")
+    started = reward_model_from_checkpoint(tmp_path / "base", [tmp_path / "adapter"], seed=3, device="cpu")
+    expected = RewardModel.from_language_model(merge_lora(tuned), seed=3)
+    tokens, lengths = right_pad(sequences())
+    tokens = tokens % 258  # this model's vocabulary
+    # the same merged weights (W + B @ A summed once, in the same order) and the same seeded head
+    assert torch.equal(started.model(tokens, lengths), expected(tokens, lengths))
+    assert started.tokenizer.vocab_size == 258
