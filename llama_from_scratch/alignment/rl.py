@@ -29,7 +29,6 @@ from ..errors import is_finite_number, is_int
 from ..finetuning.finetune import ADAPTER_ONLY, identified_run_folder
 from ..finetuning.lora import add_lora
 from ..finetuning.sft import IGNORE_INDEX, Example, sample_indices
-from ..generate import generate_batch
 from ..model import Llama
 from ..training.train import TrainConfig, train
 from .losses import LLAMA2_KL_BETA, PPO_CLIP, group_advantages, ppo_reward, sequence_kl
@@ -109,17 +108,15 @@ def heldout_reward(
     model.eval()
     rewards, kls = [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = [list(p) for p in prompts[start : start + batch_size]]
-        answers = generate_batch(model, chunk, max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
+        chunk = prompts[start : start + batch_size]
+        answers = sample_answers(model, chunk, 1, max_new_tokens, 0.0, stop_tokens, pad_id=pad_id)  # greedy
         rewards += [float(r) for r in reward(list(range(start, start + len(chunk))), answers)]
-        kept = [(p, a) for p, a in zip(chunk, answers) if a]  # an empty answer has no token to compare
-        if kept:
-            tokens, labels = answer_batch([p for p, _ in kept], [a for _, a in kept], pad_id)
-            tokens, labels = tokens.to(model.device), labels.to(model.device)
-            old, reference = rollout_logprobs(model, tokens, labels)
-            kls += sequence_kl(old, reference, labels != IGNORE_INDEX).tolist()
+        tokens, labels = answer_batch(chunk, answers, pad_id)
+        tokens, labels = tokens.to(model.device), labels.to(model.device)
+        old, reference = rollout_logprobs(model, tokens, labels)
+        kls += sequence_kl(old, reference, labels != IGNORE_INDEX).tolist()
     model.train(was_training)
-    return {"reward": sum(rewards) / len(rewards), "kl": sum(kls) / max(1, len(kls))}
+    return {"reward": sum(rewards) / len(rewards), "kl": sum(kls) / len(kls)}
 
 
 @dataclass
