@@ -112,3 +112,17 @@ def test_gatt_sampling_and_adherence_run_turn_by_turn():
     assert len(examples) == 4  # a dialogue cut after each turn
     assert sample_dialogues(model, TOKENIZER, CHATML_TEMPLATE, never, dialogues, max_new_tokens=3) == []
     assert adherence_by_turn(model, TOKENIZER, CHATML_TEMPLATE, always, dialogues, max_new_tokens=3) == [1.0, 1.0]
+
+
+def test_combined_reward_is_llama2s_rule_over_two_rewards():
+    from llama_from_scratch.alignment.reward_model import combined_reward
+
+    def helpful(indices, answers):
+        return [0.9] * len(answers)
+
+    def safety(indices, answers):
+        return [0.1 if a == [1] else 0.5 for a in answers]
+
+    reward = combined_reward(helpful, safety, is_safety_prompt=[False, True])
+    # prompt 0 is not a safety prompt: helpfulness unless the answer looks unsafe (0.1 < 0.15); prompt 1 is
+    assert reward([0, 0, 1], [[2], [1], [2]]) == [0.9, 0.1, 0.5]

@@ -40,6 +40,7 @@ from ..files import read_json
 from ..finetuning.finetune import apply_adapters
 from ..finetuning.lora import lora_layers
 from ..model import Llama
+from .losses import LLAMA2_SAFETY_THRESHOLD, llama2_reward
 from .policy import Reward
 
 ARCHITECTURE = "LlamaForSequenceClassification"  # config.json's name for a Llama with a scalar head
@@ -182,5 +183,19 @@ def reward_model_reward(model: RewardModel, prompts: Sequence[Sequence[int]], ba
     def reward(indices: list[int], answers: list[list[int]]) -> list[float]:
         sequences = [list(prompts[i]) + list(a) for i, a in zip(indices, answers)]
         return torch.sigmoid(score_sequences(model, sequences, batch_size, pad_id)).tolist()
+
+    return reward
+
+
+def combined_reward(
+    helpful: Reward, safety: Reward, is_safety_prompt: Sequence[bool], threshold: float = LLAMA2_SAFETY_THRESHOLD
+) -> Reward:
+    """Llama 2's two reward models as one :data:`~.policy.Reward`: :func:`~.losses.llama2_reward` of their scores
+    (each in (0, 1), as :func:`reward_model_reward` gives them), ``is_safety_prompt[i]`` marking prompt ``i``."""
+
+    def reward(indices: list[int], answers: list[list[int]]) -> list[float]:
+        h = torch.tensor([float(x) for x in helpful(indices, answers)], dtype=torch.float64)
+        s = torch.tensor([float(x) for x in safety(indices, answers)], dtype=torch.float64)
+        return llama2_reward(h, s, torch.tensor([bool(is_safety_prompt[i]) for i in indices]), threshold).tolist()
 
     return reward
