@@ -326,16 +326,18 @@ def command_rl(args: argparse.Namespace) -> None:
     model, tokenizer = pretrained.model, pretrained.tokenizer
     template, pad_id = chat_template_of(args, pretrained), padding_id(tokenizer)
     task = rl_task(args.task, tokenizer, template, args.train_questions, args.test_questions, args.split_seed)
-    reward = task.reward
-    if args.reward_model is not None:  # a learned reward to optimise; validation keeps the true rule
-        reward = reward_model_reward(load_reward_model(args.reward_model, device=model.device), task.prompts, pad_id=pad_id)
+    reward, validation_rewards = task.reward, {"reward": task.validation_reward}
+    if args.reward_model is not None:  # a learned reward to optimise; validation reports the true rule beside it
+        learned = load_reward_model(args.reward_model, device=model.device)
+        reward = reward_model_reward(learned, task.prompts, pad_id=pad_id)
+        validation_rewards["learned_reward"] = reward_model_reward(learned, task.validation, pad_id=pad_id)
     print(
         f"{args.algorithm} on {args.task}: {len(task.prompts):,} training and {len(task.validation):,} held-out "
         f"questions, reward: {reward_model or 'the true rule'}",
         flush=True,
     )
     history = rl(
-        model, task.prompts, reward, task.validation, task.validation_reward, config, args.out, args.resume,
+        model, task.prompts, reward, task.validation, validation_rewards, config, args.out, args.resume,
         args.overwrite, chat_stop_tokens(tokenizer), pad_id, on_eval=report_validation,
         extra_files=run_files(args.out, tokenizer, template), base=describe_base(args.base, args.adapter),
     )

@@ -37,7 +37,7 @@ def test_cli_rl_resumes_exactly_and_refuses_changed_settings(tmp_path, capsys, m
     once, twice = load_file(tmp_path / "once" / adapter), load_file(tmp_path / "twice" / adapter)
     assert once.keys() == twice.keys() and all(torch.equal(once[k], twice[k]) for k in once)
     assert any(once[k].abs().max() > 0 for k in once if "lora_B" in k)  # it did learn something
-    assert "val reward" in capsys.readouterr().out
+    assert "val learned_reward" in capsys.readouterr().out  # beside the true rule's "val reward"
     assert main([*common, "--out", str(tmp_path / "twice"), "--steps", "3", "--resume", "--group-size", "3"]) == 1
     assert "group_size: 2 -> 3" in capsys.readouterr().err
 

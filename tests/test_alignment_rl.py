@@ -86,18 +86,18 @@ def test_a_step_with_zero_advantage_and_no_kl_leaves_the_policy_unchanged():
     assert changed and all("lora_" in k for k in changed)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_rl_resumes_exactly(tmp_path, algorithm):
+def test_ppo_run_resumes_exactly(tmp_path):
+    """(GRPO's resume is the command line's test: test_alignment_cli.)"""
     from safetensors.torch import load_file
 
     settings = dict(
         steps=4, batch_size=2, group_size=3, max_new_tokens=5, lr=1e-2, warmup_steps=1, eval_every=2,
-        checkpoint_every=2, rank=2, alpha=4.0, algorithm=algorithm, seq_len=64,
+        checkpoint_every=2, rank=2, alpha=4.0, algorithm="ppo", seq_len=64,
     )
 
     def run(folder, resume=False, **changes):
         return rl(
-            random_llama(CONFIG), PROMPTS, reward, PROMPTS[:2], reward, RLConfig(**{**settings, **changes}),
+            random_llama(CONFIG), PROMPTS, reward, PROMPTS[:2], {"reward": reward}, RLConfig(**{**settings, **changes}),
             tmp_path / folder, resume=resume, stop_tokens=[STOP],
         )
 
@@ -117,7 +117,7 @@ def test_rl_data_batches_have_group_advantages():
     model = random_llama(CONFIG)
     add_lora(model, rank=2, alpha=4)
     config = RLConfig(batch_size=2, group_size=4, max_new_tokens=5)
-    data = RLData(model, PROMPTS, reward, PROMPTS[:1], reward, config, [STOP])
+    data = RLData(model, PROMPTS, reward, PROMPTS[:1], {"reward": reward}, config, [STOP])
     tokens, labels, old, reference, advantages = data.batch(0, config)
     assert tokens.shape[0] == 8 and advantages.shape == (8,)
     assert torch.allclose(advantages.view(2, 4).sum(dim=1), torch.zeros(2), atol=1e-5)  # each group's baseline

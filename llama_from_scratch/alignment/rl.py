@@ -92,31 +92,34 @@ def sampling_seed(config: TrainConfig, index: int) -> int:
 
 
 @torch.no_grad()
-def heldout_reward(
+def heldout_rewards(
     model: Llama,
     prompts: Sequence[Sequence[int]],
-    reward: Reward,
+    rewards: dict[str, Reward],
     max_new_tokens: int,
     stop_tokens: Sequence[int] = (),
     pad_id: int = 0,
     batch_size: int = 16,
 ) -> dict[str, float]:
-    """The mean reward of the policy's greedy answers to held-out ``prompts`` (with a verifiable reward: the
-    held-out accuracy), and their mean KL to the
-    reference (:func:`~.losses.sequence_kl`, nats per answer)."""
+    """The mean of each of ``rewards`` (name -> :data:`~.policy.Reward`) over the policy's greedy answers to the
+    held-out ``prompts`` (with a verifiable reward: the held-out accuracy; with the learned reward beside the true
+    one: over-optimisation, the first rising while the second falls), and their mean KL to the reference
+    (``kl``, :func:`~.losses.sequence_kl`, nats per answer)."""
     was_training = model.training
     model.eval()
-    rewards, kls = [], []
+    scores: dict[str, list[float]] = {name: [] for name in rewards}
+    kls: list[float] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         answers = sample_answers(model, chunk, 1, max_new_tokens, 0.0, stop_tokens, pad_id=pad_id)  # greedy
-        rewards += [float(r) for r in reward(list(range(start, start + len(chunk))), answers)]
+        for name, reward in rewards.items():
+            scores[name] += [float(r) for r in reward(list(range(start, start + len(chunk))), answers)]
         tokens, labels = answer_batch(chunk, answers, pad_id)
         tokens, labels = tokens.to(model.device), labels.to(model.device)
         old, reference = rollout_logprobs(model, tokens, labels)
         kls += sequence_kl(old, reference, labels != IGNORE_INDEX).tolist()
     model.train(was_training)
-    return {"reward": sum(rewards) / len(rewards), "kl": sum(kls) / len(kls)}
+    return {**{name: sum(values) / len(values) for name, values in scores.items()}, "kl": sum(kls) / len(kls)}
 
 
 @dataclass
@@ -125,8 +128,8 @@ class RLData:
 
     ``model`` is the policy being trained (batches are sampled from it); ``prompts`` the training questions as
     token ids (rendered in the chat template with the generation prompt); ``reward`` scores answers
-    (:data:`~.policy.Reward`; in [0, 1] for ``ppo``); ``validation`` / ``validation_reward`` the
-    held-out questions and their reward; ``measure(model)`` adds figures to every validation.
+    (:data:`~.policy.Reward`; in [0, 1] for ``ppo``); ``validation`` / ``validation_rewards`` the
+    held-out questions and the rewards reported on them (:func:`heldout_rewards`; the true rule as ``reward``); ``measure(model)`` adds figures to every validation.
 
     A batch is ``(tokens, labels, old_logprobs, ref_logprobs, advantages)`` for ``batch_size`` questions times
     ``group_size`` answers (:mod:`.policy`'s layout); its loss is :func:`~.policy.policy_loss`.
@@ -136,7 +139,7 @@ class RLData:
     prompts: list[list[int]]
     reward: Reward
     validation: list[list[int]]
-    validation_reward: Reward
+    validation_rewards: dict[str, Reward]
     config: RLConfig
     stop_tokens: Sequence[int] = ()
     pad_id: int = 0
@@ -170,8 +173,8 @@ class RLData:
         return policy_loss(model, tokens, labels, old_logprobs, ref_logprobs, advantages, self.config.clip, beta)
 
     def validate(self, model: Llama, config: TrainConfig) -> dict[str, float]:
-        figures = heldout_reward(
-            model, self.validation, self.validation_reward, self.config.max_new_tokens, self.stop_tokens, self.pad_id
+        figures = heldout_rewards(
+            model, self.validation, self.validation_rewards, self.config.max_new_tokens, self.stop_tokens, self.pad_id
         )
         return {**figures, **(self.measure(model) if self.measure is not None else {})}
 
@@ -181,7 +184,7 @@ def rl(
     prompts: list[list[int]],
     reward: Reward,
     validation: list[list[int]],
-    validation_reward: Reward,
+    validation_rewards: dict[str, Reward],
     config: RLConfig,
     out_dir: str | Path | None = None,
     resume: bool = False,
@@ -217,5 +220,5 @@ def rl(
     with torch.random.fork_rng(devices=[]):  # the adapters' random A from the run's seed, not from whatever ran before
         torch.manual_seed(config.seed)
         add_lora(model, config.rank, config.alpha)
-    data = RLData(model, prompts, reward, validation, validation_reward, config, stop_tokens, pad_id, measure)
+    data = RLData(model, prompts, reward, validation, validation_rewards, config, stop_tokens, pad_id, measure)
     return train(model, data, config, folder, on_eval)
