@@ -3,9 +3,9 @@
 import json
 
 import torch
+from helpers import random_llama
 from safetensors.torch import load_file
 
-from helpers import random_llama
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.alignment.reward_model import RewardModel, load_reward_model, save_reward_model
 from llama_from_scratch.chat import CHATML_TEMPLATE

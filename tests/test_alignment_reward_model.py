@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import random_llama
+
 from llama_from_scratch import FormatError, LlamaConfig
 from llama_from_scratch.alignment.reward_model import (
     RewardModel,
@@ -72,7 +72,7 @@ def test_language_model_and_reward_model_are_not_confused(tmp_path):
     save_reward_model(reward_model().float(), tmp_path / "rm")
     with pytest.raises(FormatError, match="a reward model .* not a language model"):
         load_checkpoint(tmp_path / "rm", device="cpu")
-    with pytest.raises(ValueError, match="reward model already"):
+    with pytest.raises(TypeError, match="reward model already"):
         RewardModel.from_language_model(reward_model())
 
 

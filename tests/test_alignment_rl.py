@@ -5,8 +5,8 @@ import copy
 
 import pytest
 import torch
-
 from helpers import random_llama
+
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.alignment.policy import answer_batch, policy_loss, rollout_logprobs, sample_answers
 from llama_from_scratch.alignment.rl import RLConfig, RLData, rl
@@ -118,7 +118,7 @@ def test_rl_data_batches_have_group_advantages():
     add_lora(model, rank=2, alpha=4)
     config = RLConfig(batch_size=2, group_size=4, max_new_tokens=5)
     data = RLData(model, PROMPTS, reward, PROMPTS[:1], {"reward": reward}, config, [STOP])
-    tokens, labels, old, reference, advantages = data.batch(0, config)
+    tokens, _, old, reference, advantages = data.batch(0, config)
     assert tokens.shape[0] == 8 and advantages.shape == (8,)
     assert torch.allclose(advantages.view(2, 4).sum(dim=1), torch.zeros(2), atol=1e-5)  # each group's baseline
     assert torch.equal(old, reference)  # zero adapters: the policy is still its reference

@@ -2,12 +2,18 @@
 
 import pytest
 import torch
-
 from helpers import random_llama
+
 from llama_from_scratch import FormatError, LlamaConfig
 from llama_from_scratch.alignment.arithmetic_task import arithmetic_preferences, arithmetic_reward, arithmetic_split
 from llama_from_scratch.alignment.best_of_n import Samples, best_of_n, rejection_sampling_examples
-from llama_from_scratch.alignment.gatt import INSTRUCTIONS, adherence_by_turn, gatt_example, sample_dialogues, sampling_messages
+from llama_from_scratch.alignment.gatt import (
+    INSTRUCTIONS,
+    adherence_by_turn,
+    gatt_example,
+    sample_dialogues,
+    sampling_messages,
+)
 from llama_from_scratch.alignment.policy import chat_prompt
 from llama_from_scratch.alignment.reward_model import RewardModel, reward_model_reward
 from llama_from_scratch.alignment.reward_training import preference_pairs
@@ -126,3 +132,21 @@ def test_combined_reward_is_llama2s_rule_over_two_rewards():
     reward = combined_reward(helpful, safety, is_safety_prompt=[False, True])
     # prompt 0 is not a safety prompt: helpfulness unless the answer looks unsafe (0.1 < 0.15); prompt 1 is
     assert reward([0, 0, 1], [[2], [1], [2]]) == [0.9, 0.1, 0.5]
+
+
+def test_rejection_sampling_fine_tunes_on_the_best_answers_with_chapter_10s_code():
+    from llama_from_scratch.finetuning import FinetuneConfig, finetune
+    from llama_from_scratch.finetuning.sft import sft_validation
+
+    model = random_llama(CONFIG)
+    prompts = [chat_prompt(TOKENIZER, CHATML_TEMPLATE, [{"role": "user", "content": q}]) for q in ("Hi", "Yo?")]
+
+    def reward(indices, answers):  # a known rule: shorter is better
+        return [-len(a) for a in answers]
+
+    samples = best_of_n(model, prompts, 3, reward, max_new_tokens=4, stop_tokens=[END], seed=0)
+    examples = rejection_sampling_examples(samples)
+    config = FinetuneConfig(steps=2, batch_size=2, eval_every=2, checkpoint_every=2, rank=2, warmup_steps=1, lr=1e-2)
+    before = sft_validation(model, examples, 2, 0)["loss"]
+    finetune(model, examples, examples[:1], config)
+    assert sft_validation(model, examples, 2, 0)["loss"] < before  # SFT on the kept answers made them likelier

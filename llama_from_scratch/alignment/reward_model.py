@@ -75,7 +75,7 @@ class RewardModel(Llama):
         """A reward model made of ``model``'s weights (taken over, not copied: ``model`` should not be used after)
         and a new random ``score`` head (seeded). ``model`` must have no LoRA adapters: merge them first."""
         if isinstance(model, RewardModel):
-            raise ValueError("this is a reward model already; from_language_model takes a language model")
+            raise TypeError("this is a reward model already; from_language_model takes a language model")
         if lora_layers(model):
             raise ValueError("the language model has LoRA adapters: merge_lora() them first")
         with torch.device("meta"):
@@ -104,7 +104,7 @@ def save_reward_model(model: RewardModel, folder: str | Path) -> None:
     """Write ``model`` into ``folder`` (created or replaced whole) as a Hugging Face ``LlamaForSequenceClassification``
     directory: ``config.json`` and ``model.safetensors`` with the backbone, the head as ``score.weight``, float32."""
     if not isinstance(model, RewardModel):
-        raise ValueError(f"save_reward_model saves a RewardModel, got {type(model).__name__}")
+        raise TypeError(f"save_reward_model saves a RewardModel, got {type(model).__name__}")
     if lora_layers(model):
         raise ValueError("this reward model has LoRA adapters: merge_lora() them first (a reward model is saved whole)")
     config = {**config_to_hf(model.config), "architectures": [ARCHITECTURE], "num_labels": 1, "torch_dtype": "float32"}

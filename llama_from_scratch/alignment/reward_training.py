@@ -19,8 +19,8 @@ import torch
 
 from ..errors import is_finite_number
 from ..finetuning.data import check_pair
-from ..finetuning.finetune import identified_run_folder
 from ..finetuning.dpo import tokenize_pairs
+from ..finetuning.finetune import identified_run_folder
 from ..finetuning.sft import IGNORE_INDEX, Example, sample_indices
 from ..tokenization.tokenizer import Tokenizer
 from ..training.checkpoint import ModelFiles
