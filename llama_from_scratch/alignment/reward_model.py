@@ -100,18 +100,24 @@ def reward_model_from_checkpoint(
     return Pretrained(RewardModel.from_language_model(pretrained.model, seed), pretrained.tokenizer, pretrained.chat_template)
 
 
-def save_reward_model(model: RewardModel, folder: str | Path) -> None:
-    """Write ``model`` into ``folder`` (created or replaced whole) as a Hugging Face ``LlamaForSequenceClassification``
-    directory: ``config.json`` and ``model.safetensors`` with the backbone, the head as ``score.weight``, float32."""
+def write_reward_model(model: RewardModel, folder: Path) -> None:
+    """Write ``model`` into the existing ``folder`` as a Hugging Face ``LlamaForSequenceClassification`` directory:
+    ``config.json`` and ``model.safetensors`` with the backbone, the head as ``score.weight``, float32 (what a
+    reward model run's checkpoints hold, :data:`~.reward_training.REWARD_MODEL_FILES`)."""
     if not isinstance(model, RewardModel):
-        raise TypeError(f"save_reward_model saves a RewardModel, got {type(model).__name__}")
+        raise TypeError(f"a reward model's files hold a RewardModel, got {type(model).__name__}")
     if lora_layers(model):
         raise ValueError("this reward model has LoRA adapters: merge_lora() them first (a reward model is saved whole)")
     config = {**config_to_hf(model.config), "architectures": [ARCHITECTURE], "num_labels": 1, "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    weights = meta_to_hf_state_dict(model_tensors(model, torch.float32), model.config)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def save_reward_model(model: RewardModel, folder: str | Path) -> None:
+    """:func:`write_reward_model` into ``folder``, created or replaced whole (never left half-written)."""
     with atomic_write(folder, directory=True) as staging:
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        weights = meta_to_hf_state_dict(model_tensors(model, torch.float32), model.config)
-        save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
+        write_reward_model(model, staging)
 
 
 def _reward_model_folder(path: str | Path) -> Path:

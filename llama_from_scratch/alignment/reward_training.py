@@ -26,10 +26,10 @@ from ..tokenization.tokenizer import Tokenizer
 from ..training.checkpoint import ModelFiles
 from ..training.train import TrainConfig, train
 from .losses import bradley_terry_loss, pair_accuracy
-from .reward_model import RewardModel, read_reward_model, right_pad, save_reward_model, score_sequences
+from .reward_model import RewardModel, read_reward_model, right_pad, score_sequences, write_reward_model
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (chosen tokens, rejected tokens)
-REWARD_MODEL_FILES = ModelFiles(save_reward_model, read_reward_model)  # what a reward model run's checkpoints hold
+REWARD_MODEL_FILES = ModelFiles(write_reward_model, read_reward_model)  # what a reward model run's checkpoints hold
 
 
 @dataclass
