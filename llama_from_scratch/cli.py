@@ -307,12 +307,12 @@ def command_reward_model(args: argparse.Namespace) -> None:
 
 def command_rl(args: argparse.Namespace) -> None:
     from .alignment.builtin import rl_task
+    from .alignment.policy import turn_stop_tokens
     from .alignment.reward_model import load_reward_model, reward_model_reward
     from .alignment.rl import RLConfig, rl
     from .checkpoints.load import load_pretrained
     from .finetuning.finetune import apply_adapters, run_files
     from .finetuning.sft import padding_id
-    from .tokenization.chat import chat_stop_tokens
     from .training.checkpoint import prepare_run_dir
 
     names = ("steps", "batch_size", "seq_len", "lr", "eval_every", "checkpoint_every", "rank", "alpha", "seed")
@@ -338,7 +338,7 @@ def command_rl(args: argparse.Namespace) -> None:
     )
     history = rl(
         model, task.prompts, reward, task.validation, validation_rewards, config, args.out, args.resume,
-        args.overwrite, chat_stop_tokens(tokenizer), pad_id, on_eval=report_validation,
+        args.overwrite, turn_stop_tokens(tokenizer, template), pad_id, on_eval=report_validation,
         extra_files=run_files(args.out, tokenizer, template), base=describe_base(args.base, args.adapter),
     )
     print(f"done: held-out reward {history[-1]['val_reward']:.1%}, KL {history[-1]['val_kl']:.3g}; checkpoints in {args.out}")

@@ -150,3 +150,15 @@ def test_rejection_sampling_fine_tunes_on_the_best_answers_with_chapter_10s_code
     before = sft_validation(model, examples, 2, 0)["loss"]
     finetune(model, examples, examples[:1], config)
     assert sft_validation(model, examples, 2, 0)["loss"] < before  # SFT on the kept answers made them likelier
+
+
+def test_the_templates_end_of_turn_comes_first_among_the_stop_tokens():
+    from llama_from_scratch.alignment.policy import turn_stop_tokens
+    from llama_from_scratch.chat import LLAMA3_TEMPLATE
+
+    specials = {"<|begin_of_text|>": 256, "<|end_of_text|>": 257, "<|start_header_id|>": 258,
+                "<|end_header_id|>": 259, "<|eot_id|>": 260}  # fmt: skip
+    llama3 = ByteLevelBPE({c: b for b, c in bytes_to_unicode().items()}, [], special_tokens=specials, bos_id=256, eos_id=257)
+    # Llama 3 stops at <|end_of_text|> and <|eot_id|>; its template ends a turn with <|eot_id|>, which SFT taught
+    assert turn_stop_tokens(llama3, LLAMA3_TEMPLATE) == [260, 257]
+    assert turn_stop_tokens(TOKENIZER, CHATML_TEMPLATE) == [END]

@@ -25,7 +25,7 @@ from ..finetuning.lora import adapters_disabled, lora_layers
 from ..finetuning.sft import IGNORE_INDEX, Example, pad_batch
 from ..generate import generate_batch
 from ..model import Llama
-from ..tokenization.chat import encode_chat, special_texts
+from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
 from ..tokenization.tokenizer import Tokenizer
 from ..training.train import autocast
 from .losses import PPO_CLIP, kl_k3, ppo_clip_loss
@@ -41,6 +41,19 @@ def chat_prompt(tokenizer: Tokenizer, template: str, messages: list[dict[str, st
     return encode_chat(tokenizer, render_chat(template, messages, add_generation_prompt=True, **special_texts(tokenizer)))
 
 
+def turn_stop_tokens(tokenizer: Tokenizer, template: str) -> list[int]:
+    """The ids that end an answer (:func:`~llama_from_scratch.tokenization.chat.chat_stop_tokens`), the one
+    ``template`` writes after an answer first: the token SFT taught the model to end its turns with, which
+    :func:`sample_answers` puts back at the end of a stopped answer (Llama 3 has several stop tokens)."""
+    stops = chat_stop_tokens(tokenizer)
+    turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "."}]
+    variables = special_texts(tokenizer)
+    prompt = render_chat(template, turn[:1], add_generation_prompt=True, **variables)
+    full = render_chat(template, turn, add_generation_prompt=False, **variables)
+    ending = next((t for t in encode_chat(tokenizer, full[len(prompt) :]) if t in stops), None)
+    return sorted(stops, key=lambda t: t != ending)  # stable: the template's first, the others in their order
+
+
 def sample_answers(
     model: Llama,
     prompts: Sequence[Sequence[int]],
@@ -53,15 +66,16 @@ def sample_answers(
 ) -> list[list[int]]:
     """``group_size`` sampled answers to each prompt, grouped: answers ``i * G ... i * G + G - 1`` are prompt ``i``'s.
 
-    An answer that ended at a stop token keeps it (the policy must learn to stop, and be rewarded or blamed
-    for it); one that reached ``max_new_tokens`` does not. The whole group runs as one batch
+    An answer that ended at a stop token keeps one (the policy must learn to stop, and be rewarded or blamed
+    for it): the first of ``stop_tokens``, the template's end of turn when they come from :func:`turn_stop_tokens`;
+    one that reached ``max_new_tokens`` does not. The whole group runs as one batch
     (:func:`~llama_from_scratch.generate.generate_batch`), reproducible with ``seed``.
     """
     stops = list(stop_tokens)
     rows = [list(p) for p in prompts for _ in range(group_size)]
     answers = generate_batch(model, rows, max_new_tokens, temperature, stop_tokens=stops, seed=seed, pad_id=pad_id)
-    # generate_batch drops the stop token; a shorter answer met one (which one: the first of the list will do
-    # for training when a tokenizer has several, as Llama 3's <|eot_id|> and <|end_of_text|>)
+    # generate_batch drops the stop token; a shorter answer met one (which one it does not say: the first,
+    # the template's own, is the one the model learnt to write)
     return [a + [stops[0]] if stops and len(a) < max_new_tokens else a for a in answers]
 
 
