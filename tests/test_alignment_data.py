@@ -7,6 +7,7 @@ import pytest
 
 from llama_from_scratch import FormatError
 from llama_from_scratch.alignment.arithmetic_task import (
+    arithmetic_conversations,
     arithmetic_preferences,
     arithmetic_split,
     is_correct,
@@ -23,6 +24,7 @@ from llama_from_scratch.alignment.secret_task import (
 )
 from llama_from_scratch.evaluation.arithmetic import arithmetic
 from llama_from_scratch.finetuning.data import check_pair, read_jsonl
+from llama_from_scratch.finetuning.sft import check_messages
 
 
 def test_arithmetic_split_holds_out_chapter_12s_test_questions():
@@ -35,6 +37,8 @@ def test_arithmetic_split_holds_out_chapter_12s_test_questions():
 
 def test_arithmetic_pairs_are_right_against_wrong():
     train, _ = arithmetic_split(30, 5)
+    for conversation, problem in zip(arithmetic_conversations(train), train):  # the SFT start: right answers
+        assert check_messages(conversation) and is_correct(conversation[-1]["content"], problem)
     for record, problem in zip(arithmetic_preferences(train), train):
         assert is_correct(record["chosen"], problem) and not is_correct(record["rejected"], problem)
         check_pair(record, "pair")

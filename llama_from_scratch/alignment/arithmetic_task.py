@@ -36,6 +36,13 @@ def arithmetic_messages(problem: Problem) -> list[dict[str, str]]:
     return [{"role": "user", "content": problem.question}]
 
 
+def arithmetic_conversations(items: list[Problem]) -> list[list[dict[str, str]]]:
+    """Each question answered with its worked solution: chapter 10's SFT data, the starting point that RL improves
+    on. SmolLM2-135M-Instruct asked cold (temperature 1, 16 held-out questions, 8 samples each) stated the right
+    number in 3 of 128 samples: most groups hold no right answer, so RL alone has little to learn from."""
+    return [arithmetic_messages(p) + [{"role": "assistant", "content": p.solution}] for p in items]
+
+
 def is_correct(text: str, problem: Problem) -> bool:
     """The truth rule: does the answer state the right number (the one after "The answer is", else its last)?"""
     return extract_number(text) == str(problem.answer)
