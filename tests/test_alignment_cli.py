@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from helpers import random_llama
 from safetensors.torch import load_file
@@ -20,10 +21,19 @@ TOKENIZER = ByteLevelBPE(
 CONFIG = LlamaConfig(dim=16, n_layers=1, n_heads=2, vocab_size=258, hidden_dim=32, max_seq_len=512)
 
 
-def test_cli_rl_resumes_exactly_and_refuses_changed_settings(tmp_path, capsys, monkeypatch):
-    # the command picks its thread count from the machine's load, and a float32 sum split over another number
-    # of threads rounds differently: held at the current count, the three runs compute alike
-    monkeypatch.setenv("LLAMA_THREADS", str(torch.get_num_threads()))
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Commands on one thread (set through LLAMA_THREADS, as a user would), PyTorch's count restored afterwards.
+
+    A command picks its thread count from the machine's load, and a float32 sum split over another number of
+    threads rounds differently; these tiny products gain nothing from more threads anyway."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("LLAMA_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_rl_resumes_exactly_and_refuses_changed_settings(tmp_path, capsys, one_thread):
     save_checkpoint(random_llama(CONFIG), TOKENIZER, tmp_path / "base", chat_template=CHATML_TEMPLATE)
     # a learned reward (random, but it tells every answer apart) gives the untrained model something to learn
     save_reward_model(RewardModel.from_language_model(random_llama(CONFIG, seed=1)), tmp_path / "rm")
@@ -42,7 +52,7 @@ def test_cli_rl_resumes_exactly_and_refuses_changed_settings(tmp_path, capsys, m
     assert "group_size: 2 -> 3" in capsys.readouterr().err
 
 
-def test_cli_reward_model_trains_and_saves_a_reward_model(tmp_path, capsys):
+def test_cli_reward_model_trains_and_saves_a_reward_model(tmp_path, capsys, one_thread):
     save_checkpoint(random_llama(CONFIG), TOKENIZER, tmp_path / "base", chat_template=CHATML_TEMPLATE)
     common = ["reward-model", "--base", str(tmp_path / "base"), "--batch-size", "2", "--eval-every", "2"]
     common += ["--train-pairs", "4", "--test-pairs", "2", "--out", str(tmp_path / "rm")]
