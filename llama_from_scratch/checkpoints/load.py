@@ -42,7 +42,7 @@ from .gguf import (
 )
 from .hf import hf_tensor_shapes, read_chat_template, read_hf_config, read_hf_tensors, read_tokenizer_json
 from .meta import read_meta_checkpoint
-from .names import check_config_fits
+from .names import REWARD_HEAD, check_config_fits
 from .quantized import QUANTIZED_WEIGHTS, load_quantized
 from .tensors import assemble
 
@@ -91,7 +91,13 @@ def load_checkpoint(
         return load_quantized(path / QUANTIZED_WEIGHTS, read_hf_config(path), device, dtype, HF_FIELDS)
     if path.is_dir() and (path / "config.json").exists():
         config = read_hf_config(path)
-        check_config_fits(config, hf_tensor_shapes(path), path / "config.json", HF_FIELDS)
+        shapes = hf_tensor_shapes(path)
+        if REWARD_HEAD in shapes:
+            raise FormatError(
+                f"{path}: a reward model (it holds the scalar head {REWARD_HEAD!r}), not a language model: "
+                "load it with llama_from_scratch.alignment.load_reward_model"
+            )
+        check_config_fits(config, shapes, path / "config.json", HF_FIELDS)
         return assemble(config, read_hf_tensors(path, config), device, dtype, None, description, source=str(path))
     if path.is_dir() and (path / "params.json").exists():
         config, tensors = read_meta_checkpoint(path)

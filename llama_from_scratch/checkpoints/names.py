@@ -66,7 +66,10 @@ TENSOR_NAMES: dict[str, tuple[str, str]] = {
 # divisors as "rope_freqs.weight" (read into the config's rope_scaling).
 META_ROPE_FREQS = "rope.freqs"
 GGUF_ROPE_FREQS = "rope_freqs.weight"
-HF_NAMES = NameMap({hf: meta for meta, (hf, _) in TENSOR_NAMES.items()})
+# A reward model's scalar head (chapter 13): Hugging Face's LlamaForSequenceClassification calls it
+# "score.weight", and so does this package. Only reward models hold it; language models are refused it on loading.
+REWARD_HEAD = "score.weight"
+HF_NAMES = NameMap({**{hf: meta for meta, (hf, _) in TENSOR_NAMES.items()}, REWARD_HEAD: REWARD_HEAD})
 GGUF_NAMES = NameMap({gguf: meta for meta, (_, gguf) in TENSOR_NAMES.items()})
 
 

@@ -37,6 +37,16 @@ class RecordSplit:
     task: tasks.PlayTask | None = None  # set for the built-in task, whose accuracy can be measured
 
 
+def check_pair(record: dict, where: str) -> str:
+    """A preference record's two answers are strings and differ (a pair of equal answers prefers nothing, and
+    would teach a reward model or DPO nothing but noise); returns the chosen one. ``where`` names the record."""
+    chosen = json_field(record, "chosen", "str", where, REQUIRED)
+    rejected = json_field(record, "rejected", "str", where, REQUIRED)
+    if chosen == rejected:
+        raise FormatError(f"{where}: chosen and rejected are the same text ({chosen[:40]!r}); a pair needs two answers")
+    return chosen
+
+
 def read_jsonl(path: str | Path, objective: str) -> list:
     """The records of a JSON Lines file, each checked for ``objective`` (``"sft"`` or ``"dpo"``).
 
@@ -58,8 +68,7 @@ def read_jsonl(path: str | Path, objective: str) -> list:
         record = parse_json(line, where)
         messages = json_field(record, "messages", "list", where, REQUIRED)
         if objective == "dpo":
-            chosen = json_field(record, "chosen", "str", where, REQUIRED)
-            json_field(record, "rejected", "str", where, REQUIRED)
+            chosen = check_pair(record, where)
             conversation = messages + [{"role": "assistant", "content": chosen}]
         else:
             conversation = messages

@@ -34,23 +34,27 @@ from .lora import adapters_disabled
 from .sft import IGNORE_INDEX, Example, pad_batch, sample_indices, tokenize_dataset
 
 
-def sequence_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``log π(answer | prompt)`` per sequence: the sum of the log-probabilities of the labelled targets.
+def token_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log π(label | everything before)`` per position: ``(batch, seq)``, 0 where nothing is scored.
 
     ``tokens`` ``(batch, seq)`` are the inputs and ``labels`` ``(batch, seq)`` the target of each position
-    (the next token), -100 where nothing is scored (the prompt, the padding). Returns ``(batch,)`` in
-    float32 or wider. Only the scored positions go through the output head, so the
-    ``(batch, seq, vocab_size)`` logits never exist.
+    (the next token), -100 where nothing is scored (the prompt, the padding). Returns float32 or wider. Only
+    the scored positions go through the output head, so the ``(batch, seq, vocab_size)`` logits never exist.
+    RLHF's losses work token by token (chapter 13); DPO sums them (:func:`sequence_logprobs`).
     """
     if tokens.shape != labels.shape:
         raise ValueError(f"tokens and labels must have one shape, got {tuple(tokens.shape)} and {tuple(labels.shape)}")
     hidden = model.hidden_states(tokens)  # (batch, seq, dim)
     scored = labels != IGNORE_INDEX  # (batch, seq)
-    rows = scored.nonzero()[:, 0]  # (n,): the sequence of each scored position
     logits = hidden[scored] @ model.output.weight.t()  # (n, vocab_size)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     per_token = torch.log_softmax(logits, dim=-1).gather(1, labels[scored][:, None]).squeeze(1)  # (n,)
-    return torch.zeros(tokens.shape[0], dtype=per_token.dtype, device=tokens.device).index_add(0, rows, per_token)
+    return torch.zeros(labels.shape, dtype=per_token.dtype, device=tokens.device).masked_scatter(scored, per_token)
+
+
+def sequence_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log π(answer | prompt)`` per sequence, ``(batch,)``: the sum of :func:`token_logprobs` over the labelled targets."""
+    return token_logprobs(model, tokens, labels).sum(dim=1)
 
 
 def reward_margins(

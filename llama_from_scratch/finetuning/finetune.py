@@ -184,6 +184,30 @@ def check_identity(out_dir: Path, identity: dict[str, str]) -> None:
             )
 
 
+def identified_run_folder(
+    model: Llama,
+    train_examples: list,
+    out_dir: str | Path,
+    resume: bool,
+    overwrite: bool,
+    extra_files: dict[str, Path] | None,
+    model_files: ModelFiles,
+    base: str | None = None,
+) -> RunFolder:
+    """The :class:`RunFolder` of a run that fine-tunes ``model`` (the base, before any adapter of this run) on
+    ``train_examples``: its identity (:func:`run_identity`) checked against the run's when resuming, written
+    into ``out_dir`` and kept in every checkpoint."""
+    out_dir = Path(out_dir)
+    identity = run_identity(model, train_examples, base)
+    if resume:
+        check_identity(out_dir, identity)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / IDENTITY_FILE) as tmp:
+        tmp.write_text(json.dumps(identity, indent=2) + "\n")
+    extra_files = {**(extra_files or {}), IDENTITY_FILE: out_dir / IDENTITY_FILE}
+    return RunFolder(out_dir, resume, overwrite, extra_files, model_files)
+
+
 def finetune(
     model: Llama,
     train_examples: list,
@@ -213,15 +237,10 @@ def finetune(
     dpo = config.objective == "dpo"
     for what, items in (("training example", train_examples), ("validation example", val_examples)):
         check_lengths([e for item in items for e in (item if dpo else (item,))], config, model, what)
+    folder = None
     if out_dir is not None:  # before any adapter is added: the identity is the base's
-        out_dir = Path(out_dir)
-        identity = run_identity(model, train_examples, base)
-        if resume:
-            check_identity(out_dir, identity)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out_dir / IDENTITY_FILE) as tmp:
-            tmp.write_text(json.dumps(identity, indent=2) + "\n")
-        extra_files = {**(extra_files or {}), IDENTITY_FILE: out_dir / IDENTITY_FILE}
+        model_files = ADAPTER_ONLY if config.method == "lora" else FULL_MODEL
+        folder = identified_run_folder(model, train_examples, out_dir, resume, overwrite, extra_files, model_files, base)
     prepare_model(model, config)
     if dpo:  # the model fine-tuning starts from (with LoRA: the adapters off), before any step or resumed state
         reference = reference_logprobs(model, train_examples, config.batch_size, pad_id)
@@ -232,10 +251,6 @@ def finetune(
         )
     else:
         data = SFTData(train_examples, val_examples, pad_id, measure)
-    folder = None
-    if out_dir is not None:
-        model_files = ADAPTER_ONLY if config.method == "lora" else FULL_MODEL
-        folder = RunFolder(out_dir, resume, overwrite, extra_files, model_files)
     return train(model, data, config, folder, on_eval)
 
 
