@@ -81,3 +81,16 @@ def test_cell_ids_unique_across_the_course():
                 repeated.append(f"{cell['id']} ({seen[cell['id']]} and {where})")
             seen.setdefault(cell["id"], where)
     assert not repeated, f"{len(repeated)} repeated cell ids, e.g. {repeated[:3]}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_figure_is_stored(path):
+    """A cell that shows a figure stores it: run with ``MPLBACKEND=Agg`` the kernel draws nothing and every
+    stored figure is lost (the book and GitHub show none). Re-execute with the kernel's own inline backend."""
+    missing = [
+        i
+        for i, c in enumerate(code_cells(path))
+        if re.search(r"^\s*plt\.show\(\)", "".join(c["source"]), re.MULTILINE)
+        and not any("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {}) for o in c["outputs"])
+    ]
+    assert not missing, f"code cells {missing} call plt.show() but store no image: was MPLBACKEND=Agg set?"
