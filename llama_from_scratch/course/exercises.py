@@ -44,7 +44,13 @@ def working_copy_note(name: str) -> dict:
         "> a folder git ignores; open it from JupyterLab's file browser. If you are reading this in\n"
         f"> `{WORKING_FOLDER}/`, you are in your copy already."
     )
-    return {"cell_type": "markdown", "id": "working-copy", "metadata": {}, "source": text.splitlines(keepends=True)}
+    # Cell ids are unique across the course (the book puts every exercise on one site), so this one names its chapter
+    return {
+        "cell_type": "markdown",
+        "id": f"working-copy-{number}",
+        "metadata": {},
+        "source": text.splitlines(keepends=True),
+    }
 
 
 def _strip_block(lines: list[str], begin: str, end: str, replacement: list[str], source: str) -> list[str]:
