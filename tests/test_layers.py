@@ -3,7 +3,7 @@
 From the bottom up: the core (the top-level modules: config, model, rope, rope_scaling, chat templates,
 errors, files, ...), then ``quantization`` (number formats, quantized layers), ``tokenization``,
 ``checkpoints`` (which reads and writes both), ``training``, then ``finetuning`` and ``long_context`` (which
-run the training loop), ``evaluation`` (which measures any of their models), ``course`` and, on top, ``cli``. A module imports only its own layer's package and
+run the training loop), ``evaluation`` (which measures any of their models), ``serving`` (which serves them), ``course`` and, on top, ``cli``. A module imports only its own layer's package and
 the layers below it; nothing imports ``cli``; and there is no import cycle, not even through an import
 written inside a function to dodge one. A new subpackage must be given its place in :data:`LAYERS`.
 """
@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training",),
     ("finetuning", "long_context"),
     ("evaluation",),
+    ("serving",),
     ("course",),
     ("cli",),
 ]
