@@ -79,19 +79,23 @@ class LLMEngine:
         self.scheduler = Scheduler(self.cache, max_num_seqs, max_batched_tokens)
         self.texts: dict[str, _Text] = {}
 
-    def add_request(self, request_id: str, prompt: Sequence_[int], params: SamplingParams) -> None:
-        """Queue a request; a ``ValueError`` names what is wrong with it (it is then not queued)."""
+    def check_request(self, prompt: Sequence_[int], params: SamplingParams) -> None:
+        """Raise a ``ValueError`` naming what is wrong if this request can never run (it reads, changes nothing)."""
         params.check(self.model, prompt)
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need the engine's tokenizer")
-        if request_id in self.texts:
-            raise ValueError(f"request id {request_id!r} is in use")
         needed = self.cache.blocks_for(len(prompt) + params.max_tokens)
         if needed > self.cache.allocator.num_blocks:
             raise ValueError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) need {needed} KV blocks, "
                 f"more than the {self.cache.allocator.num_blocks} of the whole cache"
             )
+
+    def add_request(self, request_id: str, prompt: Sequence_[int], params: SamplingParams) -> None:
+        """Queue a request; a ``ValueError`` names what is wrong with it (it is then not queued)."""
+        self.check_request(prompt, params)
+        if request_id in self.texts:
+            raise ValueError(f"request id {request_id!r} is in use")
         self.scheduler.add(Sequence(request_id, list(prompt), params, self.model.device))
         self.texts[request_id] = _Text(self.tokenizer, prompt)
 

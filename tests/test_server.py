@@ -1,0 +1,259 @@
+"""Chapter 15's server, spoken to over HTTP on 127.0.0.1 by the official ``openai`` client and by ``httpx``.
+
+The model is the tiny preset with random weights and a byte-level tokenizer, saved as a checkpoint with a
+chat template, so that the server starts in a second and answers in milliseconds. The server runs in a
+thread of the test process (uvicorn on a free port); the SIGTERM test starts ``serve`` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
+openai = pytest.importorskip("openai", reason="the client tests need the openai package (test extra)")
+import httpx  # noqa: E402 (the openai client's own HTTP library)
+import torch  # noqa: E402
+import uvicorn  # noqa: E402
+from test_evaluation import byte_tokenizer, tiny_model  # noqa: E402
+
+from llama_from_scratch import save_checkpoint  # noqa: E402
+from llama_from_scratch.chat import render_chat  # noqa: E402
+from llama_from_scratch.checkpoints.load import load_pretrained  # noqa: E402
+from llama_from_scratch.generate import generate  # noqa: E402
+from llama_from_scratch.serving.server import ServerSettings, create_app  # noqa: E402
+from llama_from_scratch.tokenization.chat import chat_stop_tokens, decode_stream, encode_chat  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a web server in a thread (and one in a subprocess)
+
+TEMPLATE = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}a:"
+MODEL = "tiny"
+KEY = "sesame"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "tiny"
+    return save_checkpoint(tiny_model(torch.float32), byte_tokenizer(), path, chat_template=TEMPLATE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(checkpoint, **limits):
+    """A server for ``checkpoint`` in a thread, on a free port of 127.0.0.1; yields (base URL, app)."""
+    engine = {k: limits.pop(k) for k in ("max_num_seqs", "num_blocks") if k in limits}
+    app = create_app(load_pretrained(checkpoint), ServerSettings(model_name=MODEL, **limits), **engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    with serving(checkpoint, max_num_seqs=2, max_queue=1, max_tokens_cap=100) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """What the course's ``generate`` answers, greedily: the served text must be the same."""
+    pretrained = load_pretrained(checkpoint)
+    tokenizer = pretrained.tokenizer
+
+    def answer(prompt: list[int], max_tokens: int, stop: list[int]) -> str:
+        return "".join(decode_stream(tokenizer, generate(pretrained.model, prompt, max_tokens, stop_tokens=stop), prompt))
+
+    def chat(messages, max_tokens):
+        prompt = encode_chat(tokenizer, render_chat(TEMPLATE, messages))
+        return answer(prompt, max_tokens, chat_stop_tokens(tokenizer))
+
+    def complete(text, max_tokens):
+        return answer(tokenizer.encode(text, bos=True), max_tokens, [tokenizer.eos_id])
+
+    return chat, complete
+
+
+def client(url, key="none"):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a llama?"}]
+
+
+def test_chat_completion_with_the_openai_client(server, reference):
+    url, _ = server
+    reply = client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0)
+    assert reply.choices[0].message.content == reference[0](MESSAGES, 12)
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 12
+    assert reply.object == "chat.completion" and reply.model == MODEL
+
+
+def test_streaming_gives_the_same_text_and_ends_with_done(server, reference):
+    url, _ = server
+    stream = client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0,
+                                                 stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reference[0](MESSAGES, 12)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+
+
+def test_completions_and_models(server, reference):
+    url, _ = server
+    reply = client(url).completions.create(model=MODEL, prompt="ROMEO:", max_tokens=10, temperature=0)
+    assert reply.choices[0].text == reference[1]("ROMEO:", 10)
+    assert reply.usage.prompt_tokens == len("ROMEO:") + 1  # one byte each, and BOS
+    assert [m.id for m in client(url).models.list()] == [MODEL]
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+def test_an_api_key_is_required_when_set(checkpoint):
+    with serving(checkpoint, api_key=KEY) as (url, _):
+        reply = client(url, KEY).completions.create(model=MODEL, prompt="a", max_tokens=2)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client(url, "wrong").completions.create(model=MODEL, prompt="a", max_tokens=2)
+        assert refused.value.status_code == 401 and refused.value.body["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/v1/models").status_code == 401  # no header at all
+        assert httpx.get(f"{url}/health").status_code == 200  # a load balancer's probe needs no key
+
+
+def error_of(response, status: int) -> dict:
+    """The OpenAI error body of ``response``, which must have ``status``."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b'{"model": "tiny", "messages": [', 400, "not valid JSON"),
+        ({"model": MODEL}, 422, "messages"),
+        ({"model": MODEL, "messages": "hello"}, 422, "messages"),
+        ({"model": MODEL, "messages": MESSAGES, "temperature": "hot"}, 422, "temperature"),
+        ({"model": MODEL, "messages": MESSAGES, "temperature": -1}, 400, "temperature must be a finite number >= 0"),
+        ({"model": MODEL, "messages": MESSAGES, "top_p": 2}, 400, "top_p must be None or a number in (0, 1]"),
+        ({"model": MODEL, "messages": MESSAGES, "max_tokens": 10**9}, 400, "max_tokens is 1000000000, more than"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 200}]}, 400, "context of 128 tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 100}], "max_tokens": 50}, 400,
+         "+ max_new_tokens (50) exceeds the model's context of max_seq_len=128"),
+        ({"model": "gpt-4", "messages": MESSAGES}, 404, "the model 'gpt-4' does not exist"),
+    ],
+)
+def test_a_bad_request_gets_its_status_and_an_error_body(server, body, status, words):
+    url, _ = server
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{url}/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert words in error_of(response, status)["message"]
+
+
+def test_a_20_megabyte_body_is_refused_and_the_server_serves_on(server):
+    url, _ = server
+    huge = json.dumps({"model": MODEL, "prompt": "x" * (20 << 20)})
+    assert "larger than this server's limit" in error_of(httpx.post(f"{url}/v1/completions", content=huge), 413)["message"]
+    assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 2}).status_code == 200
+
+
+def wait_until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def generated_tokens(url) -> float:
+    line = next(x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith("llama_generation_tokens_total"))
+    return float(line.split()[-1])
+
+
+def test_a_full_queue_gets_429_and_clients_that_leave_are_cancelled(server):
+    url, app = server
+    engine = app.app.state.engine
+    gate, step = threading.Event(), engine.step
+    engine.step = lambda: gate.wait() and step()  # the engine waits until the test lets it go on
+    before = generated_tokens(url)
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 90, "temperature": 1.0, "stream": True}
+    try:
+        # two to decode (max_num_seqs=2) and one to wait (max_queue=1) fill the server
+        with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b, httpx.Client(timeout=30) as c:
+            streams = [x.stream("POST", f"{url}/v1/chat/completions", json=body) for x in (a, b, c)]
+            lines = [s.__enter__().iter_lines() for s in streams]  # kept: a dropped iterator closes its connection
+            for line in lines:
+                assert next(line).startswith("data: ")  # the role chunk: the request is in
+            refused = httpx.post(f"{url}/v1/chat/completions", json=body)
+            assert error_of(refused, 429)["code"] == "queue_full"
+            for s in streams:
+                s.__exit__(None, None, None)  # the clients hang up mid-stream
+    finally:
+        gate.set()
+    wait_until(lambda: not engine.has_unfinished_requests() and engine.cache.allocator.num_in_use == 0)
+    engine.step = step
+    assert generated_tokens(url) - before < 90  # cancelled: three finished answers would be 270 tokens
+    reply = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "b", "max_tokens": 3})
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+    metrics = httpx.get(f"{url}/metrics").text
+    for name in ("llama_requests_total", "llama_time_to_first_token_seconds_count", "llama_kv_blocks_in_use",
+                 "llama_inter_token_latency_seconds_bucket", "llama_requests_waiting", "llama_kv_blocks_cached"):
+        assert name in metrics
+    assert 'llama_requests_total{status="429"} 1.0' in metrics
+
+
+def test_sigterm_drains_and_exits_zero(checkpoint):
+    port = free_port()
+    command = [sys.executable, "-m", "llama_from_scratch", "serve", "--checkpoint", str(checkpoint), "--port",
+               str(port), "--drain-seconds", "5"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                return httpx.get(f"{url}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, 120)
+        body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "temperature": 1.0, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
+            lines = iter(response.iter_lines())
+            assert next(lines).startswith("data: ")
+            process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"  # the request in flight was finished, not cut
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.wait()
