@@ -24,6 +24,7 @@ openai = pytest.importorskip("openai", reason="the client tests need the openai 
 import httpx  # noqa: E402 (the openai client's own HTTP library)
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
+from helpers import SMOLLM2, needs_smollm2  # noqa: E402
 from test_evaluation import byte_tokenizer, tiny_model  # noqa: E402
 
 from llama_from_scratch import save_checkpoint  # noqa: E402
@@ -31,7 +32,12 @@ from llama_from_scratch.chat import render_chat  # noqa: E402
 from llama_from_scratch.checkpoints.load import load_pretrained  # noqa: E402
 from llama_from_scratch.generate import generate  # noqa: E402
 from llama_from_scratch.serving.server import ServerSettings, create_app  # noqa: E402
-from llama_from_scratch.tokenization.chat import chat_stop_tokens, decode_stream, encode_chat  # noqa: E402
+from llama_from_scratch.tokenization.chat import (  # noqa: E402
+    chat_stop_tokens,
+    decode_stream,
+    encode_chat,
+    special_texts,
+)
 
 pytestmark = pytest.mark.slow  # a web server in a thread (and one in a subprocess)
 
@@ -54,9 +60,11 @@ def free_port() -> int:
 
 @contextmanager
 def serving(checkpoint, **limits):
-    """A server for ``checkpoint`` in a thread, on a free port of 127.0.0.1; yields (base URL, app)."""
+    """A server for ``checkpoint`` (a path, or a checkpoint loaded already) in a thread, on a free port of
+    127.0.0.1; yields (base URL, app)."""
     engine = {k: limits.pop(k) for k in ("max_num_seqs", "num_blocks") if k in limits}
-    app = create_app(load_pretrained(checkpoint), ServerSettings(model_name=MODEL, **limits), **engine)
+    pretrained = load_pretrained(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    app = create_app(pretrained, ServerSettings(model_name=MODEL, **limits), **engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -85,7 +93,8 @@ def reference(checkpoint):
     tokenizer = pretrained.tokenizer
 
     def answer(prompt: list[int], max_tokens: int, stop: list[int]) -> str:
-        return "".join(decode_stream(tokenizer, generate(pretrained.model, prompt, max_tokens, stop_tokens=stop), prompt))
+        tokens = generate(pretrained.model, prompt, max_tokens, stop_tokens=stop)
+        return "".join(decode_stream(tokenizer, tokens, prompt))
 
     def chat(messages, max_tokens):
         prompt = encode_chat(tokenizer, render_chat(TEMPLATE, messages))
@@ -147,6 +156,19 @@ def test_an_api_key_is_required_when_set(checkpoint):
         assert httpx.get(f"{url}/health").status_code == 200  # a load balancer's probe needs no key
 
 
+@needs_smollm2
+def test_smollm2_served_greedily_says_what_generate_says():
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    pretrained = load_pretrained(SMOLLM2, device="cpu", dtype=torch.float32)
+    tokenizer, template = pretrained.tokenizer, pretrained.chat_template
+    prompt = encode_chat(tokenizer, render_chat(template, messages, **special_texts(tokenizer)))
+    tokens = generate(pretrained.model, prompt, 24, stop_tokens=chat_stop_tokens(tokenizer))
+    expected = "".join(decode_stream(tokenizer, tokens, prompt))
+    with serving(pretrained, max_num_seqs=2, num_blocks=64) as (url, _):  # the engine takes over the model
+        reply = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+    assert reply.choices[0].message.content == expected and "Paris" in expected
+
+
 def error_of(response, status: int) -> dict:
     """The OpenAI error body of ``response``, which must have ``status``."""
     assert response.status_code == status, response.text
@@ -181,7 +203,8 @@ def test_a_bad_request_gets_its_status_and_an_error_body(server, body, status, w
 def test_a_20_megabyte_body_is_refused_and_the_server_serves_on(server):
     url, _ = server
     huge = json.dumps({"model": MODEL, "prompt": "x" * (20 << 20)})
-    assert "larger than this server's limit" in error_of(httpx.post(f"{url}/v1/completions", content=huge), 413)["message"]
+    refused = httpx.post(f"{url}/v1/completions", content=huge)
+    assert "larger than this server's limit" in error_of(refused, 413)["message"]
     assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 2}).status_code == 200
 
 
@@ -193,7 +216,8 @@ def wait_until(condition, seconds: float = 10.0) -> None:
 
 
 def generated_tokens(url) -> float:
-    line = next(x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith("llama_generation_tokens_total"))
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    line = next(x for x in lines if x.startswith("llama_generation_tokens_total"))
     return float(line.split()[-1])
 
 
