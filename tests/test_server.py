@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -251,6 +253,56 @@ def test_a_full_queue_gets_429_and_clients_that_leave_are_cancelled(server):
                  "llama_inter_token_latency_seconds_bucket", "llama_requests_waiting", "llama_kv_blocks_cached"):
         assert name in metrics
     assert 'llama_requests_total{status="429"} 1.0' in metrics
+
+
+def test_the_chat_page_streams_an_answer_and_its_stop_button_cancels(server, reference):
+    """The page at / in headless Chromium: a question with a system prompt, the streamed answer (the greedy
+    text), the tokens/s line; then a second question whose answer the Stop button cancels on the server."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium to open the page with (Debian: apt-get install chromium; .ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="drives the browser: pip install playwright")
+    url, app = server
+    engine = app.app.state.engine
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/")
+            page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+            page.click("summary")  # open the settings
+            page.fill("#system", MESSAGES[0]["content"])
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "12")
+            page.fill("#message", MESSAGES[1]["content"])
+            page.press("#message", "Enter")
+            page.wait_for_function("document.getElementById('stats').textContent.includes('tokens/s')"
+                                   " && !document.getElementById('send').disabled")
+            assert page.text_content(".assistant") == reference[0](MESSAGES, 12)
+            counted = client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0)
+            shown = re.search(r"(\d+) tokens, [0-9.]+ tokens/s", page.text_content("#stats"))
+            assert shown and int(shown.group(1)) == counted.usage.completion_tokens  # the server's count, at the end
+
+            gate, step = threading.Event(), engine.step
+            engine.step = lambda: gate.wait() and step()  # the answer cannot end before Stop is pressed
+            before = generated_tokens(url)
+            try:
+                page.fill("#max-tokens", "30")
+                page.fill("#message", "And a camel?")
+                page.press("#message", "Enter")
+                page.wait_for_function("!document.getElementById('stop').disabled")
+                page.click("#stop")
+                page.wait_for_selector(".error:has-text('(stopped)')")
+            finally:
+                gate.set()
+            wait_until(lambda: not engine.has_unfinished_requests() and engine.cache.allocator.num_in_use == 0)
+            engine.step = step
+            assert generated_tokens(url) - before < 30  # cancelled, not run to max_tokens
+            assert not errors
+        finally:
+            browser.close()
 
 
 def test_sigterm_drains_and_exits_zero(checkpoint):

@@ -20,6 +20,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")  # strict: "5" is not a number, true is not 1
 
 
+class StreamOptions(_Body):
+    include_usage: bool = False  # a last chunk with the token counts (and no choices)
+
+
 class SamplingFields(_Body):
     """The settings both endpoints take (``n`` other than 1 is refused: one answer per request)."""
 
@@ -31,6 +35,7 @@ class SamplingFields(_Body):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = 1
 
 
@@ -94,6 +99,13 @@ def completion_response(request_id: str, model: str, chat: bool, text: str, fini
         choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
     return {"id": request_id, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
             "model": model, "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def usage_chunk(request_id: str, model: str, chat: bool, prompt_tokens: int, completion_tokens: int) -> dict:
+    """The last chunk of a stream asked for with ``stream_options: {"include_usage": true}``: no choices, the counts."""
+    return {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def stream_chunk(request_id: str, model: str, chat: bool, text: str | None, finish_reason: str | None,

@@ -49,6 +49,7 @@ from .protocol import (
     error_body,
     new_id,
     stream_chunk,
+    usage_chunk,
 )
 from .sampling_params import SamplingParams
 
@@ -267,6 +268,9 @@ def create_app(pretrained, settings: ServerSettings, **engine_options):
                         yield _sse(stream_chunk(request_id, settings.model_name, chat, output.text, None))
                     if finished:
                         yield _sse(stream_chunk(request_id, settings.model_name, chat, None, output.finish_reason))
+                        if body.stream_options is not None and body.stream_options.include_usage:
+                            yield _sse(usage_chunk(request_id, settings.model_name, chat, output.num_prompt_tokens,
+                                                   output.num_output_tokens))
                 yield "data: [DONE]\n\n"
             finally:
                 in_flight -= 1
