@@ -8,6 +8,14 @@
 * :mod:`.sampling_params`: each request's own decoding settings;
 * :mod:`.scheduler`: continuous batching (Orca's iteration-level scheduling) with preemption by recompute;
 * :mod:`.engine`: the loop that ties them together, tokens in, text out.
+
+The HTTP side (it needs the ``serve`` extra: FastAPI, uvicorn, prometheus_client), imported from its modules:
+
+* :mod:`.engine_thread`: the engine stepping in a background thread, fed by the server's event loop;
+* :mod:`.protocol`: the OpenAI API's request and response shapes and its error body;
+* :mod:`.metrics`: Prometheus counters, gauges and latency histograms;
+* :mod:`.server`: the FastAPI app (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``,
+  ``/metrics``, the chat page ``static/index.html`` at ``/``), its limits, and uvicorn with a clean SIGTERM.
 """
 
 from .engine import LLMEngine, RequestOutput

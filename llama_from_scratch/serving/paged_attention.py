@@ -51,7 +51,8 @@ class StepBatch:
     * ``query_index`` ``(S, max_new)``: which of the ``T`` tokens is a sequence's ``i``-th new one (padding
       repeats its last), ``query_valid`` ``(S, max_new)``: which entries are real;
     * ``last_index`` ``(S,)``: each sequence's last token, whose logits give its next token;
-    * ``cos``, ``sin`` ``(T, head_dim // 2)``: RoPE at each token's position.
+    * ``cos``, ``sin`` ``(T, head_dim // 2)``: RoPE at each token's position. (With ``dynamic`` RoPE scaling
+      the scale follows the longest sequence of the step rather than each sequence's own length.)
     """
 
     tokens: torch.Tensor
