@@ -229,7 +229,8 @@ def test_a_full_queue_gets_429_and_clients_that_leave_are_cancelled(server):
     gate, step = threading.Event(), engine.step
     engine.step = lambda: gate.wait() and step()  # the engine waits until the test lets it go on
     before = generated_tokens(url)
-    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 90, "temperature": 1.0, "stream": True}
+    # greedy, these answers run to max_tokens (no end-of-text among their first 90 tokens): only a cancel stops them
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 90, "temperature": 0, "stream": True}
     try:
         # two to decode (max_num_seqs=2) and one to wait (max_queue=1) fill the server
         with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b, httpx.Client(timeout=30) as c:
@@ -253,6 +254,24 @@ def test_a_full_queue_gets_429_and_clients_that_leave_are_cancelled(server):
                  "llama_inter_token_latency_seconds_bucket", "llama_requests_waiting", "llama_kv_blocks_cached"):
         assert name in metrics
     assert 'llama_requests_total{status="429"} 1.0' in metrics
+
+
+def test_a_client_that_stops_waiting_for_a_whole_answer_cancels_it(server):
+    url, app = server
+    engine = app.app.state.engine
+    gate, step = threading.Event(), engine.step
+    engine.step = lambda: gate.wait() and step()
+    before = generated_tokens(url)
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up: its connection closes
+            body = {"model": MODEL, "prompt": "a", "max_tokens": 90, "temperature": 0}  # greedy: 90 tokens, no stop
+            httpx.post(f"{url}/v1/completions", json=body, timeout=0.5)
+        time.sleep(1.0)  # the server looks every half second whether a non-streaming client is still there
+    finally:
+        gate.set()
+    wait_until(lambda: not engine.has_unfinished_requests() and engine.cache.allocator.num_in_use == 0)
+    engine.step = step
+    assert generated_tokens(url) - before < 90
 
 
 def test_the_chat_page_streams_an_answer_and_its_stop_button_cancels(server, reference):
