@@ -217,10 +217,13 @@ def wait_until(condition, seconds: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def counter(url, name: str) -> float:
+    """The value of metric ``name`` (without labels) at ``url``'s /metrics."""
+    return float(next(x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith(name + " ")).split()[-1])
+
+
 def generated_tokens(url) -> float:
-    lines = httpx.get(f"{url}/metrics").text.splitlines()
-    line = next(x for x in lines if x.startswith("llama_generation_tokens_total"))
-    return float(line.split()[-1])
+    return counter(url, "llama_generation_tokens_total")
 
 
 def test_a_full_queue_gets_429_and_clients_that_leave_are_cancelled(server):
@@ -327,7 +330,7 @@ def test_the_chat_page_streams_an_answer_and_its_stop_button_cancels(server, ref
 def test_sigterm_drains_and_exits_zero(checkpoint):
     port = free_port()
     command = [sys.executable, "-m", "llama_from_scratch", "serve", "--checkpoint", str(checkpoint), "--port",
-               str(port), "--drain-seconds", "5"]
+               str(port), "--drain-seconds", "20", "--max-num-seqs", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "TQDM_DISABLE": "1"})
     try:
@@ -341,13 +344,25 @@ def test_sigterm_drains_and_exits_zero(checkpoint):
                 return False
 
         wait_until(up, 120)
-        body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "temperature": 1.0, "stream": True}
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
-            lines = iter(response.iter_lines())
-            assert next(lines).startswith("data: ")
-            process.send_signal(signal.SIGTERM)
-            rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"  # the request in flight was finished, not cut
+        # One at a time (--max-num-seqs 1): when the signal comes, one answer is decoding and two are queued.
+        body = {"model": "tiny", "prompt": "a", "max_tokens": 90, "temperature": 0, "stream": True}
+        answers = [[] for _ in range(3)]
+
+        def ask(lines: list[str]) -> None:
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+                for line in response.iter_lines():
+                    if line:
+                        lines.append(line)
+
+        askers = [threading.Thread(target=ask, args=(lines,)) for lines in answers]
+        for asker in askers:
+            asker.start()
+        wait_until(lambda: counter(url, "llama_prompt_tokens_total") == 3 * 2, 60)  # all three are in ("a" and BOS)
+        process.send_signal(signal.SIGTERM)
+        for asker in askers:
+            asker.join(60)
+        for lines in answers:  # every request in flight was finished, not cut
+            assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
         assert process.wait(30) == 0
     finally:
         process.kill()
