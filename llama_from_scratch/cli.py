@@ -532,7 +532,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-seqs", type=int, default=16, help="requests decoded at once")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
     serve.add_argument("--max-tokens-cap", type=int, help="the largest max_tokens a request may ask (default: context)")
-    serve.add_argument("--kv-blocks", type=int, help="16-token KV cache blocks (default: max-num-seqs full contexts)")
+    serve.add_argument("--kv-blocks", type=int, help="16-token KV cache blocks (default: 1024, or one full context)")
     serve.add_argument("--drain-seconds", type=float, default=10.0, help="on SIGTERM, how long requests may finish")
 
     exercises = command("exercises", command_exercises, "generate exercises/ from solutions/", computes=False)

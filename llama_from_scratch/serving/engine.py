@@ -26,6 +26,9 @@ from .sampling_params import SamplingParams
 from .scheduler import Scheduler, Sequence
 
 
+DEFAULT_CACHE_TOKENS = 16384  # 755 MB of float32 keys and values for SmolLM2-135M (46 kB per token)
+
+
 @dataclass
 class RequestOutput:
     """What one step produced for one request: the new tokens and text, and whether (and why) it ended.
@@ -54,9 +57,11 @@ class _Text:
 class LLMEngine:
     """Continuous batching over a paged KV cache for ``model`` (whose attention layers it swaps: it owns the model).
 
-    ``num_blocks`` of :data:`BLOCK_SIZE` tokens hold every running request's keys and values (default: room
-    for ``max_num_seqs`` full contexts, the memory a preallocated cache would take); ``max_num_seqs``
-    requests run at once; ``max_batched_tokens`` tokens at most per step (default: the model's context).
+    ``num_blocks`` of :data:`BLOCK_SIZE` tokens hold every running request's keys and values (default:
+    :data:`DEFAULT_CACHE_TOKENS` tokens' worth, or one full context if that is more: a preallocated cache
+    would reserve ``max_num_seqs`` full contexts, 6 GB in float32 for SmolLM2's 8192 tokens times 16, where
+    requests of a few hundred tokens use a tenth of it); ``max_num_seqs`` requests run at once;
+    ``max_batched_tokens`` tokens at most per step (default: the model's context).
     ``tokenizer`` turns tokens into text and is needed for stop strings; without it the text stays empty.
     """
 
@@ -73,7 +78,7 @@ class LLMEngine:
         max_batched_tokens = max_batched_tokens or context
         if max_batched_tokens > context:
             raise ValueError(f"max_batched_tokens ({max_batched_tokens}) exceeds the model's context of {context}")
-        num_blocks = num_blocks or max_num_seqs * -(-context // BLOCK_SIZE)
+        num_blocks = num_blocks or max(-(-context // BLOCK_SIZE), DEFAULT_CACHE_TOKENS // BLOCK_SIZE)
         self.model, self.tokenizer = use_paged_attention(model.eval()), tokenizer
         self.cache = PagedKVCache.for_model(model, num_blocks, enable_prefix_caching=enable_prefix_caching)
         self.scheduler = Scheduler(self.cache, max_num_seqs, max_batched_tokens)
