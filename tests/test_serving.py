@@ -158,3 +158,21 @@ def test_bad_settings_are_refused_when_the_request_arrives(model, settings, mess
         engine.add_request("x", [1, 2, 3, 4, 5], SamplingParams(**settings))
     assert message in str(raised.value)
     assert not engine.has_unfinished_requests()
+
+
+def test_a_stop_string_cuts_the_text_before_it_even_across_pieces():
+    from test_evaluation import byte_tokenizer, tiny_model
+
+    from llama_from_scratch.tokenization.chat import decode_stream
+
+    tokenizer, model = byte_tokenizer(), tiny_model(torch.float64)
+    prompt = tokenizer.encode("ROMEO:", bos=True)
+    full = "".join(decode_stream(tokenizer, generate(model, prompt, 20), prompt))  # greedy, no stop
+    stop = full[6:9]  # three characters, so pieces of one byte each must be held back until they rule it out
+    engine = LLMEngine(model, tokenizer)
+    engine.add_request("r", prompt, SamplingParams(max_tokens=20, temperature=0.0, stop=(stop,)))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    assert "".join(o.text for o in outputs) == full[: full.find(stop)]
+    assert outputs[-1].finish_reason == "stop" and engine.cache.allocator.num_in_use == 0
