@@ -335,7 +335,7 @@ def create_app(pretrained, settings: ServerSettings, **engine_options):
         async def chat_page():
             return FileResponse(STATIC / "index.html")
 
-    app.state.engine, app.state.settings = engine, settings
+    app.state.engine, app.state.engine_thread, app.state.settings = engine, thread, settings
     return Guard(app, settings, metrics)
 
 
