@@ -77,7 +77,8 @@ class APIError(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
     def body(self) -> dict:
-        return error_body(self.message, ERROR_TYPES.get(self.status, "server_error"), self.code, self.param)
+        kind = ERROR_TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        return error_body(self.message, kind, self.code, self.param)
 
 
 def new_id(prefix: str) -> str:

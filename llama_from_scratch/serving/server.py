@@ -207,9 +207,9 @@ def create_app(pretrained, settings: ServerSettings, **engine_options):
         max_tokens = body.max_tokens if body.max_tokens is not None else min(cap, context - len(prompt))
         if max_tokens < 1 and body.max_tokens is None:
             raise APIError(400, f"the prompt ({len(prompt)} tokens) leaves no room in the model's context of "
-                           f"{context} tokens", "context_length_exceeded", "messages")
+                           f"{context} tokens", "context_length_exceeded")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        top_p = body.top_p if not (isinstance(body.top_p, float) and body.top_p == 1.0) else None
+        top_p = None if body.top_p == 1 else body.top_p  # OpenAI's default, 1, keeps every token
         return SamplingParams(max_tokens, body.temperature, top_p, body.top_k, body.seed, stop, tuple(stop_token_ids))
 
     async def respond(request: Request, body: SamplingFields, prompt: list[int], stop_ids: list[int], chat: bool):
