@@ -208,6 +208,8 @@ def test_a_20_megabyte_body_is_refused_and_the_server_serves_on(server):
     huge = json.dumps({"model": MODEL, "prompt": "x" * (20 << 20)})
     refused = httpx.post(f"{url}/v1/completions", content=huge)
     assert "larger than this server's limit" in error_of(refused, 413)["message"]
+    chunks = (huge[i : i + (1 << 20)].encode() for i in range(0, len(huge), 1 << 20))  # no Content-Length: chunked
+    assert error_of(httpx.post(f"{url}/v1/completions", content=chunks), 413)["code"] == "request_too_large"
     assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 2}).status_code == 200
 
 

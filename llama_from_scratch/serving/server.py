@@ -46,7 +46,6 @@ from .protocol import (
     CompletionRequest,
     SamplingFields,
     completion_response,
-    error_body,
     new_id,
     stream_chunk,
     usage_chunk,
@@ -75,8 +74,13 @@ class ServerSettings:
     draining: bool = field(default=False, repr=False)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A body over the limit: raised before the app runs (a ``Content-Length`` that says so) or while it reads
+    the body (a chunked upload, whose size is known only as it arrives). An ``HTTPException``, so that FastAPI,
+    reading the body, passes it on as it is rather than as a 400 'error parsing the body'."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than this server's limit of {limit:,} bytes")
 
 
 class Guard:
@@ -106,20 +110,18 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
             return message
 
         try:
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(limit)
             await self.app(scope, limited_receive, counted_send)
-        except BodyTooLarge:
+        except BodyTooLarge as error:
             if started:
                 raise
             await _drain(receive, 64 * limit)  # read what the client is still sending, so that it sees the answer
-            await _send_json(counted_send, 413, error_body(
-                f"the request body is larger than this server's limit of {limit:,} bytes",
-                "invalid_request_error", "request_too_large"))
+            await _send_json(counted_send, 413, APIError(413, error.detail, "request_too_large").body())
 
 
 async def _drain(receive, at_most: int) -> None:
@@ -185,7 +187,8 @@ def create_app(pretrained, settings: ServerSettings, **engine_options):
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return JSONResponse(APIError(error.status_code, str(error.detail)).body(), status_code=error.status_code)
+        code = "request_too_large" if isinstance(error, BodyTooLarge) else None
+        return JSONResponse(APIError(error.status_code, str(error.detail), code).body(), status_code=error.status_code)
 
     async def check_api_key(request: Request) -> None:
         if settings.api_key is None:
