@@ -14,6 +14,7 @@ The HTTP side (it needs the ``serve`` extra: FastAPI, uvicorn, prometheus_client
 * :mod:`.engine_thread`: the engine stepping in a background thread, fed by the server's event loop;
 * :mod:`.protocol`: the OpenAI API's request and response shapes and its error body;
 * :mod:`.metrics`: Prometheus counters, gauges and latency histograms;
+* :mod:`.middleware`: the request body limit (413) and responses counted by status, in front of the app;
 * :mod:`.server`: the FastAPI app (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``,
   ``/metrics``, the chat page ``static/index.html`` at ``/``), its limits, and uvicorn with a clean SIGTERM.
 """

@@ -40,6 +40,7 @@ from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
 from .engine import LLMEngine, RequestOutput
 from .engine_thread import EngineThread
 from .metrics import ServerMetrics
+from .middleware import BodyTooLarge, Guard
 from .protocol import (
     APIError,
     ChatCompletionRequest,
@@ -72,75 +73,6 @@ class ServerSettings:
     max_tokens_cap: int | None = None
     drain_seconds: float = 10.0
     draining: bool = field(default=False, repr=False)
-
-
-class BodyTooLarge(HTTPException):
-    """A body over the limit: raised before the app runs (a ``Content-Length`` that says so) or while it reads
-    the body (a chunked upload, whose size is known only as it arrives). An ``HTTPException``, so that FastAPI,
-    reading the body, passes it on as it is rather than as a 400 'error parsing the body'."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"the request body is larger than this server's limit of {limit:,} bytes")
-
-
-class Guard:
-    """ASGI middleware around the app: refuses bodies over the limit (413) and counts responses by status."""
-
-    def __init__(self, app, settings: ServerSettings, metrics: ServerMetrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit, started = self.settings.max_body_bytes, False
-
-        async def counted_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                self.metrics.requests.labels(str(message["status"])).inc()
-            await send(message)
-
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        try:
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge(limit)
-            await self.app(scope, limited_receive, counted_send)
-        except BodyTooLarge as error:
-            if started:
-                raise
-            await _drain(receive, 64 * limit)  # read what the client is still sending, so that it sees the answer
-            await _send_json(counted_send, 413, APIError(413, error.detail, "request_too_large").body())
-
-
-async def _drain(receive, at_most: int) -> None:
-    """Read and drop the rest of a request body (up to ``at_most`` bytes)."""
-    seen = 0
-    while seen <= at_most:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
-async def _send_json(send, status: int, body: dict) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
 
 
 def create_app(pretrained, settings: ServerSettings, **engine_options):
@@ -339,7 +271,7 @@ def create_app(pretrained, settings: ServerSettings, **engine_options):
             return FileResponse(STATIC / "index.html")
 
     app.state.engine, app.state.engine_thread, app.state.settings = engine, thread, settings
-    return Guard(app, settings, metrics)
+    return Guard(app, settings.max_body_bytes, metrics)
 
 
 def _sse(data: dict) -> str:
