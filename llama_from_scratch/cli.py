@@ -316,7 +316,8 @@ def command_serve(args: argparse.Namespace) -> None:
         max_tokens_cap=args.max_tokens_cap,
         drain_seconds=args.drain_seconds,
     )
-    app = create_app(pretrained, settings, max_num_seqs=args.max_num_seqs, num_blocks=args.kv_blocks)
+    app = create_app(pretrained, settings, max_num_seqs=args.max_num_seqs, num_blocks=args.kv_blocks,
+                     batching=args.batching)
     key = ", API key required" if settings.api_key else ""
     print(f"serving {settings.model_name} at http://{args.host}:{args.port}/v1{key}", flush=True)
     run_server(app, settings, args.host, args.port)
@@ -530,6 +531,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require Authorization: Bearer KEY (or set LLAMA_API_KEY, unseen by ps)")
     serve.add_argument("--model-name", help="the model's name in the API (default: the checkpoint's file name)")
     serve.add_argument("--max-num-seqs", type=int, default=16, help="requests decoded at once")
+    serve.add_argument("--batching", choices=("continuous", "static"), default="continuous",
+                       help="static: a batch starts and ends together, the next waits (to compare, not to serve)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
     serve.add_argument("--max-tokens-cap", type=int, help="the largest max_tokens a request may ask (default: context)")
     serve.add_argument("--kv-blocks", type=int, help="16-token KV cache blocks (default: 1024, or one full context)")

@@ -110,6 +110,23 @@ def test_eight_concurrent_requests_get_the_greedy_tokens_they_get_alone(model):
     assert widest == 8  # all eight shared steps
 
 
+def test_static_batching_admits_a_batch_only_when_the_last_has_finished(model):
+    rows = prompts(6)
+    alone = [generate(model, row, 3 + 2 * i) for i, row in enumerate(rows)]
+    engine = LLMEngine(copy.deepcopy(model), max_num_seqs=4, batching="static")
+    for i, row in enumerate(rows):
+        engine.add_request(f"r{i}", row, SamplingParams(max_tokens=3 + 2 * i, temperature=0.0))
+    got, widths = {f"r{i}": [] for i in range(6)}, []
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        widths.append(len(outputs))
+        for out in outputs:
+            got[out.request_id] += out.token_ids
+    assert list(got.values()) == alone
+    # the first four run 3, 5, 7, 9 steps: 4, 4, 4, 3, 3, 2, 2, 1, 1 wide; then r4 and r5 (11 and 13 tokens) start
+    assert widths == [4, 4, 4, 3, 3, 2, 2, 1, 1] + [2] * 11 + [1] * 2
+
+
 def test_preemption_and_recompute_give_the_uninterrupted_tokens(model):
     rows = prompts(4)
     alone = [generate(model, row, 20) for row in rows]

@@ -61,7 +61,8 @@ class LLMEngine:
     :data:`DEFAULT_CACHE_TOKENS` tokens' worth, or one full context if that is more: a preallocated cache
     would reserve ``max_num_seqs`` full contexts, 6 GB in float32 for SmolLM2's 8192 tokens times 16, where
     requests of a few hundred tokens use a tenth of it); ``max_num_seqs`` requests run at once;
-    ``max_batched_tokens`` tokens at most per step (default: the model's context).
+    ``max_batched_tokens`` tokens at most per step (default: the model's context); ``batching``:
+    ``"continuous"``, or ``"static"`` to measure against (see :mod:`.scheduler`).
     ``tokenizer`` turns tokens into text and is needed for stop strings; without it the text stays empty.
     """
 
@@ -73,6 +74,7 @@ class LLMEngine:
         max_num_seqs: int = 16,
         max_batched_tokens: int | None = None,
         enable_prefix_caching: bool = True,
+        batching: str = "continuous",
     ):
         context = model.config.max_seq_len
         max_batched_tokens = max_batched_tokens or context
@@ -81,7 +83,7 @@ class LLMEngine:
         num_blocks = num_blocks or max(-(-context // BLOCK_SIZE), DEFAULT_CACHE_TOKENS // BLOCK_SIZE)
         self.model, self.tokenizer = use_paged_attention(model.eval()), tokenizer
         self.cache = PagedKVCache.for_model(model, num_blocks, enable_prefix_caching=enable_prefix_caching)
-        self.scheduler = Scheduler(self.cache, max_num_seqs, max_batched_tokens)
+        self.scheduler = Scheduler(self.cache, max_num_seqs, max_batched_tokens, batching)
         self.texts: dict[str, _Text] = {}
 
     def check_request(self, prompt: Sequence_[int], params: SamplingParams) -> None:

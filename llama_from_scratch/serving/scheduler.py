@@ -19,6 +19,10 @@ prompt now and one more block every ``block_size`` tokens later, so the schedule
 
 Every scheduled sequence then computes its tokens from ``num_computed`` on: the whole prompt (less what the
 prefix cache held) for a new one, its last token for a running one.
+
+``batching="static"`` keeps the same steps but admits only when nothing runs: a batch starts together and
+the next one waits until its last sequence has finished, as with ``generate_batch``. It is here to be
+measured against (``benchmarks/serving.py``, chapter 15's timeline), not to be served with.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import torch
 
 from .paged_kv_cache import PagedKVCache
 from .sampling_params import SamplingParams
+
+BATCHING = ("continuous", "static")
 
 
 class Sequence:
@@ -48,13 +54,16 @@ class Sequence:
 class Scheduler:
     """The waiting queue and the running list, and each step's choice (see the module's text)."""
 
-    def __init__(self, cache: PagedKVCache, max_num_seqs: int, max_batched_tokens: int):
+    def __init__(self, cache: PagedKVCache, max_num_seqs: int, max_batched_tokens: int, batching: str = "continuous"):
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         if not 1 <= max_num_seqs <= max_batched_tokens:
             raise ValueError(
                 f"need 1 <= max_num_seqs <= max_batched_tokens (each running sequence adds a token to every step), "
                 f"got max_num_seqs={max_num_seqs}, max_batched_tokens={max_batched_tokens}"
             )
         self.cache, self.max_num_seqs, self.max_batched_tokens = cache, max_num_seqs, max_batched_tokens
+        self.batching = batching
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # oldest first
         self.num_preemptions = 0
@@ -96,6 +105,8 @@ class Scheduler:
             else:
                 self.preempt(seq)
         self.running = kept
+        if self.batching == "static" and kept:
+            return list(kept)  # static batching: the next batch waits until this one has finished
         # 2. admit waiting sequences, first come first served, while blocks, slots and the token budget allow
         budget = self.max_batched_tokens - len(kept)
         while self.waiting and len(self.running) < self.max_num_seqs:
