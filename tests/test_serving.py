@@ -193,3 +193,10 @@ def test_a_stop_string_cuts_the_text_before_it_even_across_pieces():
         outputs += engine.step()
     assert "".join(o.text for o in outputs) == full[: full.find(stop)]
     assert outputs[-1].finish_reason == "stop" and engine.cache.allocator.num_in_use == 0
+
+
+def test_a_second_engine_refuses_a_model_the_first_owns(model):
+    owned = copy.deepcopy(model)
+    LLMEngine(owned)
+    with pytest.raises(ValueError, match="paged already"):
+        LLMEngine(owned)

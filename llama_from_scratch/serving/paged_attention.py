@@ -163,6 +163,9 @@ def use_paged_attention(model: Llama) -> Llama:
     Afterwards the model computes only serving steps (:func:`paged_forward`); :func:`use_plain_attention`
     swaps the originals back.
     """
+    if any(isinstance(m, PagedAttention) for m in model.modules()):
+        raise ValueError("the model's attention is paged already (an LLMEngine owns it): "
+                         "use_plain_attention(model) first, or give the engine a copy")
     swap_layers(model, lambda name, m: PagedAttention(m) if isinstance(m, Attention) else None)
     return model
 
