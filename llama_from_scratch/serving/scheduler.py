@@ -107,8 +107,12 @@ class Scheduler:
         self.running = kept
         if self.batching == "static" and kept:
             return list(kept)  # static batching: the next batch waits until this one has finished
-        # 2. admit waiting sequences, first come first served, while blocks, slots and the token budget allow
-        budget = self.max_batched_tokens - len(kept)
+        self.admit(self.max_batched_tokens - len(kept))
+        return list(self.running)
+
+    def admit(self, budget: int) -> None:
+        """Step 2: move waiting sequences to running, first come first served, while blocks, a sequence slot and
+        ``budget`` (the step's tokens left) allow; the first that does not fit stops admission."""
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.cache.can_allocate(seq.tokens):
@@ -120,4 +124,3 @@ class Scheduler:
             seq.num_computed = cached
             budget -= len(seq.tokens) - cached
             self.running.append(self.waiting.popleft())
-        return list(self.running)
