@@ -31,6 +31,7 @@ from .finetuning.tasks import MAX_CHARS
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
+from .serving.scheduler import BATCHING
 from .training.recipes import DEFAULT_RECIPE, RECIPES
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
@@ -531,7 +532,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require Authorization: Bearer KEY (or set LLAMA_API_KEY, unseen by ps)")
     serve.add_argument("--model-name", help="the model's name in the API (default: the checkpoint's file name)")
     serve.add_argument("--max-num-seqs", type=int, default=16, help="requests decoded at once")
-    serve.add_argument("--batching", choices=("continuous", "static"), default="continuous",
+    serve.add_argument("--batching", choices=BATCHING, default="continuous",
                        help="static: a batch starts and ends together, the next waits (to compare, not to serve)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
     serve.add_argument("--max-tokens-cap", type=int, help="the largest max_tokens a request may ask (default: context)")
