@@ -300,6 +300,8 @@ def main() -> None:
     if args.quick:
         args.concurrency, args.requests_per_stream, args.max_tokens, args.repeats = [1, 4], 1, 8, 1
     torch.set_num_threads(args.threads)
+    print(f"threads {args.threads}, streams {args.concurrency}, {args.requests_per_stream} answers per stream of at most "
+          f"{args.max_tokens} tokens, greedy", flush=True)
 
     servers = {}
     for name in args.servers:
