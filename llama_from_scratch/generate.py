@@ -148,6 +148,9 @@ class GenerationConfig:
             raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
         if self.top_p is not None and not (is_float32(self.top_p) and 0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be None or a number in (0, 1], not 0 in float32 either, got {self.top_p!r}")
+        seed = self.seed  # torch.Generator.manual_seed takes a 64-bit seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
         object.__setattr__(self, "stop_tokens", frozenset(self.stop_tokens))  # frozen: set once, here
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> int:
@@ -159,7 +162,9 @@ class GenerationConfig:
         return torch.Generator(device=device).manual_seed(self.seed) if self.seed is not None else None
 
 
-def _check_prompt(model: Llama, prompt: Sequence[int], max_new_tokens: int) -> None:
+def check_prompt(model: Llama, prompt: Sequence[int], max_new_tokens: int) -> None:
+    """Raise a ``ValueError`` naming what is wrong if ``prompt`` cannot start a generation of ``max_new_tokens``
+    with ``model``: empty, a token id outside the vocabulary, or prompt + new tokens beyond the context."""
     if len(prompt) == 0:
         raise ValueError("prompt_tokens is empty: generation needs at least one token to start from")
     vocab = model.config.vocab_size
@@ -206,7 +211,7 @@ def generate_stream(
     then faster tokens. The prompt is checked here, before the first token, so a mistake raises at the call.
     """
     prompt = prompt_tokens.tolist() if isinstance(prompt_tokens, torch.Tensor) else list(prompt_tokens)
-    _check_prompt(model, prompt, config.max_new_tokens)
+    check_prompt(model, prompt, config.max_new_tokens)
     if compile and not use_cache:
         raise ValueError("compile=True needs use_cache=True: it compiles the one-token step that reads the KV cache")
     step = compiled_decode_step(model) if compile else model
@@ -286,7 +291,7 @@ def generate_batch(
     tokens, attention_mask = left_pad(rows, pad_id)  # (batch, longest) each
     max_new_tokens = config.max_new_tokens
     for row in rows:
-        _check_prompt(model, row, max_new_tokens)
+        check_prompt(model, row, max_new_tokens)
     if tokens.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise ValueError(
             f"the longest prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "

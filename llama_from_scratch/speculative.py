@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .generate import GenerationConfig, _check_prompt
+from .generate import GenerationConfig, check_prompt
 from .model import Llama
 
 Proposer = Callable[[list[int], int], list[int]]
@@ -144,7 +144,7 @@ def speculative_generate(
     """
     prompt = list(prompt_tokens)
     stop = GenerationConfig(max_new_tokens, stop_tokens=stop_tokens).stop_tokens  # greedy; checks the settings
-    _check_prompt(target, prompt, max_new_tokens)
+    check_prompt(target, prompt, max_new_tokens)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (tokens proposed per round) must be an int >= 1, got {k!r}")
     if isinstance(draft, Llama):

@@ -5,7 +5,8 @@ errors, files, ...), then ``quantization`` (number formats, quantized layers), `
 ``checkpoints`` (which reads and writes both), ``systems`` (mixed precision, memory and FLOPs
 accounting, scaling laws), ``training``, then ``finetuning`` and ``long_context`` (which
 run the training loop), ``evaluation`` (which measures any of their models), ``alignment`` (RLHF, which
-scores with evaluation's tasks), ``course`` and, on top, ``cli``. A module imports only its own layer's package and
+scores with evaluation's tasks) and ``serving`` (which serves them), ``course`` and, on top, ``cli``. A module
+imports only its own layer's package and
 the layers below it; nothing imports ``cli``; and there is no import cycle, not even through an import
 written inside a function to dodge one. A new subpackage must be given its place in :data:`LAYERS`.
 """
@@ -29,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training",),
     ("finetuning", "long_context"),
     ("evaluation",),
-    ("alignment",),
+    ("alignment", "serving"),
     ("course",),
     ("cli",),
 ]

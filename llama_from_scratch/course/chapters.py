@@ -24,6 +24,7 @@ from . import (
     quantization_checks,
     rmsnorm_checks,
     rope_checks,
+    serving_checks,
     tokenizer_checks,
     training_checks,
 )
@@ -159,6 +160,14 @@ CHAPTERS = (
                 long_context_checks.check_dynamic_ntk_theta,
                 long_context_checks.DYNAMIC_NTK_THETA,
             ),
+        ),
+    ),
+    Chapter(
+        "15_serving",
+        (
+            Exercise("my_append_slot", serving_checks.check_append_slot, serving_checks.APPEND_SLOT),
+            Exercise("my_slots", serving_checks.check_slots, serving_checks.SLOTS),
+            Exercise("my_admit", serving_checks.check_admit, serving_checks.ADMIT),
         ),
     ),
 )

@@ -6,9 +6,9 @@ this module turns it into token ids and the model's answer back into text:
 * :func:`special_texts`: the ``bos_token`` / ``eos_token`` strings a template writes;
 * :func:`encode_chat`: a rendered conversation to ids, the markers written in it becoming their ids;
 * :func:`chat_stop_tokens`: the ids that end an answer (EOS, or Llama 3's ``<|eot_id|>``);
-* :func:`decode_stream`: generated ids to text pieces. Streaming text is subtler than streaming tokens:
-  one character may span several tokens (an emoji is four bytes, often four byte tokens), so it decodes
-  everything generated so far and emits only the new, complete text;
+* :func:`decode_stream` (and :class:`StreamDecoder`, its push form): generated ids to text pieces. Streaming
+  text is subtler than streaming tokens: one character may span several tokens (an emoji is four bytes, often
+  four byte tokens), so it decodes everything generated so far and emits only the new, complete text;
 * :func:`chat`: the conversation loop, read a question, stream the answer, repeat.
 """
 
@@ -64,23 +64,38 @@ def encode_chat(tokenizer: Tokenizer, text: str) -> list[int]:
     return ids
 
 
-def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], context: Sequence[int] = ()) -> Iterator[str]:
-    """Turn a stream of token ids into a stream of text pieces, never splitting a character.
+class StreamDecoder:
+    """Generated ids to text, one id at a time, never splitting a character (the push form of :func:`decode_stream`).
 
-    ``context``: the tokens before the stream (the prompt). The last of them
-    is decoded along with the new ones and its text removed again, because a
-    SentencePiece decoder drops the space at the start of a text: without
-    it, a continuation "▁foul" would print as "foul".
+    ``push(token)`` returns the new, complete text, or None while the last character is incomplete: one
+    character may span several tokens (an emoji is four bytes, often four byte tokens), so it decodes
+    everything generated so far and hands out only what is new. ``context``: the tokens before the stream
+    (the prompt). The last of them is decoded along with the new ones and its text removed again, because a
+    SentencePiece decoder drops the space at the start of a text: without it, a continuation "▁foul" would
+    print as "foul". A server, which receives tokens from its engine rather than pulling them, uses this.
     """
-    ids: list[int] = list(context[-1:])
-    shown = tokenizer.decode(ids)
-    for token in tokens:
-        ids.append(token)
-        text = tokenizer.decode(ids)
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = ()):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = list(context[-1:])
+        self.shown = tokenizer.decode(self.ids)
+
+    def push(self, token: int) -> str | None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):
-            continue  # an incomplete UTF-8 character: wait for its remaining bytes
-        yield text[len(shown) :]
-        shown = text
+            return None  # an incomplete UTF-8 character: wait for its remaining bytes
+        piece, self.shown = text[len(self.shown) :], text
+        return piece
+
+
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], context: Sequence[int] = ()) -> Iterator[str]:
+    """Turn a stream of token ids into a stream of text pieces, never splitting a character (:class:`StreamDecoder`)."""
+    decoder = StreamDecoder(tokenizer, context)
+    for token in tokens:
+        piece = decoder.push(token)
+        if piece is not None:
+            yield piece
 
 
 CHAT_ANSWER = GenerationConfig(max_new_tokens=256)  # :func:`chat`'s default: greedy answers of up to 256 tokens

@@ -1,0 +1,351 @@
+"""Serving SmolLM2-135M to many clients at once: throughput and latency against concurrency, and the paged cache.
+
+One load generator (asyncio + httpx, streaming ``/v1/chat/completions``, greedy, the same questions in the
+same order for every server) drives each server, started as a subprocess on 127.0.0.1, at 1, 4, 8 and 16
+concurrent streams. Each stream sends its next request as soon as its previous answer has ended. Servers:
+
+* ``one_at_a_time``: ``serve --max-num-seqs 1``: one request decodes, the others queue;
+* ``static``: ``serve --batching static``: up to 16 start together, the next batch waits for the last answer;
+* ``continuous``: ``serve`` as it is (Orca's iteration-level scheduling), float32;
+* ``continuous_int8``: ``serve --quantize int8`` (weights int8, dequantized in each step: no compile);
+* ``llama_cpp``: llama.cpp's OpenAI-compatible server (``python -m llama_cpp.server``, from
+  ``llama-cpp-python[server]``) on the packaged Q4_1 GGUF, when installed; otherwise the row says why not.
+
+Per server and concurrency: aggregate generated tokens/s (all answers' tokens over the wall time), time to
+first token (request sent to first piece of text) and inter-token latency (gaps between pieces), p50 and p95.
+
+Then, in this process, on the engine itself (no HTTP):
+
+* the paged cache's **memory held against tokens in flight** while 16 chat requests run (prefix caching off,
+  so that only the blocks' rounding up is measured), and what a preallocated cache of 16 full contexts holds;
+* a shared **500-token system prompt**: time to first token of a request on a prefix-cache miss (the system
+  prompt computed) and on a hit (a second question after the same system prompt), medians of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from decode_smollm2 import smollm2_file
+from long_context_perplexity import save
+from llama_from_scratch.checkpoints.load import load_pretrained
+from llama_from_scratch.chat import render_chat
+from llama_from_scratch.serving import BLOCK_SIZE, LLMEngine, SamplingParams, use_plain_attention
+from llama_from_scratch.tokenization.chat import chat_stop_tokens, encode_chat, special_texts
+
+QUESTIONS = [
+    "How does a llama differ from an alpaca?",
+    "Explain what a hash table is to a child.",
+    "Write a short poem about the sea.",
+    "What causes the seasons on Earth?",
+    "Give three tips for a job interview.",
+    "Why is the sky blue?",
+    "Describe how bread is made.",
+    "What is the difference between weather and climate?",
+    "Summarise the plot of Romeo and Juliet.",
+    "How do vaccines work?",
+    "What should I pack for a week of hiking?",
+    "Explain recursion with an example.",
+    "Why do cats purr?",
+    "How does a bicycle stay upright?",
+    "What is photosynthesis?",
+    "Suggest a name for a bakery and say why.",
+]
+
+SERVERS = {  # name: extra arguments of `python -m llama_from_scratch serve`
+    "one_at_a_time": ["--max-num-seqs", "1"],
+    "static": ["--batching", "static"],
+    "continuous": [],
+    "continuous_int8": ["--quantize", "int8"],
+}
+LLAMA_CPP_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if values else None
+
+
+class ServerProcess:
+    """A server command in a subprocess on a free port of 127.0.0.1, up once ``GET url/health`` answers 200."""
+
+    def __init__(self, command: list[str], threads: int, timeout: float = 600.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+        self.process = subprocess.Popen(command + ["--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{' '.join(command)} exited with {self.process.returncode}:\n{self.log.read()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{' '.join(command)} did not answer /health within {timeout:.0f} s")
+            time.sleep(0.5)
+        self.model = httpx.get(self.url + "/v1/models", timeout=30).json()["data"][0]["id"]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+async def one_request(client: httpx.AsyncClient, model: str, question: str, max_tokens: int) -> dict:
+    """Stream one greedy chat answer: seconds to the first piece of text, the gaps between pieces, the tokens."""
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    arrivals, tokens = [], None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"status {response.status_code}: {(await response.aread())[:300]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                arrivals.append(time.perf_counter())
+    if not arrivals:
+        raise RuntimeError(f"an empty answer to {question!r}")
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return {"ttft": arrivals[0] - start, "gaps": gaps, "tokens": tokens if tokens is not None else len(arrivals)}
+
+
+async def load(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+    """``requests`` answers over ``concurrency`` streams: aggregate tokens/s, TTFT and inter-token latency."""
+    pending = list(range(requests))
+    results = []
+
+    async def stream(client: httpx.AsyncClient) -> None:
+        while pending:
+            i = pending.pop(0)
+            results.append(await one_request(client, model, f"{QUESTIONS[i % len(QUESTIONS)]} ({i})", max_tokens))
+
+    limits = httpx.Limits(max_connections=concurrency + 1)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+        await one_request(client, model, "Hello!", 4)  # warm-up, not counted
+        start = time.perf_counter()
+        await asyncio.gather(*(stream(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ttft = [r["ttft"] for r in results]
+    gaps = [g for r in results for g in r["gaps"]]
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tok_s": round(tokens / wall, 2),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p95_s": percentile(ttft, 95),
+        "itl_p50_s": percentile(gaps, 50),
+        "itl_p95_s": percentile(gaps, 95),
+    }
+
+
+def llama_cpp_missing() -> str | None:
+    """Why llama.cpp's server cannot run here (a missing module), or None."""
+    for name in LLAMA_CPP_SERVER_MODULES:
+        if importlib.util.find_spec(name) is None:
+            return f"not run: the module {name} is missing (pip install 'llama-cpp-python[server]')"
+    return None
+
+
+def server_command(name: str, threads: int, max_num_seqs: int) -> list[str]:
+    if name == "llama_cpp":
+        return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_file()), "--host", "127.0.0.1",
+                "--n_threads", str(threads), "--n_ctx", "4096"]
+    return [sys.executable, "-m", "llama_from_scratch", "serve", "--max-num-seqs", str(max_num_seqs),
+            "--max-queue", "256", "--model-name", "smollm2", *SERVERS[name]]
+
+
+def chat_prompt(pretrained, system: str | None, question: str) -> list[int]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    text = render_chat(pretrained.chat_template, messages, **special_texts(pretrained.tokenizer))
+    return encode_chat(pretrained.tokenizer, text)
+
+
+def memory_in_flight(pretrained, requests: int, max_tokens: int, max_num_seqs: int) -> dict:
+    """Tokens the paged cache holds (whole blocks) against tokens whose keys and values it stores, step by step."""
+    engine = LLMEngine(pretrained.model, pretrained.tokenizer, max_num_seqs=max_num_seqs, enable_prefix_caching=False)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=tuple(chat_stop_tokens(pretrained.tokenizer)))
+    for i in range(requests):
+        engine.add_request(f"m{i}", chat_prompt(pretrained, None, QUESTIONS[i % len(QUESTIONS)]), params)
+    held, in_flight = [], []
+    while engine.has_unfinished_requests():
+        engine.step()
+        running = engine.scheduler.running
+        if running:
+            held.append(engine.cache.allocator.num_in_use * BLOCK_SIZE)
+            in_flight.append(sum(s.num_computed for s in running))
+    use_plain_attention(pretrained.model)  # the engine is done: the next one may take the model
+    c = pretrained.model.config
+    bytes_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * pretrained.model.tok_embeddings.weight.element_size()
+    preallocated = max_num_seqs * c.max_seq_len
+    return {
+        "requests": requests,
+        "steps": len(held),
+        "held_over_in_flight": round(sum(held) / sum(in_flight), 4),  # averaged over the steps
+        "held_over_in_flight_worst_step": round(max(h / f for h, f in zip(held, in_flight)), 4),
+        "peak_in_flight_tokens": max(in_flight),
+        "peak_held_tokens": max(held),
+        "peak_held_mb": round(max(held) * bytes_per_token / 2**20, 1),
+        "preallocated_tokens": preallocated,
+        "preallocated_mb": round(preallocated * bytes_per_token / 2**20, 1),
+        "preallocated_over_peak_in_flight": round(preallocated / max(in_flight), 1),
+    }
+
+
+def system_prompt(version: int, tokenizer, tokens: int = 500) -> str:
+    """A customer-service system prompt of about ``tokens`` tokens; ``version`` makes its first block unique."""
+    rules = [f"You are the assistant of shop number {version}. Follow these rules."]
+    while len(tokenizer.encode(" ".join(rules))) < tokens:
+        k = len(rules)
+        rules.append(f"Rule {k}: answer politely and briefly, mention order {1000 + 7 * k} only if asked.")
+    return " ".join(rules)
+
+
+def time_to_first_token(engine: LLMEngine, request_id: str, prompt: list[int], params: SamplingParams) -> tuple[float, int]:
+    """Seconds from adding the request to its first token, and how many prompt tokens came from the prefix cache."""
+    cached_before = engine.cache.allocator.num_cached
+    start = time.perf_counter()
+    engine.add_request(request_id, prompt, params)
+    while not any(o.request_id == request_id and o.token_ids for o in engine.step()):
+        pass
+    seconds = time.perf_counter() - start
+    hit_blocks = cached_before - engine.cache.allocator.num_cached  # cached blocks taken back into use
+    engine.abort(request_id)
+    return seconds, hit_blocks * BLOCK_SIZE
+
+
+def prefix_cache_ttft(pretrained, repeats: int) -> dict:
+    """A 500-token system prompt: time to first token on a miss (new system prompt) and on a hit (same one)."""
+    engine = LLMEngine(pretrained.model, pretrained.tokenizer, max_num_seqs=1)
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    # warm-up: a miss of the same length, so that the first timed prefill finds the allocator and kernels warm
+    time_to_first_token(engine, "warm-up", chat_prompt(pretrained, system_prompt(-1, pretrained.tokenizer), "Hi!"), params)
+    miss, hit, hit_rate, lengths = [], [], [], []
+    for r in range(repeats):
+        system = system_prompt(r, pretrained.tokenizer)
+        first = chat_prompt(pretrained, system, QUESTIONS[0])
+        second = chat_prompt(pretrained, system, QUESTIONS[1])
+        seconds, cached = time_to_first_token(engine, f"miss{r}", first, params)
+        miss.append(seconds)
+        if cached:
+            raise RuntimeError(f"a new system prompt hit the cache ({cached} tokens)")
+        seconds, cached = time_to_first_token(engine, f"hit{r}", second, params)
+        hit.append(seconds)
+        hit_rate.append(cached / len(second))
+        lengths.append(len(second))
+    use_plain_attention(pretrained.model)
+    return {
+        "system_prompt_tokens": len(pretrained.tokenizer.encode(system_prompt(0, pretrained.tokenizer))),
+        "prompt_tokens": statistics.median(lengths),
+        "repeats": repeats,
+        "ttft_miss_s": round(statistics.median(miss), 4),
+        "ttft_hit_s": round(statistics.median(hit), 4),
+        "miss_over_hit": round(statistics.median(miss) / statistics.median(hit), 2),
+        "hit_rate": round(statistics.median(hit_rate), 3),  # share of the second prompt's tokens not computed
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--requests-per-stream", type=int, default=4, help="answers each stream asks for in turn")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-num-seqs", type=int, default=16, help="the batched servers' sequences at once")
+    parser.add_argument("--servers", nargs="*", default=[*SERVERS, "llama_cpp"], choices=[*SERVERS, "llama_cpp"])
+    parser.add_argument("--repeats", type=int, default=3, help="system prompts for the prefix-cache timing")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true",
+                        help="prove it runs: 1 and 4 streams, one 8-token answer each, one system prompt")
+    parser.add_argument("--save", type=Path, help="write the figures to this JSON file (chapter 15 reads it)")
+    args = parser.parse_args()
+    if args.quick:
+        args.concurrency, args.requests_per_stream, args.max_tokens, args.repeats = [1, 4], 1, 8, 1
+    torch.set_num_threads(args.threads)
+    print(f"threads {args.threads}, streams {args.concurrency}, {args.requests_per_stream} answers per stream of at most "
+          f"{args.max_tokens} tokens, greedy", flush=True)
+
+    servers = {}
+    for name in args.servers:
+        missing = llama_cpp_missing() if name == "llama_cpp" else None
+        if missing:
+            servers[name] = {"error": missing}
+            print(f"{name:16s} {missing}", flush=True)
+            continue
+        server = ServerProcess(server_command(name, args.threads, args.max_num_seqs), args.threads)
+        try:
+            levels = []
+            for c in args.concurrency:
+                levels.append(asyncio.run(load(server.url, server.model, c, c * args.requests_per_stream, args.max_tokens)))
+                x = levels[-1]
+                print(f"{name:16s} {c:3d} streams {x['tok_s']:7.1f} tok/s  TTFT p50 {x['ttft_p50_s']:6.2f} s "
+                      f"p95 {x['ttft_p95_s']:6.2f} s  ITL p50 {x['itl_p50_s'] * 1000:6.0f} ms "
+                      f"p95 {x['itl_p95_s'] * 1000:6.0f} ms", flush=True)
+        finally:
+            server.stop()
+        servers[name] = {"levels": levels}
+
+    pretrained = load_pretrained(smollm2_file(), device="cpu", dtype=torch.float32)
+    memory = memory_in_flight(pretrained, max(args.concurrency), args.max_tokens, args.max_num_seqs)
+    print(f"paged cache: holds {memory['held_over_in_flight']:.3f}x the tokens in flight (worst step "
+          f"{memory['held_over_in_flight_worst_step']:.3f}x); a preallocated cache would hold "
+          f"{memory['preallocated_over_peak_in_flight']:.0f}x the peak", flush=True)
+    prefix = prefix_cache_ttft(pretrained, args.repeats)
+    print(f"{prefix['system_prompt_tokens']}-token system prompt: TTFT {prefix['ttft_miss_s']:.3f} s on a miss, "
+          f"{prefix['ttft_hit_s']:.3f} s on a hit ({prefix['miss_over_hit']:.1f}x; {prefix['hit_rate']:.0%} of the "
+          f"prompt from the cache)", flush=True)
+
+    summary = {
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "requests_per_stream": args.requests_per_stream,
+        "max_num_seqs": args.max_num_seqs,
+        "servers": servers,
+        "paged_memory": memory,
+        "prefix_cache": prefix,
+    }
+    print(json.dumps(summary))
+    if args.save is not None:
+        save(args.save, "serving.py", summary)
+
+
+if __name__ == "__main__":
+    main()
