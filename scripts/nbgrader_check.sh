@@ -11,7 +11,7 @@
 #   scripts/nbgrader_check.sh [NN ...]
 #
 # It works in a temporary course folder and leaves the repository alone. It executes every notebook
-# three times: about 10 minutes for all eleven on a 2-core laptop, so it is a script rather than part
+# three times: about 11 minutes for all twelve on a 2-core laptop, so it is a script rather than part
 # of `make test`.
 set -euo pipefail
 

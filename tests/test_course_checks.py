@@ -22,6 +22,7 @@ from helpers import check_failure, hidden_tests, solution_answer
 from llama_from_scratch.course import (
     attention_checks,
     finetuning_checks,
+    evaluation_checks,
     long_context_checks,
     quantization_checks,
     rmsnorm_checks,
@@ -262,6 +263,40 @@ def test_long_context_wrong_shapes_and_types_are_named():
         lambda theta, d, factor, L, seq_len: rope_frequencies(d, theta * factor ** (d / (d - 2))),
     )
     assert "expected a float, got Tensor" in message, message
+
+
+# --- 12 · evaluation -------------------------------------------------------------------------------
+
+
+def test_the_evaluation_catalogues_right_answers_pass(capsys):
+    """The references the mistakes are variants of are right; so are a tensor of scores and the exact ratio of
+    integer binomials (Python divides two ints with one rounding), which a learner may write instead."""
+    evaluation_checks.check_choice_scores(evaluation_checks._mistake())
+    evaluation_checks.check_choice_scores(
+        lambda t, c, n, b=None: torch.tensor(evaluation_checks._mistake()(t, c, n, b))
+    )
+
+    def by_binomials(n, c, k):
+        if k > n:
+            raise ValueError(f"k={k} > n={n}")
+        return 1 - math.comb(n - c, k) / math.comb(n, k)
+
+    evaluation_checks.check_pass_at_k(by_binomials)
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+def test_evaluation_wrong_types_and_refusals_are_named():
+    message = check_failure(evaluation_checks.check_pass_at_k, lambda n, c, k: torch.tensor(pass_at_k_of(n, c, k)))
+    assert "expected a float, got Tensor" in message, message
+    message = check_failure(evaluation_checks.check_pass_at_k, lambda n, c, k: pass_at_k_of(n, c, min(k, n)))
+    assert "expected a ValueError, got a result" in message, message
+    message = check_failure(evaluation_checks.check_choice_scores, lambda t, c, n, b=None: "scores")
+    assert "expected a list of" in message, message
+
+
+def pass_at_k_of(n, c, k):
+    """The estimator without the forbidden call: 1 - C(n - c, k) / C(n, k), exact in integers."""
+    return 1 - math.comb(n - c, k) / math.comb(n, k)
 
 
 # --- what a learner and nbgrader's feedback see ----------------------------------------------------

@@ -4,7 +4,8 @@ learners' notebooks from the solutions, and their working copies) and :mod:`.viz
 Each chapter's module holds its checks and its catalogue of common mistakes: :mod:`.tokenizer_checks` (01),
 :mod:`.rmsnorm_checks` (02), :mod:`.rope_checks` (03), :mod:`.attention_checks` (04), :mod:`.model_checks` (05),
 :mod:`.generation_checks` (06), :mod:`.training_checks` (07), :mod:`.checkpoints_checks` (08),
-:mod:`.quantization_checks` (09), :mod:`.finetuning_checks` (10) and :mod:`.long_context_checks` (11). They share
+:mod:`.quantization_checks` (09), :mod:`.finetuning_checks` (10), :mod:`.long_context_checks` (11) and
+:mod:`.evaluation_checks` (12). They share
 :mod:`.feedback` (the check skeleton: call, compare, name the mistake, print ✓) and :mod:`.rules` (the calls an
 exercise forbids); :mod:`.chapters` lists every chapter's notebooks, exercises, checks and mistakes, which
 ``tests/test_course_checks.py`` runs.

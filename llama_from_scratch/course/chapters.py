@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import (
     attention_checks,
     checkpoints_checks,
+    evaluation_checks,
     finetuning_checks,
     generation_checks,
     long_context_checks,
@@ -160,6 +161,13 @@ CHAPTERS = (
                 long_context_checks.check_dynamic_ntk_theta,
                 long_context_checks.DYNAMIC_NTK_THETA,
             ),
+        ),
+    ),
+    Chapter(
+        "12_evaluation",
+        (
+            Exercise("my_choice_scores", evaluation_checks.check_choice_scores, evaluation_checks.CHOICE_SCORES),
+            Exercise("my_pass_at_k", evaluation_checks.check_pass_at_k, evaluation_checks.PASS_AT_K),
         ),
     ),
     Chapter(
