@@ -15,8 +15,11 @@ fit never saw (the issue's target: within 2%).
 
 The vocabulary is a 512-piece BPE trained on the training plays (``prepare_shakespeare(..., 512)``), not
 the recipe's 4,096: with 4,096 pieces the output head alone would be 130k-790k weights and these tiny
-models would be mostly head. Its defaults (48 steps of 16 x 64 tokens per size) are sized for about 10 minutes on two CPU cores
-shared with other jobs, so the token budgets are tiny (12k to 49k tokens); ``--steps`` scales them::
+models would be mostly head. The models have one layer and grow in width: in runs this short, deeper
+models learn more slowly per step (a first sweep with 1 to 3 layers gave a 3-layer model no better than a
+1-layer one at 49k tokens, and a fit with no dependence on ``N`` at all). The defaults (120 steps of
+16 x 64 tokens per size) are sized for about 10 minutes on two CPU cores shared with other jobs, so the
+token budgets are tiny (49k to 123k tokens fitted); ``--steps`` scales them::
 
     timeout 900 python benchmarks/scaling_sweep.py --save benchmarks/results/scaling_sweep.json
 """
@@ -41,14 +44,14 @@ from llama_from_scratch.training.recipes import prepare_shakespeare
 from llama_from_scratch.training.train import TextWindows, TrainConfig, train
 
 VOCAB_SIZE = 512
-SIZES = {  # name: (dim, n_layers, n_heads); ~20k to ~430k weights in all
-    "d16-l1": (16, 1, 2),
-    "d32-l1": (32, 1, 2),
-    "d48-l2": (48, 2, 2),
-    "d64-l2": (64, 2, 2),
-    "d96-l3": (96, 3, 3),
+SIZES = {  # name: (dim, n_layers, n_heads): one layer, the width grown
+    "d16": (16, 1, 2),
+    "d24": (24, 1, 2),
+    "d32": (32, 1, 2),
+    "d48": (48, 1, 3),
+    "d64": (64, 1, 4),
 }
-HELD_OUT = {"d128-l3": (128, 3, 4)}  # larger than every size in the fit; predicted, never fitted
+HELD_OUT = ("d96", (96, 1, 4))  # wider than every size in the fit; predicted, never fitted
 
 
 def model_config(dim: int, n_layers: int, n_heads: int, seq_len: int) -> LlamaConfig:
@@ -90,10 +93,10 @@ def fit_points(runs: list[dict], min_tokens: int) -> tuple[list[int], list[int],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=48, help="steps per size (the largest token budget)")
-    parser.add_argument("--eval-every", type=int, default=12, help="a token budget every this many steps")
+    parser.add_argument("--steps", type=int, default=120, help="steps per size (the largest token budget)")
+    parser.add_argument("--eval-every", type=int, default=24, help="a token budget every this many steps")
     parser.add_argument("--eval-batches", type=int, default=8, help="held-out batches per evaluation (fixed windows)")
-    parser.add_argument("--min-steps", type=int, default=24, help="budgets below this many steps are not fitted")
+    parser.add_argument("--min-steps", type=int, default=48, help="budgets below this many steps are not fitted")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--lr", type=float, default=4e-3)
@@ -107,12 +110,19 @@ def main() -> None:
     prepared = prepare_shakespeare(args.data_dir, VOCAB_SIZE)
     data = TextWindows(prepared.train, prepared.validation)
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, min_lr=args.lr,
-        warmup_steps=10, eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=args.steps,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        min_lr=args.lr,
+        warmup_steps=10,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        checkpoint_every=args.steps,
     )
     start = time.perf_counter()
     runs = [run(name, shape, data, config) for name, shape in SIZES.items()]
-    held_out = [run(name, shape, data, config) for name, shape in HELD_OUT.items()][0]
+    held_out = run(*HELD_OUT, data, config)
 
     min_tokens = args.min_steps * args.batch_size * args.seq_len
     law = fit_scaling_law(*fit_points(runs, min_tokens))
@@ -120,7 +130,10 @@ def main() -> None:
     predicted = float(law.loss(held_out["matmul_parameters"], tokens))
     error = abs(predicted - measured) / measured
     print(f"fit: E {law.E:.3f}, A {law.A:.3g}, alpha {law.alpha:.3f}, B {law.B:.3g}, beta {law.beta:.3f}")
-    print(f"held-out {held_out['name']}: measured {measured:.4f}, predicted {predicted:.4f}, error {error:.2%} (target 2%)")
+    print(
+        f"held-out {held_out['name']}: measured {measured:.4f}, predicted {predicted:.4f}, "
+        f"error {error:.2%} (target 2%)"
+    )
     print(f"sweep: {time.perf_counter() - start:.0f} s")
 
     if args.save:
