@@ -24,6 +24,7 @@ from . import (
     quantization_checks,
     rmsnorm_checks,
     rope_checks,
+    systems_checks,
     tokenizer_checks,
     training_checks,
 )
@@ -125,9 +126,7 @@ CHAPTERS = (
                 "my_hf_to_meta_name", checkpoints_checks.check_hf_to_meta_name, checkpoints_checks.HF_TO_META_NAME
             ),
             Exercise("my_merge_shards", checkpoints_checks.check_merge_shards, checkpoints_checks.MERGE_SHARDS),
-            Exercise(
-                "my_dequantize_q4_1", checkpoints_checks.check_dequantize_q4_1, checkpoints_checks.Q4_1
-            ),
+            Exercise("my_dequantize_q4_1", checkpoints_checks.check_dequantize_q4_1, checkpoints_checks.Q4_1),
         ),
     ),
     Chapter(
@@ -159,6 +158,13 @@ CHAPTERS = (
                 long_context_checks.check_dynamic_ntk_theta,
                 long_context_checks.DYNAMIC_NTK_THETA,
             ),
+        ),
+    ),
+    Chapter(
+        "14_systems_and_scaling",
+        (
+            Exercise("my_model_state_bytes", systems_checks.check_model_state_bytes, systems_checks.MODEL_STATE_BYTES),
+            Exercise("my_update", systems_checks.check_update, systems_checks.UPDATE),
         ),
     ),
 )
