@@ -26,6 +26,7 @@ from . import (
     rmsnorm_checks,
     rope_checks,
     serving_checks,
+    systems_checks,
     tokenizer_checks,
     training_checks,
 )
@@ -127,9 +128,7 @@ CHAPTERS = (
                 "my_hf_to_meta_name", checkpoints_checks.check_hf_to_meta_name, checkpoints_checks.HF_TO_META_NAME
             ),
             Exercise("my_merge_shards", checkpoints_checks.check_merge_shards, checkpoints_checks.MERGE_SHARDS),
-            Exercise(
-                "my_dequantize_q4_1", checkpoints_checks.check_dequantize_q4_1, checkpoints_checks.Q4_1
-            ),
+            Exercise("my_dequantize_q4_1", checkpoints_checks.check_dequantize_q4_1, checkpoints_checks.Q4_1),
         ),
     ),
     Chapter(
@@ -168,6 +167,13 @@ CHAPTERS = (
         (
             Exercise("my_choice_scores", evaluation_checks.check_choice_scores, evaluation_checks.CHOICE_SCORES),
             Exercise("my_pass_at_k", evaluation_checks.check_pass_at_k, evaluation_checks.PASS_AT_K),
+        ),
+    ),
+    Chapter(
+        "14_systems_and_scaling",
+        (
+            Exercise("my_model_state_bytes", systems_checks.check_model_state_bytes, systems_checks.MODEL_STATE_BYTES),
+            Exercise("my_update", systems_checks.check_update, systems_checks.UPDATE),
         ),
     ),
     Chapter(
