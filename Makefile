@@ -27,14 +27,17 @@ lab: setup
 	@$(if $(AS_ROOT),echo "make lab: running as root (a container?): JupyterLab starts with --allow-root")
 	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_overview.ipynb $(if $(AS_ROOT),--allow-root) $(LAB_ARGS)
 
-# Headless: plots go to the Agg backend and progress bars stay quiet.
+# Headless: plots go to the Agg backend and progress bars stay quiet. The tests run on one worker per core
+# (pytest-xdist, at most 4), each test file on one worker so that a notebook's cells run in order on one
+# kernel, and each worker on one thread: two workers of two threads each on two cores would fight for them.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
 test: setup
-	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest $(XDIST)
 
 # The same without the tests marked slow (notebooks, CLI subprocesses, torch.compile, fuzzing, transformers on
 # SmolLM2; see the marker in pyproject.toml): the loop to run while you work; make test before you push.
 test-fast: setup
-	MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg TQDM_DISABLE=1 $(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 # Your own copy of an exercise, in my_exercises/ (git ignores it; an existing copy is kept).
 exercise: setup
