@@ -123,6 +123,7 @@ def command_train(args: argparse.Namespace) -> None:
         shard_model(model)
     folder = RunFolder(args.out, args.resume, args.overwrite, data.files_to_keep)
     train(model, TextWindows(train_data, val_data), config, folder, on_eval=show_sample, peak_flops=args.peak_flops)
+    del model  # freed before the process group goes (leave_distributed says why)
     leave_distributed()
 
 

@@ -396,6 +396,7 @@ def _fsdp_worker(rank, world_size, port, out):
         out.write_text(
             json.dumps({"loss": (losses / world_size).tolist(), "val": history[-1]["val_loss"], "held": held})
         )
+    del model  # freed before the process group goes (leave_distributed says why)
     leave_distributed()
 
 

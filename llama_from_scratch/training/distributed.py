@@ -21,6 +21,7 @@ PyTorch's FSDP2 (``fully_shard``) does all of it, on gloo too. Several machines:
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterator
 
@@ -52,8 +53,15 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 def leave_distributed() -> None:
     """Leave the process group together, once every process is done (rank 0 writes the last checkpoint):
-    a process tearing down gloo while another still talks to it can abort. Alone: nothing to do."""
+    a process tearing down gloo while another still talks to it can abort. Alone: nothing to do.
+
+    Drop the last reference to a sharded model before calling this. A model that FSDP sharded is held in
+    reference cycles (its hooks point back at it) together with the handles of its last collectives, so only
+    the garbage collector frees it; collected while the process group and the interpreter are still alive
+    (here), not during the interpreter's shutdown, where freeing gloo's pending work can abort the process.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
