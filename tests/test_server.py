@@ -2,7 +2,7 @@
 
 The model is the tiny preset with random weights and a byte-level tokenizer, saved as a checkpoint with a
 chat template, so that the server starts in a second and answers in milliseconds. The server runs in a
-thread of the test process (uvicorn on a free port); the SIGTERM test starts ``serve`` as a subprocess.
+thread of the test process (uvicorn on a free port); the load and SIGTERM tests start ``serve`` as a subprocess.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -255,6 +256,11 @@ def test_a_full_queue_gets_429_and_clients_that_leave_are_cancelled(server):
     assert generated_tokens(url) - before < 90  # cancelled: three finished answers would be 270 tokens
     reply = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "b", "max_tokens": 3})
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+    # Nothing of the four requests is left: the engine thread forgets a finished stream just after delivering
+    # its last output (a busy machine can hold the thread between the two), so wait for that too.
+    thread = app.app.state.engine_thread
+    wait_until(lambda: not thread.streams)
+    assert not engine.texts
     metrics = httpx.get(f"{url}/metrics").text
     for name in ("llama_requests_total", "llama_time_to_first_token_seconds_count", "llama_kv_blocks_in_use",
                  "llama_inter_token_latency_seconds_bucket", "llama_requests_waiting", "llama_kv_blocks_cached"):
@@ -330,79 +336,106 @@ def test_the_chat_page_streams_an_answer_and_its_stop_button_cancels(server, ref
             browser.close()
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def start_serve(checkpoint, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """``serve`` for ``checkpoint`` as a subprocess on a free port of 127.0.0.1, once it answers; (process, URL).
 
-
-def test_a_bounded_load_completes_every_answer_and_leaks_nothing(checkpoint):
-    """96 requests, 16 at a time, streaming or not, chat or completion, of 1 to 30 tokens: every one answered
-    in full, and afterwards nothing of them is left in the engine, its thread or the server."""
-    with serving(checkpoint, max_num_seqs=8, max_queue=8) as (url, app):
-        engine, thread = app.app.state.engine, app.app.state.engine_thread
-        local, pool, clients = threading.local(), concurrent.futures.ThreadPoolExecutor(16), []
-
-        def one(i: int) -> None:
-            max_tokens, stream, chat = 1 + i % 30, i % 2 == 0, i % 3 == 0
-            body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
-            body |= {"messages": MESSAGES} if chat else {"prompt": f"request {i}"}
-            path = "/v1/chat/completions" if chat else "/v1/completions"
-            if not hasattr(local, "http"):
-                local.http = httpx.Client(timeout=60)  # one per worker thread, kept: its connection is reused
-                clients.append(local.http)
-            if stream:
-                with local.http.stream("POST", url + path, json=body) as response:
-                    lines = [line for line in response.iter_lines() if line]
-                assert response.status_code == 200 and lines[-1] == "data: [DONE]"
-                finish = json.loads(lines[-2][6:])["choices"][0]["finish_reason"]
-            else:
-                response = local.http.post(url + path, json=body)
-                assert response.status_code == 200, response.text
-                finish = response.json()["choices"][0]["finish_reason"]
-                if finish == "length":
-                    assert response.json()["usage"]["completion_tokens"] == max_tokens
-            assert finish in ("stop", "length")
-
-        def run(first: int, count: int) -> None:
-            list(pool.map(one, range(first, first + count)))  # re-raises the first failure
-
-        with pool:
-            run(0, 32)  # warm up: the allocator's, tokenizer's and HTTP stack's memory reaches its working size
-            before = resident_bytes()
-            run(32, 64)
-            grown = resident_bytes() - before
-        for http in clients:
-            http.close()
-        # The engine thread forgets a finished stream just after delivering its last output: wait for that too
-        # (a busy machine can hold the thread between the two), then nothing may be left.
-        def drained() -> bool:
-            return not engine.has_unfinished_requests() and not thread.streams
-
-        wait_until(drained)
-        assert not engine.texts and not thread.streams and engine.cache.allocator.num_in_use == 0
-        # A request's own state is a few kB; 64 requests leaking even that would drown in the allocator's noise,
-        # so leaks are checked structurally above, and memory here only against gross growth: the preallocated
-        # pool of KV blocks is 8 MB (16,384 tokens x 512 bytes), so a leak of a pool's worth shows as more than 8 MB.
-        assert grown < 8 << 20, f"resident memory grew by {grown / 1e6:.1f} MB over 64 requests"
-
-
-def test_sigterm_drains_and_exits_zero(checkpoint):
+    Its output goes to the file ``log``: a pipe nobody reads would fill with the access log and stop the server.
+    """
     port = free_port()
     command = [sys.executable, "-m", "llama_from_scratch", "serve", "--checkpoint", str(checkpoint), "--port",
-               str(port), "--drain-seconds", "20", "--max-num-seqs", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "TQDM_DISABLE": "1"})
+               str(port), "--model-name", MODEL, *options]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TQDM_DISABLE": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{url}/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                return httpx.get(f"{url}/health").status_code == 200
-            except httpx.TransportError:
-                return False
-
         wait_until(up, 120)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url
+
+
+def resident_bytes(pid: int) -> int:
+    """Process ``pid``'s resident memory, from the kernel's ``/proc/PID/status``."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+LOAD_WARM_UP, LOAD_MEASURED = 100, 400
+
+
+def test_a_bounded_load_completes_every_answer_and_keeps_its_memory(checkpoint, tmp_path):
+    """500 requests to ``serve`` in a subprocess, 16 at a time (8 decoding, 8 queued: the server's capacity),
+    streaming or not, chat or completion, of 1 to 30 tokens: no error, every answer complete (its end, and
+    ``max_tokens`` tokens when cut by the length), nothing left running or holding KV blocks afterwards, and
+    the server's resident memory stable over the last 400."""
+    # 64 blocks (1,024 tokens) hold the 16 requests in flight (<= 60 tokens, 4 blocks each); the warm-up fills
+    # them, so the prefix cache's index of named blocks has its final size before memory is measured.
+    process, url = start_serve(checkpoint, tmp_path / "serve.log", "--max-num-seqs", "8", "--max-queue", "8",
+                               "--kv-blocks", "64")
+    local, clients = threading.local(), []
+
+    def one(i: int) -> None:
+        max_tokens, stream, chat = 1 + i % 30, i % 2 == 0, i % 3 == 0
+        body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+        # 16 different prompts: the tokenizer's cache of words is full after the warm-up too
+        body |= {"messages": MESSAGES} if chat else {"prompt": f"request {i % 16}"}
+        body |= {"stream_options": {"include_usage": True}} if stream else {}
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(timeout=60)  # one per worker thread, kept: its connection is reused
+            clients.append(local.http)
+        if stream:
+            with local.http.stream("POST", url + path, json=body) as response:
+                lines = [line for line in response.iter_lines() if line]
+            assert response.status_code == 200 and lines[-1] == "data: [DONE]", lines
+            finish = json.loads(lines[-3][6:])["choices"][0]["finish_reason"]
+            tokens = json.loads(lines[-2][6:])["usage"]["completion_tokens"]
+        else:
+            response = local.http.post(url + path, json=body)
+            assert response.status_code == 200, response.text
+            finish = response.json()["choices"][0]["finish_reason"]
+            tokens = response.json()["usage"]["completion_tokens"]
+        assert finish == "stop" and tokens < max_tokens or finish == "length" and tokens == max_tokens
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, range(LOAD_WARM_UP)))  # re-raises the first failure
+            before = resident_bytes(process.pid)
+            list(pool.map(one, range(LOAD_WARM_UP, LOAD_WARM_UP + LOAD_MEASURED)))
+            grown = resident_bytes(process.pid) - before
+        for http in clients:
+            http.close()
+        wait_until(lambda: all(counter(url, gauge) == 0 for gauge in (
+            "llama_requests_running", "llama_requests_waiting", "llama_kv_blocks_in_use")))
+        statuses = re.findall(r'^llama_requests_total{status="(\d+)"} (\S+)$', httpx.get(f"{url}/metrics").text, re.M)
+        assert [s for s, count in statuses if s != "200"] == []  # no error of any kind
+        # Memory: over these 400 requests a sound server's resident memory grew by 0.17 to 0.46 MiB in five runs
+        # on a busy 2-core machine (allocators settling: tracemalloc finds no Python objects accumulating). The
+        # bound, 4x that, fails a leak of 5 kB or more per request (its outputs, a tensor per request). A smaller
+        # leak of a request's Python state (its Sequence and text kept: 2 to 3 kB, 0.8 to 1.1 MiB here) would
+        # drown in that noise: the in-thread tests check that state structurally (engine.texts, thread.streams).
+        assert grown < 2 * 2**20, f"resident memory grew by {grown / 2**20:.2f} MiB over {LOAD_MEASURED} requests"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_sigterm_drains_and_exits_zero(checkpoint, tmp_path):
+    process, url = start_serve(checkpoint, tmp_path / "serve.log", "--drain-seconds", "20", "--max-num-seqs", "1")
+    try:
         # One at a time (--max-num-seqs 1): when the signal comes, one answer is decoding and two are queued.
         body = {"model": "tiny", "prompt": "a", "max_tokens": 90, "temperature": 0, "stream": True}
         answers = [[] for _ in range(3)]

@@ -110,6 +110,27 @@ def test_eight_concurrent_requests_get_the_greedy_tokens_they_get_alone(model):
     assert widest == 8  # all eight shared steps
 
 
+def test_the_engine_counts_its_forward_passes_and_computed_tokens(model):
+    rows, lengths = prompts(4), [5, 9, 2, 7]  # prompts of 3, 14, 25 and 36 tokens: all fit one step's budget
+
+    def work(max_num_seqs: int, prompts: list[list[int]]) -> tuple[int, int]:
+        engine = LLMEngine(copy.deepcopy(model), max_num_seqs=max_num_seqs)
+        for i, (row, n) in enumerate(zip(prompts, lengths)):
+            engine.add_request(i, row, SamplingParams(max_tokens=n, temperature=0.0))
+        while engine.has_unfinished_requests():
+            engine.step()
+        return engine.num_steps, engine.num_computed_tokens
+
+    # Each prompt token is computed once, then each new token but the last (sampled, never fed back).
+    computed = sum(map(len, rows)) + sum(n - 1 for n in lengths)
+    assert work(1, rows) == (sum(lengths), computed)  # one at a time: a forward pass per token
+    assert work(4, rows) == (max(lengths), computed)  # together: a forward pass per token of the longest
+    # The same prompts after a shared 40-token prefix, one at a time: the first computes all of it; the later
+    # ones find its two full blocks (32 tokens) in the prefix cache.
+    shared = [list(range(100, 140)) + row for row in rows]
+    assert work(1, shared) == (sum(lengths), computed + 40 + 3 * (40 - 32))
+
+
 def test_static_batching_admits_a_batch_only_when_the_last_has_finished(model):
     rows = prompts(6)
     alone = [generate(model, row, GenerationConfig(3 + 2 * i)) for i, row in enumerate(rows)]

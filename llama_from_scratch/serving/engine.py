@@ -63,6 +63,11 @@ class LLMEngine:
     ``max_batched_tokens`` tokens at most per step (default: the model's context); ``batching``:
     ``"continuous"``, or ``"static"`` to measure against (see :mod:`.scheduler`).
     ``tokenizer`` turns tokens into text and is needed for stop strings; without it the text stays empty.
+
+    Two counters say how much work the engine has done, which is what its speed follows and, unlike a time,
+    the same on every machine: ``num_steps``, the forward passes run (each reads every weight once), and
+    ``num_computed_tokens``, the tokens those passes computed (prompts less their prefix-cache hits, plus one
+    per decoding sequence per step).
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class LLMEngine:
         self.cache = PagedKVCache.for_model(model, num_blocks, enable_prefix_caching=enable_prefix_caching)
         self.scheduler = Scheduler(self.cache, max_num_seqs, max_batched_tokens, batching)
         self.texts: dict[str, _Text] = {}
+        self.num_steps = self.num_computed_tokens = 0
 
     def check_request(self, prompt: Sequence_[int], params: SamplingParams) -> None:
         """Raise a ``ValueError`` naming what is wrong if this request can never run (it reads, changes nothing)."""
@@ -120,6 +126,8 @@ class LLMEngine:
             return []
         batch = StepBatch.build(self.model, self.cache, [(s.request_id, s.tokens, s.num_computed) for s in seqs])
         logits = paged_forward(self.model, self.cache, batch)  # (len(seqs), vocab_size)
+        self.num_steps += 1
+        self.num_computed_tokens += batch.tokens.shape[1]
         outputs = []
         for seq, row in zip(seqs, logits):
             self.cache.commit(seq.request_id, seq.tokens)
