@@ -10,6 +10,10 @@ The prompt is plain text, no chat template: the test is whether attention reache
 completion "The pass key is" asks for nothing but copying it. The prefill computes the logits of the last
 position only: all of them, at 16K tokens and 49,152 words, would be 3.2 GB.
 
+Every key of one length and depth sits after the same filler: its keys and values are computed once per cell and
+each trial prefills only from the key on (at depth 0.9 a tenth of the prompt), which is what makes five trials per
+cell affordable on a CPU (the stored run: 2,048 and 8,192 tokens at depth 0.9, 29 minutes on two busy cores).
+
 Depths 0, 0.5 and 0.9 by default, not 1: at depth 1 the key's sentence ends right before the question
 ("... 15306 is the pass key. What is the pass key? The pass key is"), and SmolLM2-135M continues it with
 " the pass key." at 2,048 tokens already, with and without YaRN (measured): a failure of copying the
