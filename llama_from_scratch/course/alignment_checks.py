@@ -371,14 +371,14 @@ def check_bradley_terry_loss(fn: Callable) -> None:
     def with_grad(r_chosen, r_rejected, margin):  # the rewards as a reward model gives them: with gradient
         return fn(r_chosen.clone().requires_grad_(True), r_rejected.clone().requires_grad_(True), margin)
 
-    def graph(case: Case, got: object) -> None:
-        if not got.requires_grad:
+    def graph(case: Case, given: tuple, got: object) -> None:
+        if isinstance(got, torch.Tensor) and not got.requires_grad:
             raise fail(case.label, "  the loss has no gradient: keep it a tensor (no .item(), float() or\n"
                        "  torch.tensor(...) of a number), so that backward() reaches the reward model")  # fmt: skip
 
     check_cases(
         None, "my_bradley_terry_loss", with_grad, cases, compare=_scalar_loss, mistakes=BRADLEY_TERRY,
-        forbidden=[bradley_terry_loss], after=graph,
+        forbidden=[bradley_terry_loss], before=graph,
     )  # fmt: skip
     refuses(
         "my_bradley_terry_loss(3 chosen rewards, 2 rejected)",
