@@ -20,6 +20,7 @@ from torch import nn
 
 from helpers import check_failure, hidden_tests, solution_answer
 from llama_from_scratch.course import (
+    alignment_checks,
     attention_checks,
     finetuning_checks,
     evaluation_checks,
@@ -297,6 +298,68 @@ def test_evaluation_wrong_types_and_refusals_are_named():
 def pass_at_k_of(n, c, k):
     """The estimator without the forbidden call: 1 - C(n - c, k) / C(n, k), exact in integers."""
     return 1 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# --- 13 · RLHF ------------------------------------------------------------------------------------
+
+
+def test_the_rlhf_checks_accept_other_right_answers(capsys):
+    """Right answers written otherwise pass: -logsigmoid, the std as the root of the unbiased variance plus eps
+    inside (some 1e-5 off), the advantages expanded with expand_as and the mask made float, a loss in float32
+    ops on float64 input."""
+    alignment_checks.check_bradley_terry_loss(
+        lambda c, r, m=0.0: _refuse_shapes(c, r) or -F.logsigmoid(c - r - m).mean()
+    )
+
+    def advantages(rewards, scale=True, eps=1e-6):
+        if rewards.ndim != 2 or rewards.shape[1] < 2:
+            raise ValueError(f"shape {tuple(rewards.shape)}")
+        centered = rewards - rewards.mean(1, keepdim=True)
+        return centered / torch.sqrt(rewards.var(1, keepdim=True) + eps) if scale else centered
+
+    alignment_checks.check_group_advantages(advantages)
+
+    def ppo(logprobs, old, advantages, mask, clip=0.2):
+        advantages = advantages.unsqueeze(-1).expand_as(logprobs) if advantages.ndim == 1 else advantages
+        ratio = (logprobs - old.detach()).exp()
+        weights = mask.float().to(logprobs.dtype)
+        surrogate = torch.where(advantages >= 0, torch.minimum(ratio, torch.tensor(1 + clip, dtype=ratio.dtype)),
+                                torch.maximum(ratio, torch.tensor(1 - clip, dtype=ratio.dtype))) * advantages
+        return -(surrogate * weights).sum() / weights.sum()
+
+    alignment_checks.check_ppo_clip_loss(ppo)
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+def _refuse_shapes(chosen, rejected):
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"shapes {tuple(chosen.shape)} and {tuple(rejected.shape)}")
+
+
+def test_rlhf_wrong_types_and_graphs_are_named():
+    message = check_failure(
+        alignment_checks.check_bradley_terry_loss,
+        lambda c, r, m=0.0: _refuse_shapes(c, r) or torch.tensor(F.softplus(-(c - r - m)).mean().item()),
+    )
+    assert "the loss has no gradient" in message, message
+    message = check_failure(alignment_checks.check_ppo_clip_loss, lambda lp, old, a, m, clip=0.2: 0.5)
+    assert "expected a 0-d torch.Tensor" in message, message
+    message = check_failure(
+        alignment_checks.check_ppo_clip_loss,
+        lambda lp, old, a, m, clip=0.2: alignment_checks._ppo(lp, old, a, m, clip).detach(),
+    )
+    assert "the loss has no gradient" in message, message
+    message = check_failure(
+        alignment_checks.check_group_advantages,
+        lambda r, scale=True, eps=1e-6: alignment_checks._advantages(r, scale, eps) if r.ndim == 2 else r,
+    )
+    assert "expected a ValueError, got a result" in message, message
+
+
+def test_the_ppo_check_catches_a_gradient_that_only_the_gradient_shows():
+    """Not detaching old_logprobs leaves every loss value right: the check names it from the gradient."""
+    message = check_failure(alignment_checks.check_ppo_clip_loss, alignment_checks.PPO_CLIP_LOSS[6].answer)
+    assert "its gradient d loss / d logprobs" in message and "not detached" in message, message
 
 
 # --- what a learner and nbgrader's feedback see ----------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import (
+    alignment_checks,
     attention_checks,
     checkpoints_checks,
     evaluation_checks,
@@ -167,6 +168,18 @@ CHAPTERS = (
         (
             Exercise("my_choice_scores", evaluation_checks.check_choice_scores, evaluation_checks.CHOICE_SCORES),
             Exercise("my_pass_at_k", evaluation_checks.check_pass_at_k, evaluation_checks.PASS_AT_K),
+        ),
+    ),
+    Chapter(
+        "13_rlhf",
+        (
+            Exercise(
+                "my_bradley_terry_loss", alignment_checks.check_bradley_terry_loss, alignment_checks.BRADLEY_TERRY
+            ),
+            Exercise(
+                "my_group_advantages", alignment_checks.check_group_advantages, alignment_checks.GROUP_ADVANTAGES
+            ),
+            Exercise("my_ppo_clip_loss", alignment_checks.check_ppo_clip_loss, alignment_checks.PPO_CLIP_LOSS),
         ),
     ),
     Chapter(
