@@ -1,0 +1,151 @@
+"""A C++ kernel for int4 decoding: ``torch.ops.llama_from_scratch.int4_matmul``, built on first use.
+
+Decoding one token multiplies each weight matrix by one row ``x``: every weight is read once and used
+once, so the speed is set by how fast the weights stream in and are turned into products. Compiled, the
+pure-PyTorch path (:meth:`.Int4Linear.matmul_one_row`) unpacks each 4-bit code to a float, scales it and
+multiplies it by a float ``x_i``: eight floats per 32-bit lane, with a conversion, a multiply-add for the
+scale and one for the product per weight. llama.cpp does it otherwise, and so does this kernel
+(:file:`int4_kernel.cpp`):
+
+1. quantize ``x`` to int8 in blocks of 32 (llama.cpp's Q8_1): ``d = max|x| / 127``, ``a = round(x / d)``,
+   and keep each block's float sum ``S``;
+2. multiply codes by ``a`` as *integers*, 32 per instruction: AVX2's ``_mm256_maddubs_epi16`` takes 32
+   unsigned bytes (the codes, 0..15) and 32 signed bytes (``a``), multiplies them and adds neighbours into
+   16-bit sums; ``_mm256_madd_epi16`` by ones adds neighbours again into 32-bit ones;
+3. apply the scales once per block of 32, not once per weight::
+
+       sum_i (s c_i + m) x_i  ~  s * sum_blocks d * (sum_i c_i a_i)  +  m * sum_blocks S
+
+Blocks of 32 rather than one scale per row: an LLM's activations have outlier channels (a few inputs 100x
+the others); with one scale per row they would round every other input of the row to a few levels, with
+blocks only their own 32. Blocks of 32 also line up with every group size (32, 64, 128).
+
+What it costs: the products use ``d * a`` for ``x``, off by at most ``d / 2`` per input, so an output moves
+by at most ``sum_i |s c_i| d_i / 2`` (the ``m`` term uses the exact ``S``); the tests check that bound.
+
+Portable C++ where the CPU has no AVX2. When the kernel cannot be built (no compiler, no ninja, a failed
+build) a one-line warning says so and :class:`.Int4Linear` keeps the pure-PyTorch path;
+``LLAMA_FROM_SCRATCH_INT4_KERNEL=0`` forces that path. The build is cached per user in
+``~/.cache/llama_from_scratch/`` (``$XDG_CACHE_HOME``), one folder per PyTorch version and instruction set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("int4_kernel.cpp")
+SWITCH = "LLAMA_FROM_SCRATCH_INT4_KERNEL"  # "0": never use the kernel
+MAX_ROWS = 4  # inputs of more rows (a prompt's prefill) go to dequantize-then-BLAS, which is faster there
+
+_built: bool | None = None  # None: not tried yet in this process
+
+
+def avx2() -> bool:
+    """Whether this CPU runs AVX2 and FMA, as PyTorch detected it (an AVX-512 CPU has both)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def cache_dir() -> Path:
+    """Where builds are kept: ``$XDG_CACHE_HOME`` (default ``~/.cache``) ``/llama_from_scratch``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama_from_scratch"
+
+
+def build(source: Path = SOURCE, build_dir: Path | None = None) -> bool:
+    """Compile ``source`` (unless a cached build is current) and load it: True when the op is registered.
+
+    On failure it warns in one line and returns False. ``build_dir`` defaults to a folder of :func:`cache_dir`
+    named after the PyTorch version and instruction set.
+    """
+    from torch.utils import cpp_extension  # imports setuptools: only when a build is wanted
+
+    flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma"] if avx2() else [])
+    isa = "avx2" if avx2() else "portable"
+    build_dir = build_dir or cache_dir() / f"int4_kernel-torch{torch.__version__}-{isa}"
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return _fallback(f"no C++ compiler ({compiler}) on PATH")
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        with _ninja_on_path(), _build_lock(build_dir):
+            cpp_extension.load(
+                "llama_from_scratch_int4_kernel",
+                [str(source)],
+                extra_cflags=flags,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                is_python_module=False,  # the library registers the op itself (TORCH_LIBRARY)
+            )
+    except Exception as error:  # a compiler error, a missing ninja, an unwritable cache: all mean "no kernel"
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        return _fallback(reason)
+    torch.library.register_fake("llama_from_scratch::int4_matmul")(_shape_only)
+    return True
+
+
+def available() -> bool:
+    """Whether :func:`int4_matmul` can run: not switched off by ``LLAMA_FROM_SCRATCH_INT4_KERNEL=0``, and built
+    (the first call of a process builds or loads it; later calls reuse the answer)."""
+    global _built
+    if os.environ.get(SWITCH) == "0":
+        return False
+    if _built is None:
+        _built = build()
+    return _built
+
+
+def int4_matmul(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, group_size: int
+) -> torch.Tensor:
+    """``x @ W.T`` for an :class:`.Int4Linear`'s buffers: ``(rows, in_features)`` float32 -> ``(rows, out_features)``."""
+    return torch.ops.llama_from_scratch.int4_matmul(x, qweight, scales, mins, group_size)
+
+
+def _shape_only(x, qweight, scales, mins, group_size):
+    """The op's output without computing it, for ``torch.compile`` to trace through the call."""
+    return x.new_empty(x.shape[0], qweight.shape[0])
+
+
+def _fallback(reason: str) -> bool:
+    warnings.warn(f"int4 kernel not built ({reason}); Int4Linear uses its pure-PyTorch path", stacklevel=3)
+    return False
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """``cpp_extension`` runs ``ninja`` from PATH; the ``ninja`` package (a dependency) installs it next to the
+    interpreter, which is not on PATH when the virtual environment is not activated."""
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """``cpp_extension`` guards a build folder with a lock *file*; a process killed mid-build leaves it behind and
+    every later build waits forever. An OS lock (released when its process dies) is taken around the build;
+    whoever holds it knows that a leftover lock file is stale, and removes it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: cpp_extension's own lock file only
+        yield
+        return
+    with open(build_dir / "build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
