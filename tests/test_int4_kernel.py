@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from helpers import random_llama
 
 from llama_from_scratch import GenerationConfig, LlamaConfig, generate
-from llama_from_scratch.quantization import Int4Linear, int4_kernel, quantize, unpack_int4
+from llama_from_scratch.quantization import Int4Linear, int4_kernel, quantize
 
 U = 2.0**-24  # float32 unit roundoff
 
@@ -31,34 +31,6 @@ def layer_and_input(out_features, in_features, group_size, symmetric, rows, seed
     return Int4Linear.from_weight(w, group_size=group_size, symmetric=symmetric), x
 
 
-def int8_error_bound(layer: Int4Linear, x: torch.Tensor) -> torch.Tensor:
-    """``(rows, out)``: how far the kernel may be from ``x @ W.T`` (W the dequantized weight, in float64).
-
-    The kernel writes each weight as ``w_i = s c_i + m`` (code c_i in 0..15; m = -8 s when symmetric) and
-    replaces each input x_i by ``d a_i``, a = round(x / d), d = max|x| / 127 over x_i's block of 32 inputs,
-    except in the ``m`` term, which uses the blocks' exact float sums. So
-
-        y_kernel - y = s * sum_i c_i (d a_i - x_i)   per group,   |d a_i - x_i| <= d / 2   (round to nearest)
-
-    and |y_kernel - y| <= sum_i |s c_i| d_i / 2. On top come float32 roundings: s * d (1 u), the block sums S
-    (31 additions), m * S (1 u), and the accumulation over at most K / 32 block terms and as many group terms,
-    each term bounded by (|s c_i| + |m|)(|x_i| + d_i) summed over its inputs: (K / 16 + 64) u times that sum.
-    A wrong nibble, scale or block would be off by O(|w| |x|), a hundred times the int8 term.
-    """
-    rows, in_features = x.shape
-    groups = layer.scales.shape[1]
-    padded = F.pad(x.double(), (0, groups * layer.group_size - in_features))  # (rows, K)
-    d = (padded.view(rows, -1, 32).abs().amax(-1) / 127).repeat_interleave(32, dim=-1)  # (rows, K): d_i
-    codes = unpack_int4(layer.qweight.view(layer.out_features, groups, -1)).double()  # (out, groups, g)
-    scales = layer.scales.double()[..., None]
-    sc = (scales * codes).view(layer.out_features, -1).abs()  # (out, K): |s c_i|
-    m = (layer.mins.double()[..., None] if layer.mins is not None else -8 * scales).expand_as(codes)
-    m = m.reshape(layer.out_features, -1).abs()  # (out, K): |m_i|
-    int8_term = d @ sc.T / 2
-    rounding = (padded.shape[1] / 16 + 64) * U * ((padded.abs() + d) @ (sc + m).T)
-    return int8_term + rounding
-
-
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("in_features, rows", [(100, 1), (576, 3), (200, 4)])  # partial last groups; 1-4 rows
@@ -66,10 +38,25 @@ def test_the_kernel_is_within_the_int8_rounding_bound(kernel, symmetric, group_s
     layer, x = layer_and_input(37, in_features, group_size, symmetric, rows)
     exact = x.double() @ layer.dequantize().double().T
     y = int4_kernel.int4_matmul(x, layer.qweight, layer.scales, layer.mins, group_size)
-    bound = int8_error_bound(layer, x)
+    bound = int4_kernel.int8_error_bound(x, layer.qweight, layer.scales, layer.mins, group_size)  # derived there
     assert y.shape == (rows, 37) and y.dtype == torch.float32
     assert ((y.double() - exact).abs() <= bound).all()
     assert (y.double() - exact).abs().max() > 100 * U * exact.abs().max()  # int8 inputs: not float32's exactness
+
+
+def test_the_kernel_multiplies_by_the_int8_rounded_input(kernel):
+    """Exactly llama.cpp's Q8_1 rounding, x_i -> d a_i with a = round(x / d), d = max|x| / 127 per block of 32: against
+    W @ (d a) in float64 only float32's rounding is left, the second term of int8_error_bound: (K / 16 + 64) u times
+    sum_i (|s c_i| + |m|) |d a_i|, with |s c_i| = |w_i - m|. (Rounding x / d to the even neighbour at a tie could
+    differ; random inputs do not hit one.)"""
+    layer, x = layer_and_input(37, 200, 64, False, 3, seed=1)
+    blocks = F.pad(x, (0, 56)).view(3, -1, 32)  # 200 inputs padded to 256 = 4 groups of 64
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    rounded = (torch.round(blocks / d) * d).view(3, -1)[:, :200].double()
+    w, m = layer.dequantize().double(), layer.mins.double().repeat_interleave(64, dim=-1)[:, :200]
+    y = int4_kernel.int4_matmul(x, layer.qweight, layer.scales, layer.mins, 64).double()
+    bound = (256 / 16 + 64) * U * (rounded.abs() @ ((w - m).abs() + m.abs()).T)
+    assert ((y - rounded @ w.T).abs() <= bound).all()
 
 
 def test_int4_linear_takes_the_kernel_for_decoding_rows_only(kernel, monkeypatch):

@@ -93,6 +93,7 @@ class Int4Linear(QuantizedLinear):
 
     scheme = "int4"
     setting_names = ("group_size", "symmetric")
+    use_kernel = True  # set False on a layer (not saved) to keep it on the PyTorch path, as the benchmark's baseline
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, symmetric: bool = False):
         super().__init__(in_features, out_features)
@@ -118,10 +119,12 @@ class Int4Linear(QuantizedLinear):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``: through the C++ kernel (:mod:`.int4_kernel`: int8
         activations, integer dot products) for float32 CPU inputs of at most ``int4_kernel.MAX_ROWS`` rows
-        (decoding) that need no gradient, where it is built; otherwise as every quantized layer does."""
+        (decoding) that need no gradient, unless :attr:`use_kernel` is False, where it is built; otherwise as every
+        quantized layer does."""
         rows = x.numel() // self.in_features
         if (
-            x.dtype == torch.float32
+            self.use_kernel
+            and x.dtype == torch.float32
             and x.device.type == "cpu"
             and rows <= int4_kernel.MAX_ROWS
             and not (x.requires_grad and torch.is_grad_enabled())  # the op has no backward

@@ -10,9 +10,10 @@
 //   mins     (N, G)       float32 m, or None (symmetric: m = -8 s)      w = s * c + m
 //   -> y     (M, N)       float32
 //
-// 1. Each row of x is quantized to int8 in blocks of 32 (Q8_0's absmax rule, llama.cpp's quantize_row_q8_1):
-//    d = max|x| / 127, a = round(x / d) in -127..127, and the block's float sum S = sum x is kept exactly.
-// 2. Group j of row n contributes    sum_i (s c_i + m) x_i  ~  s * sum_b d_b * (sum_{i in b} c_i a_i) + m * sum_b S_b
+// 1. Each row of x is quantized to int8 in blocks of 32, as llama.cpp's quantize_row_q8_1: d = max|x| / 127,
+//    a = round(x / d) in -127..127, and the block's sum S = d * sum a (of the rounded inputs, not of x: then the
+//    result is exactly W times the rounded x, whose error sum_i w_i (d a_i - x_i) is smaller than with sum x).
+// 2. Group j of row n contributes    sum_i (s c_i + m) d a_i  =  s * sum_b d_b * (sum_{i in b} c_i a_i) + m * sum_b S_b
 //    The inner sums are integers: 32 products of a 4-bit code (0..15) and an int8, added in int32. AVX2 does
 //    them 32 at a time: _mm256_maddubs_epi16 multiplies unsigned bytes by signed bytes and adds neighbours
 //    into int16 (|2 * 15 * 127| = 3810 fits), _mm256_madd_epi16 with ones adds neighbours again into int32.
@@ -35,22 +36,20 @@ namespace {
 
 constexpr int64_t kBlock = 32;  // activations per int8 scale
 
-// One row of x (k floats, zero-padded to kp) -> kp int8 codes, kp / 32 scales d and block sums S.
+// One row of x (k floats, zero-padded to kp) -> kp int8 codes, kp / 32 scales d and block sums S = d * sum a.
 void quantize_row_int8(const float* x, int64_t k, int64_t kp, int8_t* a, float* d, float* sums) {
   for (int64_t b = 0; b < kp / kBlock; ++b) {
-    float amax = 0.f, sum = 0.f;
-    for (int64_t i = b * kBlock; i < (b + 1) * kBlock; ++i) {
-      const float v = i < k ? x[i] : 0.f;
-      amax = std::max(amax, std::fabs(v));
-      sum += v;
-    }
+    float amax = 0.f;
+    for (int64_t i = b * kBlock; i < std::min((b + 1) * kBlock, k); ++i) amax = std::max(amax, std::fabs(x[i]));
     const float scale = amax / 127.f;
+    int32_t sum = 0;
     for (int64_t i = b * kBlock; i < (b + 1) * kBlock; ++i) {
       const float v = i < k ? x[i] : 0.f;
       a[i] = scale == 0.f ? 0 : static_cast<int8_t>(std::nearbyint(v / scale));  // |v / scale| <= 127
+      sum += a[i];
     }
     d[b] = scale;
-    sums[b] = sum;
+    sums[b] = scale * static_cast<float>(sum);
   }
 }
 
@@ -66,7 +65,7 @@ inline int32_t block_dot(const uint8_t* w, int shift, const int8_t* a, int64_t n
 float dot_row(const uint8_t* w, const float* s, const float* m, const int8_t* a, const float* d,
               const float* sums, int64_t groups, int64_t g) {
   const int64_t half = g / 2, blocks = g / kBlock;
-  float offset_total = 0.f;  // sum over groups of m * (sum of x over the group)
+  float offset_total = 0.f;  // sum over groups of m * (sum of the rounded x over the group)
 #if defined(__AVX2__)
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
