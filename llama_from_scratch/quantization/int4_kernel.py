@@ -45,7 +45,7 @@ from .packing import unpack_int4
 SOURCE = Path(__file__).with_name("int4_kernel.cpp")
 BLOCK = 32  # activations per int8 scale (kBlock in the .cpp)
 SWITCH = "LLAMA_FROM_SCRATCH_INT4_KERNEL"  # "0": never use the kernel
-MAX_ROWS = 16  # more rows (a prompt's prefill) go to dequantize-then-BLAS: faster from ~32 rows on (measured, 1 core)
+MAX_ROWS = 4  # decode-shaped (a few sequences, a speculative check); prompts go to dequantize-then-BLAS, exact
 
 _built: bool | None = None  # None: not tried yet in this process
 
