@@ -1,7 +1,8 @@
 """Every quantization scheme on SmolLM2-135M: decode speed, bits per byte on held-out Shakespeare, weight memory.
 
 One process, one prompt, batch 1, KV cache, greedy. For each scheme (float32, int8, int4 in groups of
-32/64/128, symmetric int4) the packaged model is quantized with its output head (tied to the embedding,
+32/64/128, symmetric int4; int4 decodes through the C++ kernel of chapter 14, ``quantization.int4_kernel``,
+and "int4 g32 pytorch" is the same model on the pure-PyTorch path of chapter 09) the packaged model is quantized with its output head (tied to the embedding,
 so one matrix), decoded with ``generate_stream(..., compile=True)`` (the compiled one-row kernels; compile
 time reported apart and not counted), and evaluated on the first ``--eval-chars`` characters of the four
 held-out plays. The references run in the same loop, interleaved with ours so that a change in machine
@@ -34,7 +35,7 @@ from decode_smollm2 import llama_cpp_tok_s, smollm2_file, transformers_smollm2
 
 from llama_from_scratch import GenerationConfig, generate_stream, load_pretrained
 from llama_from_scratch.checkpoints import model_tensors
-from llama_from_scratch.quantization import quantize
+from llama_from_scratch.quantization import int4_kernel, quantize, quantized_layers
 from llama_from_scratch.training.corpus import shakespeare
 from llama_from_scratch.training.dataset import TokenData
 from llama_from_scratch.training.train import evaluate_all
@@ -43,6 +44,7 @@ SCHEMES = {  # name -> (scheme, group size) for quantize(); None: the float32 mo
     "fp32": None,
     "int8": ("int8", 32),
     "int4 g32": ("int4", 32),
+    "int4 g32 pytorch": ("int4", 32),  # Int4Linear.use_kernel off: the compiled one-row PyTorch path
     "int4 g64": ("int4", 64),
     "int4 g128": ("int4", 128),
     "int4-sym g32": ("int4-sym", 32),
@@ -54,7 +56,11 @@ def quantized(model, name: str):
     if SCHEMES[name] is None:
         return model
     scheme, group_size = SCHEMES[name]
-    return quantize(copy.deepcopy(model), scheme, group_size, include_embeddings=True, include_output=True)
+    model = quantize(copy.deepcopy(model), scheme, group_size, include_embeddings=True, include_output=True)
+    if name.endswith("pytorch"):
+        for layer in quantized_layers(model).values():
+            layer.use_kernel = False
+    return model
 
 
 def weight_megabytes(model) -> float:
@@ -149,6 +155,12 @@ def main() -> None:
     if cpp_speed:
         print(f"{'llama.cpp Q4_1':>13} {cpp_speed:7.1f}")
     summary = {"threads": args.threads, "transformers_tok_s": round(reference, 2), "schemes": results}
+    summary["int4_kernel"] = int4_kernel.available()
+    if {"int4 g32", "int4 g32 pytorch"} <= results.keys():
+        ratio = results["int4 g32"]["tok_s"] / results["int4 g32 pytorch"]["tok_s"]
+        summary["int4_g32_kernel_vs_pytorch"] = round(ratio, 2)
+        print(f"int4 g32: the C++ kernel decodes {ratio:.2f}x as fast as the PyTorch path"
+              + ("" if summary["int4_kernel"] else " (the kernel is not built here: both rows are the PyTorch path)"))
     if cpp_speed:
         summary["llama_cpp_q4_1_tok_s"] = round(cpp_speed, 2)
 

@@ -31,6 +31,7 @@ from llama_from_scratch.quantization import (
     dequantize,
     dequantize_int4,
     dequantize_int8,
+    int4_kernel,
     pack_int4,
     quantize,
     quantize_int4,
@@ -137,7 +138,7 @@ def test_int4_asymmetric_steps_are_finer_than_symmetric_ones():
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_int4_pads_a_partial_last_group_without_changing_its_scale(symmetric):
+def test_int4_pads_a_partial_last_group_without_changing_its_scale(symmetric, monkeypatch):
     """576 = 4.5 groups of 128 (SmolLM2): the last group is padded with copies of the row's last weight, so its
     range and scale are those of its 64 real weights, and the padding never reaches the output."""
     w = weight_with_outliers(8, 576)
@@ -154,6 +155,7 @@ def test_int4_pads_a_partial_last_group_without_changing_its_scale(symmetric):
     x = torch.randn(576, dtype=torch.float64)
     bound = U * (x.abs() * back.abs().double()).sum(-1) + 1e-12  # as in the one-row kernel test below
     assert ((layer.matmul_one_row(x) - back.double() @ x).abs() <= bound).all()
+    monkeypatch.setenv(int4_kernel.SWITCH, "0")  # the PyTorch path (the C++ kernel's padding: test_int4_kernel.py)
     assert torch.equal(layer(torch.ones(1, 576)), torch.ones(1, 576) @ back.T)
 
 
@@ -326,20 +328,21 @@ def test_the_one_row_kernel_multiplies_by_the_dequantized_weight(scheme, group_s
 
 @pytest.mark.slow
 def test_compiled_decoding_of_a_quantized_model_uses_the_one_row_kernels(monkeypatch):
-    """generate(compile=True) on an int4 model (head included): Inductor compiles matmul_one_row, and the
-    greedy tokens equal the eager ones: the sums are reordered, so logits differ by float32 rounding only
-    (about 1e-6 here), and every step's best logit leads the second by far more (checked)."""
+    """generate(compile=True) on an int4 model (head included), the C++ kernel switched off: Inductor compiles
+    matmul_one_row, and the greedy tokens equal the eager ones: the sums are reordered, so logits differ by
+    float32 rounding only (about 1e-6 here), and every step's best logit leads the second by far more (checked)."""
     from llama_from_scratch import GenerationConfig, generate
     from llama_from_scratch.generate import compiled_decode_step
 
     model = quantize(random_llama(TIED), "int4", 32, include_output=True)
+    monkeypatch.setenv(int4_kernel.SWITCH, "0")
     calls = []
     original = Int4Linear.matmul_one_row
     counting = lambda self, x: calls.append(1) or original(self, x)  # noqa: E731 (counts while Dynamo traces)
     monkeypatch.setattr(Int4Linear, "matmul_one_row", counting)
     torch._dynamo.reset()
     tokens = generate(model, [1, 2, 3], GenerationConfig(6), compile=True)
-    monkeypatch.undo()  # the eager run below uses the real kernel
+    monkeypatch.setattr(Int4Linear, "matmul_one_row", original)  # the eager run below uses the real one-row path
     assert calls, "the compiled decode step never took the one-row path"
     assert tokens == generate(model, [1, 2, 3], GenerationConfig(6))
     with torch.no_grad():

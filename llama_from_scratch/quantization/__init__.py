@@ -6,6 +6,8 @@ Our own weight-only schemes for ``nn.Linear``, swapped into a model from the out
 * :mod:`.int8`: int8, one absmax scale per output channel;
 * :mod:`.packing`: two 4-bit codes per byte, bit by bit;
 * :mod:`.int4`: int4 in groups of 32/64/128 weights, asymmetric (scale + min) or symmetric;
+* :mod:`.int4_kernel`: the C++ kernel :class:`Int4Linear` decodes with (int8 activations, integer SIMD dot
+  products, as llama.cpp), built on first use; the pure-PyTorch path where it cannot be built;
 * :mod:`.swap`: :func:`quantize` a model in place, :func:`dequantize` it back to plain layers (both through
   :func:`llama_from_scratch.swap.swap_layers`), each layer built from its own settings.
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import is_int
+from . import int4_kernel
 from .linear import QuantizedEmbedding, QuantizedLinear
 from .packing import pack_int4, unpack_int4
 
@@ -92,6 +93,7 @@ class Int4Linear(QuantizedLinear):
 
     scheme = "int4"
     setting_names = ("group_size", "symmetric")
+    use_kernel = True  # set False on a layer (not saved) to keep it on the PyTorch path, as the benchmark's baseline
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, symmetric: bool = False):
         super().__init__(in_features, out_features)
@@ -114,6 +116,26 @@ class Int4Linear(QuantizedLinear):
         mins = None if self.mins is None else self.mins[pick]
         return dequantize_int4(self.qweight[pick], self.scales[pick], mins, self.group_size, self.in_features)
 
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``: through the C++ kernel (:mod:`.int4_kernel`: int8
+        activations, integer dot products) for float32 CPU inputs of at most ``int4_kernel.MAX_ROWS`` rows
+        (decoding) that need no gradient, unless :attr:`use_kernel` is False, where it is built; otherwise as every
+        quantized layer does."""
+        rows = x.numel() // self.in_features
+        if (
+            self.use_kernel
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and rows <= int4_kernel.MAX_ROWS
+            and not (x.requires_grad and torch.is_grad_enabled())  # the op has no backward
+            and kernel_available()
+        ):
+            y = int4_kernel.int4_matmul(
+                x.reshape(rows, self.in_features), self.qweight, self.scales, self.mins, self.group_size
+            )
+            return y.view(*x.shape[:-1], self.out_features)
+        return super().matmul(x)
+
     def matmul_one_row(self, x: torch.Tensor) -> torch.Tensor:
         # Each byte holds code j of a group (low nibble) and code j + group_size/2 (high nibble), so the
         # low nibbles meet the first half of each group of x and the high nibbles its second half.
@@ -126,6 +148,11 @@ class Int4Linear(QuantizedLinear):
         w_first = (packed & 0x0F).to(x.dtype) * scales + offset  # (out, groups, half): the weights, never stored
         w_second = (packed >> 4).to(x.dtype) * scales + offset
         return (w_first * x[:, 0] + w_second * x[:, 1]).sum(dim=(-1, -2))  # (out,)
+
+
+@torch.compiler.assume_constant_result  # torch.compile asks once, while tracing, and keeps the answer
+def kernel_available() -> bool:
+    return int4_kernel.available()
 
 
 class Int4Embedding(QuantizedEmbedding, Int4Linear):
