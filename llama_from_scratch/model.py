@@ -223,11 +223,8 @@ class Llama(nn.Module):
             raise ValueError(
                 f"a cache of {max_seq_len} positions exceeds the model's context of max_seq_len={self.config.max_seq_len}"
             )
-        weight = self.tok_embeddings.weight
-        return [
-            KVCache(batch_size, max_seq_len, self.config.n_kv_heads, self.config.head_dim, weight.dtype, weight.device)
-            for _ in self.layers
-        ]
+        c, dtype = self.config, self.hidden_dtype
+        return [KVCache(batch_size, max_seq_len, c.n_kv_heads, c.head_dim, dtype, self.device) for _ in self.layers]
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """How many numbers the model learns (a tied matrix counts once).
@@ -244,7 +241,15 @@ class Llama(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.tok_embeddings.weight.device
+        """Where the model lives, read from the final norm's weight: a plain parameter in every model (a
+        quantized layer's ``.weight`` is dequantized on each read, a whole matrix for one attribute)."""
+        return self.norm.weight.device
+
+    @property
+    def hidden_dtype(self) -> torch.dtype:
+        """The dtype of the hidden states, and so of the KV cache: what the embedding gives for one token
+        (a quantized table dequantizes only that row, to float32)."""
+        return self.tok_embeddings(torch.zeros(1, dtype=torch.long, device=self.device)).dtype
 
     @classmethod
     def from_preset(cls, name: str, **changes) -> Llama:

@@ -154,8 +154,8 @@ class PagedKVCache:
     @classmethod
     def for_model(cls, model, num_blocks: int, **options) -> PagedKVCache:
         """A cache of ``num_blocks`` blocks shaped for ``model``, on its device and in its dtype."""
-        c, weight = model.config, model.tok_embeddings.weight
-        return cls(num_blocks, c.n_layers, c.n_kv_heads, c.head_dim, weight.dtype, weight.device, **options)
+        c = model.config
+        return cls(num_blocks, c.n_layers, c.n_kv_heads, c.head_dim, model.hidden_dtype, model.device, **options)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
