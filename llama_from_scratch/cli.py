@@ -654,7 +654,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="items per task, spread evenly (default: all)")
     evaluate.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json, report.md, report.png go")
     evaluate.add_argument("--seed", type=int, default=0, help="draws the few-shot examples (and samples)")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="multiple choice: items scored at once")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="items scored or answered at once")
     evaluate.add_argument("--samples", type=int, default=1, help="answers per item: maj@k (generation), pass@1 from k (code)")
     evaluate.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --samples > 1")
     evaluate.add_argument(

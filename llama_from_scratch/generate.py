@@ -275,6 +275,7 @@ def generate_batch(
     prompts: Sequence[Sequence[int]],
     config: GenerationConfig,
     pad_id: int = 0,
+    finished: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Generate after several prompts at once: the new token ids of each, as :func:`generate` would give them.
 
@@ -282,7 +283,9 @@ def generate_batch(
     one ``(batch, 1)`` forward pass per step, so the weights are read once per step for all rows. The
     attention mask grows by one True column per step and keeps hiding the padding. A row that meets a
     stop token is finished (the stop token is not returned) but keeps being fed until every row is done:
-    the batch moves in lockstep. Greedy rows give :func:`generate`'s tokens up to float rounding (the
+    the batch moves in lockstep. ``finished``, if given, is asked after each token a row gains, with that
+    row's new tokens so far: True finishes the row there, that last token kept (how a stop *sequence* of
+    text ends a row: chapter 12's answers). Greedy rows give :func:`generate`'s tokens up to float rounding (the
     padding shifts a row's positions, which RoPE ignores up to rounding). Sampling draws the rows in
     order from one generator, so it is reproducible with ``config.seed`` but draws other numbers than
     :func:`generate` would for each prompt alone.
@@ -301,16 +304,20 @@ def generate_batch(
     batch, start_pos = tokens.shape
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
     cache = model.new_kv_caches(batch, start_pos + max_new_tokens)
-    logits = model(tokens, 0, cache, attention_mask)[:, -1]  # prefill: (batch, vocab)
+    # Prefill. Only the last column's logits are needed: the output head (a fifth of a small model's work per
+    # token) runs on that column alone, not on every prompt position.
+    logits = model.output(model.hidden_states(tokens, 0, cache, attention_mask)[:, -1])  # (batch, vocab)
     outputs: list[list[int]] = [[] for _ in range(batch)]
-    finished = [False] * batch
+    done = [False] * batch
     for step in range(max_new_tokens):
         new = [config.sample(logits[row], generator) for row in range(batch)]
         for row, token in enumerate(new):
-            finished[row] = finished[row] or token in config.stop_tokens
-            if not finished[row]:
-                outputs[row].append(token)
-        if all(finished) or step == max_new_tokens - 1:
+            if done[row] or token in config.stop_tokens:
+                done[row] = True
+                continue
+            outputs[row].append(token)
+            done[row] = finished is not None and finished(outputs[row])
+        if all(done) or step == max_new_tokens - 1:
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)  # (batch, pos + 1)
         column = torch.tensor(new, dtype=torch.long, device=device)[:, None]  # (batch, 1)

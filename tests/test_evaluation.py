@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import float32_rounding, random_llama
 
-from llama_from_scratch import LlamaConfig
+from llama_from_scratch import GenerationConfig, LlamaConfig, generate_batch
 from llama_from_scratch.evaluation import (
     GenerationItem,
     MultipleChoiceItem,
@@ -24,6 +24,7 @@ from llama_from_scratch.evaluation import (
     encode_pair,
     exact_match,
     generate_until,
+    generate_until_batch,
     majority_vote,
     mcnemar,
     mean_with_stderr,
@@ -238,6 +239,30 @@ def test_generation_stops_at_a_stop_sequence_and_normalises():
     assert normalize_answer("  The Tempest!") == "tempest"
     assert exact_match("an Apple.", ["apple", "pear"]) and not exact_match("apples", ["apple"])
     assert majority_vote(["12", "The 13", "13.", "12 "]) == "12"  # 2 against 2: the earlier one
+
+
+QUESTIONS = ["Q: say something\nA:", "Hi", "A longer question, padded less than the others?", "x\n", "Why?"]
+
+
+def test_batched_answers_are_the_one_at_a_time_answers():
+    # float64: a batch sums in another order than one row alone (and the left padding shifts each row's
+    # positions, which RoPE ignores up to rounding): ~1e-16 relative, far below the gaps between the random
+    # model's logits (~1e-3 and more), so every greedy token, and so every answer, is the same.
+    model, tokenizer = tiny_model(), byte_tokenizer()
+    prompts = [tokenizer.encode(text, bos=True) for text in QUESTIONS]
+    free = [generate_until(model, tokenizer, p, max_new_tokens=12) for p in prompts]
+    # Two stop sequences found in some answers (ASCII, so decoded as soon as written), not in all of them.
+    stop = sorted({c for text in free for c in text[1:] if c.isascii() and c.isalnum()})[:2]
+    alone = [generate_until(model, tokenizer, p, stop, max_new_tokens=12) for p in prompts]
+    assert any(len(a) < len(f) for a, f in zip(alone, free)) and any(a == f for a, f in zip(alone, free))
+    for batch_size in (2, 8):  # rows of different prompt lengths side by side, and the order restored
+        assert generate_until_batch(model, tokenizer, prompts, stop, 12, batch_size=batch_size) == alone
+    # A row that meets a stop sequence is extended no further: its tokens end with the one that completed it.
+    config = GenerationConfig(12, stop_tokens={tokenizer.eos_id})
+    tokens = generate_batch(model, prompts, config, finished=lambda new: any(s in tokenizer.decode(new) for s in stop))
+    for new, text, answer in zip(tokens, free, alone):
+        assert tokenizer.decode(new) == (text if answer == text else text[: len(answer) + 1])
+    assert generate_until_batch(model, tokenizer, [], stop) == []
 
 
 POOL = [GenerationItem(f"Q{i}:", f" A{i}", (f"A{i}",)) for i in range(5)]

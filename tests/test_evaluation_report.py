@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_evaluation import byte_tokenizer, tiny_model
 
-from llama_from_scratch.evaluation import answer_choices, generate_until, majority_vote
+from llama_from_scratch.evaluation import answer_choices, generate_until, generate_until_batch, majority_vote
 from llama_from_scratch.evaluation.multiple_choice import MultipleChoiceItem
 from llama_from_scratch.evaluation.report import compare_results, run_task, write_report
 from llama_from_scratch.evaluation.sandbox import Limits
@@ -51,12 +51,9 @@ def test_maj_at_k_votes_over_the_samples():
     task = Task(card("gen"), "generation", items, stop=(), max_new_tokens=2, extract=lambda text: text[:1])
     result = run_task(model, tokenizer, task, samples=5, temperature=2.0, seed=1)
     assert result.metric == "maj@5"
-    for index, item in enumerate(items):  # each item's samples are seeded (seed * items + index) * samples + s
+    for index, item in enumerate(items):  # each item's samples: one batch, seeded (seed * items + index) * samples
         prompt = tokenizer.encode(item.context, bos=True)
-        texts = [
-            generate_until(model, tokenizer, prompt, max_new_tokens=2, temperature=2.0, seed=(2 + index) * 5 + s)
-            for s in range(5)
-        ]
+        texts = generate_until_batch(model, tokenizer, [prompt] * 5, (), 2, temperature=2.0, seed=(2 + index) * 5)
         assert result.answers[index] == majority_vote([t[:1] for t in texts])
 
 

@@ -15,6 +15,7 @@ import torch
 from helpers import float32_rounding, random_llama
 
 from llama_from_scratch import LlamaConfig, save_checkpoint
+from llama_from_scratch.evaluation.generation import generate_until
 from llama_from_scratch.evaluation.multiple_choice import answer_choices
 from llama_from_scratch.evaluation.registry import read_task_file
 from llama_from_scratch.evaluation.statistics import mean_with_stderr
@@ -107,6 +108,15 @@ def test_the_adapter_answers_rolling_and_generation_requests(checkpoint):
     assert rolling < first < 0  # the second window adds more negative terms
     (generated,) = lm.generate_until([Request("Hello", {"until": ["\n"], "max_gen_toks": 8})])
     assert "\n" not in generated and len(generated) <= 8
+    # Requests with the same settings are answered in one batch, each as it would be alone (float32: the
+    # batch sums in another order, far below the random model's gaps between logits).
+    options = [{"until": ["\n"], "max_gen_toks": 8}, {"until": ["e", "a"], "max_gen_toks": 6}]
+    requests = [Request(text, options[i % 2]) for i, text in enumerate(["Hello", "Hi there", "Hey", "Good day!"])]
+    alone = [
+        generate_until(model, tokenizer, tokenizer.encode(text, bos=True), option["until"], option["max_gen_toks"])
+        for text, option in (r.args for r in requests)
+    ]
+    assert lm.generate_until(requests) == alone
     with pytest.raises(ValueError, match="needs model_args checkpoint=PATH"):
         LlamaFromScratchLM.create_from_arg_string("")
     assert os.path.isdir(path)

@@ -3,8 +3,8 @@
 The measuring: :mod:`.likelihood` (the log-probability of a continuation given a context, each context run
 once and its KV cache shared by its continuations; batches), :mod:`.multiple_choice` (the most likely choice,
 normalised none / per token / per character / per "Answer:"), :mod:`.generation` (answers written up to a
-stop sequence; exact match; maj@k), :mod:`.pass_at_k` (Chen et al.'s unbiased estimator),
-:mod:`.statistics` (standard errors, a paired comparison of two models), :mod:`.few_shot` (solved examples
+stop sequence, one at a time or in batches; exact match; maj@k), :mod:`.pass_at_k` (Chen et al.'s unbiased
+estimator), :mod:`.statistics` (standard errors, a paired comparison of two models), :mod:`.few_shot` (solved examples
 from a separate split in front of the question), :mod:`.contamination` (how much of an item the training
 corpus holds) and :mod:`.sandbox` (generated code run only in a separate, limited process).
 
@@ -20,7 +20,7 @@ Below this package: the model core, tokenization, checkpoints, training and fine
 """
 
 from .few_shot import draw_examples, few_shot_prompt, prompts
-from .generation import exact_match, generate_until, majority_vote, normalize_answer
+from .generation import exact_match, generate_until, generate_until_batch, majority_vote, normalize_answer
 from .likelihood import Request, Scored, encode_pair, rolling_requests, score
 from .multiple_choice import NORMALIZATIONS, ChoiceResult, MultipleChoiceItem, answer_choices, choice_scores
 from .pass_at_k import pass_at_k
@@ -47,6 +47,7 @@ __all__ = [
     "exact_match",
     "few_shot_prompt",
     "generate_until",
+    "generate_until_batch",
     "majority_vote",
     "mcnemar",
     "mean_with_stderr",

@@ -15,7 +15,8 @@ answered by this package's own code:
   by :func:`.likelihood.score`: requests that share a context (the choices of one question) share its KV cache;
 * ``loglikelihood_rolling``: a whole text's log-likelihood, in windows that fill the model's context
   (:func:`.likelihood.rolling_requests`), for perplexity tasks;
-* ``generate_until``: greedy (or sampled) text up to the request's stop sequences (:func:`.generation.generate_until`).
+* ``generate_until``: greedy (or sampled) text up to the request's stop sequences, requests with the same
+  settings in batches (:func:`.generation.generate_until_batch`).
 
 Texts are tokenized by :func:`.likelihood.encode_pair`, with the tokenizer's BOS token in front unless
 ``add_bos_token=false`` (an empty context is then the BOS token alone). A context too long for the model loses its beginning, as the harness's
@@ -38,7 +39,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the enviro
     ) from error
 
 from ..checkpoints import Pretrained, load_pretrained
-from .generation import generate_until
+from .generation import generate_until_batch
 from .likelihood import Request, encode_pair, fit_context, rolling_requests, score
 
 NAME = "llama-from-scratch"
@@ -128,24 +129,30 @@ class LlamaFromScratchLM(LM):
     # -- generation -------------------------------------------------------------------------------------------
 
     def generate_until(self, requests) -> list[str]:
-        outputs = []
-        for request in requests:
+        """Each request's text up to its ``until`` sequences; requests with the same settings in batches."""
+        groups: dict[tuple, list[int]] = {}  # settings -> the requests that have them, in order
+        prompts = []
+        for i, request in enumerate(requests):
             context, options = request.args[0], dict(request.args[1] or {})
             until = options.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             max_new = _int_option("max_gen_toks", options.pop("max_gen_toks", None), self.max_gen_toks)
             temperature = float(options.pop("temperature", 0.0) or 0.0)
             if not options.pop("do_sample", temperature > 0):
                 temperature = 0.0
             max_new = min(max_new, self.max_length - 1)
             prompt = self.tokenizer.encode(context, bos=self.add_bos_token and self.tokenizer.bos_id is not None)
-            prompt = prompt[-(self.max_length - max_new) :]
-            seed = options.pop("seed", None)
-            outputs.append(
-                generate_until(self.model, self.tokenizer, prompt, until, max_new, temperature=temperature, seed=seed)
+            prompts.append(prompt[-(self.max_length - max_new) :])
+            groups.setdefault((until, max_new, temperature, options.pop("seed", None)), []).append(i)
+        outputs = [""] * len(prompts)
+        for (until, max_new, temperature, seed), group in groups.items():
+            written = generate_until_batch(
+                self.model, self.tokenizer, [prompts[i] for i in group], until, max_new,
+                batch_size=self.batch_size, temperature=temperature, seed=seed,
             )
+            for i, text in zip(group, written):
+                outputs[i] = text
         return outputs
-
 
 def run_harness(
     pretrained: Pretrained,

@@ -22,7 +22,7 @@ from ..model import Llama
 from ..tokenization.tokenizer import Tokenizer
 from .contamination import ContaminationReport, NgramIndex, contamination
 from .few_shot import prompts
-from .generation import exact_match, generate_until, majority_vote
+from .generation import exact_match, generate_until_batch, majority_vote
 from .humaneval import program
 from .multiple_choice import answer_choices
 from .pass_at_k import pass_at_k
@@ -61,6 +61,44 @@ def _generation_prompt(tokenizer: Tokenizer, text: str, max_seq_len: int, max_ne
     return ids[-(max_seq_len - max_new_tokens) :]
 
 
+def _written_answers(
+    model: Llama,
+    tokenizer: Tokenizer,
+    task: Task,
+    prompt_ids: list[list[int]],
+    indices: list[int],
+    max_new: int,
+    batch_size: int,
+    samples: int,
+    temperature: float,
+    seed: int,
+    progress: Callable[[int], None] | None,
+) -> list[list[str]]:
+    """Each item's ``samples`` answers, written up to the task's stop sequences (:func:`.generate_until_batch`).
+
+    Greedy (``temperature`` 0): one answer per item, the items ``batch_size`` at a time. Sampled: each item's
+    samples in batches of their own, seeded by the item's index alone, so an item's answers do not depend on
+    ``limit`` or on the other items.
+    """
+    if temperature == 0:
+        written = generate_until_batch(
+            model, tokenizer, prompt_ids, task.stop, max_new, batch_size=batch_size, progress=progress
+        )
+        return [[text] for text in written]
+    answers = []
+    for index, prompt in zip(indices, prompt_ids):
+        seeds = (seed * len(task.items) + index) * samples  # batch j draws with seeds + j, below the next item's
+        answers.append(
+            generate_until_batch(
+                model, tokenizer, [prompt] * samples, task.stop, max_new, batch_size=batch_size,
+                temperature=temperature, seed=seeds,
+            )
+        )
+        if progress:
+            progress(1)
+    return answers
+
+
 def run_task(
     model: Llama,
     tokenizer: Tokenizer,
@@ -78,6 +116,7 @@ def run_task(
     """Score ``task`` on ``limit`` of its items, spread evenly (all for None), with ``shots`` few-shot examples
     (seeded by ``seed``).
 
+    ``batch_size``: items scored (multiple choice) or answered (generation and code) at once.
     ``samples`` > 1 draws that many answers per item at ``temperature`` (> 0): maj@k for generation tasks,
     pass@1 estimated from them for code. ``progress(n)`` is called as ``n`` more items are done. ``bos``:
     the tokenizer's BOS token in front of every prompt (the package's convention, as in ``generate``).
@@ -106,13 +145,11 @@ def run_task(
     else:
         scores = []
         max_new = min(task.max_new_tokens, model.config.max_seq_len - 1)
-        for index, item, context in zip(indices, items, contexts):
-            seeds = (seed * len(task.items) + index) * samples  # each item's samples: their own seeds
-            prompt = _generation_prompt(tokenizer, context, model.config.max_seq_len, max_new, bos)
-            texts = [
-                generate_until(model, tokenizer, prompt, task.stop, max_new, temperature=temperature, seed=seeds + s)
-                for s in range(samples)
-            ]
+        prompt_ids = [_generation_prompt(tokenizer, c, model.config.max_seq_len, max_new, bos) for c in contexts]
+        all_texts = _written_answers(
+            model, tokenizer, task, prompt_ids, indices, max_new, batch_size, samples, temperature, seed, progress
+        )
+        for item, texts in zip(items, all_texts):
             if task.kind == "generation":
                 extracted = [task.extract(text) for text in texts]
                 answer = majority_vote(extracted)
@@ -123,8 +160,6 @@ def run_task(
                 passed_counts.append(passed)
                 scores.append(pass_at_k(samples, passed, 1))
                 answers.append(texts[0])
-            if progress:
-                progress(1)
         metric = "exact match" if task.kind == "generation" else "pass@1"
         if samples > 1:
             metric = f"maj@{samples}" if task.kind == "generation" else f"pass@1 ({samples} samples)"
