@@ -247,9 +247,10 @@ class Llama(nn.Module):
 
     @property
     def hidden_dtype(self) -> torch.dtype:
-        """The dtype of the hidden states, and so of the KV cache: what the embedding gives for one token
-        (a quantized table dequantizes only that row, to float32)."""
-        return self.tok_embeddings(torch.zeros(1, dtype=torch.long, device=self.device)).dtype
+        """The dtype of the hidden states, and so of the KV cache: the embedding table's, or float32 for a
+        quantized table (chapter 09), which dequantizes the rows it looks up to float32."""
+        table = self.tok_embeddings
+        return table.weight.dtype if isinstance(table, nn.Embedding) else torch.float32
 
     @classmethod
     def from_preset(cls, name: str, **changes) -> Llama:
