@@ -304,9 +304,8 @@ def generate_batch(
     batch, start_pos = tokens.shape
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
     cache = model.new_kv_caches(batch, start_pos + max_new_tokens)
-    # Prefill. Only the last column's logits are needed: the output head (a fifth of a small model's work per
-    # token) runs on that column alone, not on every prompt position.
-    logits = model.output(model.hidden_states(tokens, 0, cache, attention_mask)[:, -1])  # (batch, vocab)
+    # Prefill: only the last column's logits are needed, so the output head runs on that column alone.
+    logits = model.output_logits(model.hidden_states(tokens, 0, cache, attention_mask)[:, -1])  # (batch, vocab)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     for step in range(max_new_tokens):

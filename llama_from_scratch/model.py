@@ -130,7 +130,14 @@ class Llama(nn.Module):
         RoPE makes attention depend only on the offset between two tokens (chapter 03), so shifting a whole
         row changes its logits by float rounding only, and no per-row positions are needed.
         """
-        logits = self.output(self.hidden_states(tokens, start_pos, cache, attention_mask))
+        return self.output_logits(self.hidden_states(tokens, start_pos, cache, attention_mask))
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head on hidden states: ``(..., dim) -> (..., vocab_size)``, in at least float32.
+
+        Callers that need the logits of a few positions only (the last one of each prompt) run the head on
+        those alone: it is a fifth of a small model's work per token."""
+        logits = self.output(hidden)
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def hidden_states(

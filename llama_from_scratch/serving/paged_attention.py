@@ -185,5 +185,4 @@ def paged_forward(model: Llama, cache: PagedKVCache, batch: StepBatch) -> torch.
     """
     layers = [PagedLayerCache(k, v, batch) for k, v in zip(cache.k, cache.v)]
     hidden = model.hidden_states(batch.tokens, 0, layers)[0, batch.last_index]  # (S, dim)
-    logits = model.output(hidden)
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return model.output_logits(hidden)
