@@ -154,6 +154,7 @@ class LlamaFromScratchLM(LM):
                 outputs[i] = text
         return outputs
 
+
 def run_harness(
     pretrained: Pretrained,
     tasks: Sequence[str],
