@@ -555,6 +555,33 @@ def test_dpo_reference_needs_no_second_copy_of_the_model(monkeypatch, method):
         assert torch.equal(dpo.pair_logprobs(base, pairs, config.batch_size, 0), reference)
 
 
+def test_dpo_validating_on_its_training_pairs_computes_their_reference_once(monkeypatch):
+    """A demonstration run measured on the pairs it trains on (chapter 10's) needs their reference log-probabilities
+    once: one pass over the pairs for the reference, one for the validation at the end, not a third."""
+    from llama_from_scratch.finetuning import dpo
+
+    calls = []
+    original = dpo.pair_logprobs
+    monkeypatch.setattr(dpo, "pair_logprobs", lambda *args: calls.append(1) or original(*args))
+    pairs = random_pairs(4, seed=3)
+    config = FinetuneConfig(steps=1, batch_size=2, warmup_steps=0, eval_every=1, checkpoint_every=10, rank=2,
+                            objective="dpo")
+    history = finetune(random_llama(DPO_CONFIG), pairs, pairs, config)
+    assert len(calls) == 2 and "val_loss" in history[-1]
+
+
+def test_batched_answers_are_the_single_answers(tokenizer):
+    """tasks.answers (one batch, prompts left-padded) gives tasks.answer's greedy replies: in float64 the padding's
+    rounding is far below any gap between the two best logits of a random model."""
+    from llama_from_scratch.finetuning import tasks
+
+    model = random_llama(CONFIG).double()
+    conversations = [[{"role": "user", "content": text}] for text in ("To be", "Whether 'tis nobler in the mind", "or")]
+    single = [tasks.answer(model, tokenizer, CHATML_TEMPLATE, c, max_new_tokens=6) for c in conversations]
+    assert tasks.answers(model, tokenizer, CHATML_TEMPLATE, conversations, max_new_tokens=6) == single
+    assert len({len(tasks.chat_prompt(tokenizer, CHATML_TEMPLATE, c)) for c in conversations}) == 3  # padding is used
+
+
 def test_preference_metrics_of_the_reference_itself():
     """Policy = reference: every log-ratio and margin is 0, so the DPO loss is ln 2; the preference accuracy
     is how often the reference already prefers the chosen answer."""

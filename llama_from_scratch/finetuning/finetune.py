@@ -244,7 +244,9 @@ def finetune(
     prepare_model(model, config)
     if dpo:  # the model fine-tuning starts from (with LoRA: the adapters off), before any step or resumed state
         reference = reference_logprobs(model, train_examples, config.batch_size, pad_id)
-        val_reference = reference_logprobs(model, val_examples, config.batch_size, pad_id)
+        # Validating on the training pairs themselves (a tiny demonstration run): the same numbers, computed once
+        same = val_examples is train_examples
+        val_reference = reference if same else reference_logprobs(model, val_examples, config.batch_size, pad_id)
     if dpo:
         data = PreferenceData(
             train_examples, val_examples, reference, val_reference, config.beta, config.nll_weight, pad_id, measure

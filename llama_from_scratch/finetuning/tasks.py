@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..chat import render_chat
-from ..generate import GenerationConfig, generate
+from ..generate import GenerationConfig, generate, generate_batch
 from ..model import Llama
 from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
 from ..tokenization.tokenizer import Tokenizer
@@ -161,14 +161,34 @@ def normalize(answer: str) -> str:
     return first.replace("\u2019", "'").strip().rstrip(".").strip().casefold()
 
 
+def chat_prompt(tokenizer: Tokenizer, template: str, conversation: list[dict[str, str]]) -> list[int]:
+    """The token ids that ask the model for its reply to ``conversation``, rendered with ``template``."""
+    return encode_chat(tokenizer, render_chat(template, conversation, **special_texts(tokenizer)))
+
+
 @torch.no_grad()
 def answer(
     model: Llama, tokenizer: Tokenizer, template: str, conversation: list[dict[str, str]], max_new_tokens: int = 16
 ) -> str:
     """The model's greedy reply to ``conversation``, up to its end-of-turn token."""
-    prompt = encode_chat(tokenizer, render_chat(template, conversation, **special_texts(tokenizer)))
     config = GenerationConfig(max_new_tokens, stop_tokens=chat_stop_tokens(tokenizer))
-    return tokenizer.decode(generate(model, prompt, config))
+    return tokenizer.decode(generate(model, chat_prompt(tokenizer, template, conversation), config))
+
+
+@torch.no_grad()
+def answers(
+    model: Llama,
+    tokenizer: Tokenizer,
+    template: str,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int = 16,
+) -> list[str]:
+    """The model's greedy replies to several conversations, generated as one batch (:func:`generate_batch`: one
+    prefill, then one forward pass per token for all rows, so the weights are read once per token, not once per
+    conversation): :func:`answer`'s replies, up to float rounding (which can flip a near-tie between two tokens)."""
+    config = GenerationConfig(max_new_tokens, stop_tokens=chat_stop_tokens(tokenizer))
+    prompts = [chat_prompt(tokenizer, template, conversation) for conversation in conversations]
+    return [tokenizer.decode(ids) for ids in generate_batch(model, prompts, config, pad_id=tokenizer.eos_id)]
 
 
 def accuracy(
