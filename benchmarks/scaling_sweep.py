@@ -30,8 +30,9 @@ the recipe's 4,096: with 4,096 pieces the output head alone would be 130k-790k w
 models would be mostly head. The models have one layer and grow in width: in runs this short, deeper
 models learn more slowly per step (a first sweep with 1 to 3 layers gave a 3-layer model no better than a
 1-layer one at 49k tokens, and a fit with no dependence on ``N`` at all). The defaults (1,200 steps of
-16 x 64 tokens per size and rate, under one epoch of the 2.4M training tokens) take about 15 minutes on
-one thread of a CPU shared with other jobs::
+16 x 64 tokens per size and rate, 1.2M tokens: half an epoch of the 2.4M training tokens) take 11 to 13
+minutes on one thread of a CPU shared with other jobs; the runs and their outcomes are listed in
+``benchmarks/README.md``::
 
     python benchmarks/scaling_sweep.py --threads 1 --save benchmarks/results/scaling_sweep.json
 """
@@ -131,7 +132,7 @@ def rate_rule(widths: list[int], rates: list[float]) -> tuple[float, float]:
     there for the hidden matrices under Adam)."""
     x, y = np.log(widths), np.log(rates)
     slope, intercept = np.polyfit(x, y, 1)
-    # Three significant digits of c and 1e-4 of p: a rate means no more (and equal rates give p = 0, not -1e-15)
+    # c to three significant digits and p to 1e-4 (a rate means no more): equal rates give p = 0, not -1e-15
     return float(f"{np.exp(intercept):.3g}"), round(float(-slope), 4) + 0.0
 
 
