@@ -16,6 +16,7 @@ transformers``). Run it on an idle machine::
 
     python benchmarks/eval_throughput.py            # 40 items per task, 3-shot, batch sizes 4 and 16
     python benchmarks/eval_throughput.py --quick
+    python benchmarks/eval_throughput.py --limit 24 --save benchmarks/results/eval_throughput.json   # stored
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from long_context_perplexity import save
 
 from llama_from_scratch import save_checkpoint
 from llama_from_scratch.checkpoints import load_pretrained
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, help="few-shot examples (default 3; 1 with --quick)")
     parser.add_argument("--batch-sizes", help="comma-separated (default 4,16; 8 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a few minutes: does everything run?")
+    parser.add_argument("--save", type=Path, help="write the record as JSON here, with the command and the machine")
     args = parser.parse_args()
     limit = args.limit or (8 if args.quick else 40)
     shots = args.shots if args.shots is not None else (1 if args.quick else 3)
@@ -129,6 +132,9 @@ def main() -> None:
         flush=True,
     )
     print(json.dumps(record), flush=True)
+    if args.save is not None:
+        save(args.save, "eval_throughput.py", record)
+
 
 if __name__ == "__main__":
     main()

@@ -96,7 +96,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class ServerProcess:
-    """A server command in a subprocess on a free port of 127.0.0.1, up once ``GET url/health`` answers 200."""
+    """A server command in a subprocess on a free port of 127.0.0.1, up once ``GET url/v1/models`` answers 200
+    (every OpenAI-compatible server has it; llama.cpp's has no ``/health``)."""
 
     def __init__(self, command: list[str], threads: int, timeout: float = 600.0):
         self.port = free_port()
@@ -111,13 +112,13 @@ class ServerProcess:
                 self.log.seek(0)
                 raise RuntimeError(f"{' '.join(command)} exited with {self.process.returncode}:\n{self.log.read()[-3000:]}")
             try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                if httpx.get(self.url + "/v1/models", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{' '.join(command)} did not answer /health within {timeout:.0f} s")
+                raise RuntimeError(f"{' '.join(command)} did not answer /v1/models within {timeout:.0f} s")
             time.sleep(0.5)
         self.model = httpx.get(self.url + "/v1/models", timeout=30).json()["data"][0]["id"]
 
@@ -363,18 +364,26 @@ def main() -> None:
             servers[name] = {"error": missing}
             print(f"{name:16s} {missing}", flush=True)
             continue
-        server = ServerProcess(server_command(name, args.threads, args.max_num_seqs), args.threads)
         try:
-            levels = []
+            server = ServerProcess(server_command(name, args.threads, args.max_num_seqs), args.threads)
+        except RuntimeError as error:  # one server that cannot start costs its row, not the whole run
+            servers[name] = {"error": str(error)[-500:]}
+            print(f"{name:16s} {servers[name]['error']}", flush=True)
+            continue
+        levels = []
+        servers[name] = {"levels": levels}
+        try:
             for c in args.concurrency:
                 levels.append(asyncio.run(load(server.url, server.model, c, c * args.requests_per_stream, args.max_tokens)))
                 x = levels[-1]
                 print(f"{name:16s} {c:3d} streams {x['tok_s']:7.1f} tok/s  TTFT p50 {x['ttft_p50_s']:6.2f} s "
                       f"p95 {x['ttft_p95_s']:6.2f} s  ITL p50 {x['itl_p50_s'] * 1000:6.0f} ms "
                       f"p95 {x['itl_p95_s'] * 1000:6.0f} ms", flush=True)
+        except (RuntimeError, httpx.HTTPError) as error:  # a server that fails mid-run keeps the levels it finished
+            servers[name]["error"] = f"{type(error).__name__}: {error}"[:500]
+            print(f"{name:16s} stopped: {servers[name]['error']}", flush=True)
         finally:
             server.stop()
-        servers[name] = {"levels": levels}
 
     pretrained = load_pretrained(smollm2_file(), device="cpu", dtype=torch.float32)
     memory = memory_in_flight(pretrained, max(args.concurrency), args.max_tokens, args.max_num_seqs)

@@ -475,7 +475,9 @@ def command_eval(args: argparse.Namespace) -> None:
         args.samples, args.temperature, args.contamination, bos=not args.no_bos,
     )
     title = describe_base(Path(path), args.adapter) + (f", {args.quantize}" if args.quantize else "")
-    settings = {key: str(value) for key, value in vars(args).items() if key != "func"}
+    # as the command line spells them: a repeated option (--adapter) as its values joined by commas
+    settings = {key: ",".join(map(str, value)) if isinstance(value, list) else str(value)
+                for key, value in vars(args).items() if key != "func"}
     out = write_report(results, args.out, title, settings, contaminated)
     print(table(results))
     print(f"written: {out / 'results.json'}, {out / 'report.md'}, {out / 'report.png'}")
