@@ -198,7 +198,9 @@ def llama_cpp_missing() -> str | None:
 def server_command(name: str, threads: int, max_num_seqs: int) -> list[str]:
     if name == "llama_cpp":
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_file()), "--host", "127.0.0.1",
-                "--n_threads", str(threads), "--n_ctx", "4096"]
+                "--n_threads", str(threads), "--n_ctx", "4096",
+                # by default a new request interrupts the one streaming (its answer ends empty): queue them instead
+                "--interrupt_requests", "False"]
     return [sys.executable, "-m", "llama_from_scratch", "serve", "--max-num-seqs", str(max_num_seqs),
             "--max-queue", "256", "--model-name", "smollm2", *SERVERS[name]]
 
