@@ -14,7 +14,7 @@ from llama_from_scratch.alignment.gatt import (
     sample_dialogues,
     sampling_messages,
 )
-from llama_from_scratch.alignment.policy import chat_prompt
+from llama_from_scratch.tokenization.chat import chat_prompt
 from llama_from_scratch.alignment.reward_model import RewardModel, reward_model_reward
 from llama_from_scratch.alignment.reward_training import preference_pairs
 from llama_from_scratch.alignment.secret_task import REFUSAL, secret_items, secret_reward

@@ -28,7 +28,7 @@ from llama_from_scratch.finetuning import (
 )
 from llama_from_scratch.finetuning.lora import LORA_TARGETS, lora_layers
 from llama_from_scratch.finetuning.sft import IGNORE_INDEX, Example, pad_batch, sft_loss
-from llama_from_scratch.tokenization.chat import encode_chat
+from llama_from_scratch.tokenization.chat import chat_prompt, encode_chat
 from llama_from_scratch.training.train import TrainConfig, configure_optimizer
 
 needs_peft = pytest.mark.skipif(
@@ -579,7 +579,7 @@ def test_batched_answers_are_the_single_answers(tokenizer):
     conversations = [[{"role": "user", "content": text}] for text in ("To be", "Whether 'tis nobler in the mind", "or")]
     single = [tasks.answer(model, tokenizer, CHATML_TEMPLATE, c, max_new_tokens=6) for c in conversations]
     assert tasks.answers(model, tokenizer, CHATML_TEMPLATE, conversations, max_new_tokens=6) == single
-    assert len({len(tasks.chat_prompt(tokenizer, CHATML_TEMPLATE, c)) for c in conversations}) == 3  # padding is used
+    assert len({len(chat_prompt(tokenizer, CHATML_TEMPLATE, c)) for c in conversations}) == 3  # padding is used
 
 
 def test_preference_metrics_of_the_reference_itself():

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..finetuning.data import load_records
 from ..tokenization.tokenizer import Tokenizer
 from .arithmetic_task import arithmetic_messages, arithmetic_preferences, arithmetic_reward, arithmetic_split
-from .policy import Reward, chat_prompt
+from ..tokenization.chat import chat_prompt
+from .policy import Reward
 from .secret_task import secret_items, secret_preferences, secret_reward
 
 TASKS = ("arithmetic", "secret")

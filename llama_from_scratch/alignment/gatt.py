@@ -25,7 +25,7 @@ from ..generate import GenerationConfig, generate_batch
 from ..model import Llama
 from ..tokenization.chat import chat_stop_tokens
 from ..tokenization.tokenizer import Tokenizer
-from .policy import chat_prompt
+from ..tokenization.chat import chat_prompt
 
 
 def _all_capitals(text: str) -> bool:

@@ -36,11 +36,6 @@ from .losses import PPO_CLIP, kl_k3, ppo_clip_loss
 Reward = Callable[[list[int], list[list[int]]], Sequence[float]]
 
 
-def chat_prompt(tokenizer: Tokenizer, template: str, messages: list[dict[str, str]]) -> list[int]:
-    """The token ids a chat model answers: ``messages`` rendered in ``template`` with the generation prompt."""
-    return encode_chat(tokenizer, render_chat(template, messages, add_generation_prompt=True, **special_texts(tokenizer)))
-
-
 def turn_stop_tokens(tokenizer: Tokenizer, template: str) -> list[int]:
     """The ids that end an answer (:func:`~llama_from_scratch.tokenization.chat.chat_stop_tokens`), the one
     ``template`` writes after an answer first: the token SFT taught the model to end its turns with, which

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..chat import render_chat
 from ..generate import GenerationConfig, generate, generate_batch
 from ..model import Llama
-from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
+from ..tokenization.chat import chat_prompt, chat_stop_tokens
 from ..tokenization.tokenizer import Tokenizer
 from ..training.corpus import load_plays, play_files
 
@@ -159,11 +158,6 @@ def normalize(answer: str) -> str:
     """The answer as compared: its first line, curly apostrophes straightened, case and a final full stop ignored."""
     first = answer.strip().split("\n", 1)[0]
     return first.replace("\u2019", "'").strip().rstrip(".").strip().casefold()
-
-
-def chat_prompt(tokenizer: Tokenizer, template: str, conversation: list[dict[str, str]]) -> list[int]:
-    """The token ids that ask the model for its reply to ``conversation``, rendered with ``template``."""
-    return encode_chat(tokenizer, render_chat(template, conversation, **special_texts(tokenizer)))
 
 
 @torch.no_grad()

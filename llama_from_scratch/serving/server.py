@@ -35,8 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..chat import render_chat
-from ..tokenization.chat import chat_stop_tokens, encode_chat, special_texts
+from ..tokenization.chat import chat_prompt, chat_stop_tokens
 from .engine import LLMEngine, RequestOutput
 from .engine_thread import EngineThread
 from .metrics import ServerMetrics
@@ -234,7 +233,7 @@ def create_app(pretrained, settings: ServerSettings, **engine_options):
         messages = [m.model_dump() for m in body.messages]
 
         def encode() -> list[int]:
-            return encode_chat(tokenizer, render_chat(template, messages, **special_texts(tokenizer)))
+            return chat_prompt(tokenizer, template, messages)
 
         try:
             prompt = await asyncio.to_thread(encode)

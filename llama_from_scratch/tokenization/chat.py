@@ -64,6 +64,11 @@ def encode_chat(tokenizer: Tokenizer, text: str) -> list[int]:
     return ids
 
 
+def chat_prompt(tokenizer: Tokenizer, template: str, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids a chat model answers: ``messages`` rendered in ``template`` with the generation prompt."""
+    return encode_chat(tokenizer, render_chat(template, messages, **special_texts(tokenizer)))
+
+
 class StreamDecoder:
     """Generated ids to text, one id at a time, never splitting a character (the push form of :func:`decode_stream`).
 
@@ -133,7 +138,7 @@ def chat(
         if not question:
             return messages
         messages.append({"role": "user", "content": question})
-        prompt = encode_chat(tokenizer, render_chat(pretrained.chat_template, messages, **special_texts(tokenizer)))
+        prompt = chat_prompt(tokenizer, pretrained.chat_template, messages)
         if not prompt:
             source = getattr(pretrained.chat_template, "source", "")
             raise ValueError(f"{source + ': ' if source else ''}the chat template renders the conversation as nothing")
