@@ -34,7 +34,13 @@ from .feedback import (
 # --- the common wrong answers ----------------------------------------------------------------------
 
 
-def _quantize_int4(weight, group_size, layout="halves", steps=15, truncate=False, zero_point=True, guard=True):
+def _quantize_int4(
+    weight, group_size, layout="halves", steps=15, truncate=False, zero_point=True, guard=True, refuse=True
+):
+    # each wrong answer refuses a bad group size but one (refuse=False), so that each fails the hidden tests
+    # by its own mistake, not by that shared one
+    if refuse and weight.shape[1] % group_size:
+        raise ValueError(f"in_features {weight.shape[1]} is not a multiple of group_size {group_size}")
     groups = weight.float().reshape(weight.shape[0], -1, group_size)
     lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
     scales = (hi - lo) / steps
@@ -66,7 +72,7 @@ QUANTIZE_INT4 = [
         "the codes are q = round((w - min) / scale), so that min gets code 0 and max code 15",
         lambda w, g: _quantize_int4(w, g, zero_point=False),
     ),
-    Mistake(NO_GROUP_CHECK, _quantize_int4),  # reshape fails with a RuntimeError instead
+    Mistake(NO_GROUP_CHECK, lambda w, g: _quantize_int4(w, g, refuse=False)),  # reshape's RuntimeError instead
     Mistake(ZERO_SCALE, lambda w, g: _quantize_int4(w, g, guard=False)),
     Mistake(
         "looks like neighbours share a byte (q[2j] with q[2j+1]):\n"
