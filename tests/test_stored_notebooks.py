@@ -41,6 +41,18 @@ def test_no_path_of_the_authors_machine_in_the_outputs(path):
     assert not found, f"outputs show this machine's paths, e.g. {found[0]!r}: print paths relative to the repository"
 
 
+def test_no_path_of_the_authors_machine_in_the_benchmark_results():
+    """The stored benchmark runs (``benchmarks/results``) are read beside the notebooks: commands and titles
+    name a checkpoint as the command line does (``$SMOLLM2``, ``runs/...``), not where it lay on one machine."""
+    found = [
+        f"{path.relative_to(ROOT)}: {match!r}"
+        for path in sorted((ROOT / "benchmarks" / "results").rglob("*"))
+        if path.suffix in {".json", ".md", ".csv", ".txt"}
+        for match in MACHINE_PATH.findall(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, f"benchmark results show this machine's paths, e.g. {found[0]}"
+
+
 def saved_widgets_in_use(notebook: dict) -> set[str]:
     """The widget models an output shows: each view's model and every model it names (``IPY_MODEL_<id>``).
 
