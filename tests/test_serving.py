@@ -158,6 +158,21 @@ def test_preemption_and_recompute_give_the_uninterrupted_tokens(model):
     assert engine.cache.allocator.num_in_use == 0
 
 
+def test_blocks_are_held_only_for_stored_tokens_and_freed_when_a_sequence_ends(model):
+    # After every step each running sequence has stored num_computed tokens and holds exactly the blocks they
+    # fill, ceil(num_computed / 16): none allocated ahead of need, none kept by a finished or preempted one.
+    # 7 blocks for eight requests that grow to up to 52 tokens: some are preempted and recomputed on the way.
+    engine = LLMEngine(copy.deepcopy(model), num_blocks=7, max_num_seqs=8, enable_prefix_caching=False)
+    for i, row in enumerate(prompts(8)):
+        engine.add_request(f"r{i}", row, SamplingParams(max_tokens=4 + 2 * i, temperature=0.0))
+    while engine.has_unfinished_requests():
+        engine.step()
+        running = engine.scheduler.running
+        assert engine.cache.allocator.num_in_use == sum(engine.cache.blocks_for(s.num_computed) for s in running)
+        assert set(engine.cache.block_tables) == {s.request_id for s in running}
+    assert engine.scheduler.num_preemptions > 0 and engine.cache.allocator.num_in_use == 0
+
+
 def test_a_seeded_request_samples_the_same_tokens_whoever_shares_its_steps(model):
     params = SamplingParams(max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
     alone = LLMEngine(copy.deepcopy(model)).generate(prompts(1), params)[0]
