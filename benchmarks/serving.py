@@ -7,7 +7,8 @@ concurrent streams. Each stream sends its next request as soon as its previous a
 * ``one_at_a_time``: ``serve --max-num-seqs 1``: one request decodes, the others queue;
 * ``static``: ``serve --batching static``: up to 16 start together, the next batch waits for the last answer;
 * ``continuous``: ``serve`` as it is (Orca's iteration-level scheduling), float32;
-* ``continuous_int8``: ``serve --quantize int8`` (weights int8, dequantized in each step: no compile);
+* ``continuous_int8``: ``serve --quantize int8`` (weights int8, eager: each layer multiplies by its codes a
+  tile of rows at a time and scales the outputs, never forming the float weight; no compile);
 * ``llama_cpp``: llama.cpp's OpenAI-compatible server (``python -m llama_cpp.server``, from
   ``llama-cpp-python[server]``) on the packaged Q4_1 GGUF, when installed; otherwise its row says
   "not installed" and which module is missing.

@@ -15,6 +15,7 @@ from helpers import random_llama
 
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.generate import GenerationConfig, generate
+from llama_from_scratch.quantization import dequantize, quantize, quantized_layers
 from llama_from_scratch.serving import LLMEngine, PagedKVCache, SamplingParams, StepBatch, paged_forward
 from llama_from_scratch.serving import use_paged_attention
 
@@ -108,6 +109,19 @@ def test_eight_concurrent_requests_get_the_greedy_tokens_they_get_alone(model):
             got[out.request_id] += out.token_ids
     assert [got[i] for i in ids] == alone
     assert widest == 8  # all eight shared steps
+
+
+def test_an_int8_model_serves_the_greedy_tokens_of_its_dequantized_twin(model):
+    # The served int8 layers multiply by their codes tile by tile and scale the outputs (Int8Linear.matmul_tile);
+    # the twin multiplies by the dequantized weight (the earlier int8 path). With float64 scales both form the
+    # same products q * scale up to float64 rounding: logits ~1e-15 apart, no greedy token can flip.
+    int8 = quantize(copy.deepcopy(model), "int8", include_output=True).double()
+    twin = dequantize(copy.deepcopy(int8))
+    for layer in quantized_layers(int8).values():
+        layer.tile_weights = 50 * layer.in_features + 1  # 50 output rows a tile: several, and a short last one
+    rows = prompts(4)
+    alone = [generate(twin, row, GenerationConfig(4)) for row in rows]
+    assert LLMEngine(int8, max_num_seqs=4).generate(rows, SamplingParams(max_tokens=4, temperature=0.0)) == alone
 
 
 def test_the_engine_counts_its_forward_passes_and_computed_tokens(model):
