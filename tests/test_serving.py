@@ -175,7 +175,7 @@ def test_preemption_and_recompute_give_the_uninterrupted_tokens(model):
 def test_blocks_are_held_only_for_stored_tokens_and_freed_when_a_sequence_ends(model):
     # After every step each running sequence has stored num_computed tokens and holds exactly the blocks they
     # fill, ceil(num_computed / 16): none allocated ahead of need, none kept by a finished or preempted one.
-    # 7 blocks for eight requests that grow to up to 52 tokens: some are preempted and recomputed on the way.
+    # 7 blocks (112 tokens) for eight requests that store up to 46 tokens each: some are preempted on the way.
     engine = LLMEngine(copy.deepcopy(model), num_blocks=7, max_num_seqs=8, enable_prefix_caching=False)
     for i, row in enumerate(prompts(8)):
         engine.add_request(f"r{i}", row, SamplingParams(max_tokens=4 + 2 * i, temperature=0.0))
