@@ -173,8 +173,9 @@ def checkpoint_or_smollm2(checkpoint: Path | None) -> Path:
 def quantize_if_asked(model, args: argparse.Namespace):
     """``--quantize``: swap the model's linears (output head included) for quantized ones before generating.
 
-    The quantized layers are fast only compiled (eagerly they dequantize every weight at every token), so
-    ``--quantize`` turns ``--compile`` on; inductor's on-disk cache makes every start after the first quick.
+    The quantized layers are fastest compiled (eagerly they turn every weight back into a float, a tile at a
+    time, at every token), so ``--quantize`` turns ``--compile`` on; inductor's on-disk cache makes every start
+    after the first quick. ``serve`` runs them eagerly (:mod:`.quantization.linear`).
     """
     if args.quantize is None:
         return model

@@ -15,6 +15,7 @@ from helpers import random_llama
 
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.generate import GenerationConfig, generate
+from llama_from_scratch.quantization import dequantize, quantize, quantized_layers
 from llama_from_scratch.serving import LLMEngine, PagedKVCache, SamplingParams, StepBatch, paged_forward
 from llama_from_scratch.serving import use_paged_attention
 
@@ -110,6 +111,19 @@ def test_eight_concurrent_requests_get_the_greedy_tokens_they_get_alone(model):
     assert widest == 8  # all eight shared steps
 
 
+def test_an_int8_model_serves_the_greedy_tokens_of_its_dequantized_twin(model):
+    # The served int8 layers multiply by their codes tile by tile and scale the outputs (Int8Linear.matmul_tile);
+    # the twin multiplies by the dequantized weight (the earlier int8 path). With float64 scales both form the
+    # same products q * scale up to float64 rounding: logits ~1e-15 apart, no greedy token can flip.
+    int8 = quantize(copy.deepcopy(model), "int8", include_output=True).double()
+    twin = dequantize(copy.deepcopy(int8))
+    for layer in quantized_layers(int8).values():
+        layer.tile_weights = 50 * layer.in_features + 1  # 50 output rows a tile: several, and a short last one
+    rows = prompts(4)
+    alone = [generate(twin, row, GenerationConfig(4)) for row in rows]
+    assert LLMEngine(int8, max_num_seqs=4).generate(rows, SamplingParams(max_tokens=4, temperature=0.0)) == alone
+
+
 def test_the_engine_counts_its_forward_passes_and_computed_tokens(model):
     rows, lengths = prompts(4), [5, 9, 2, 7]  # prompts of 3, 14, 25 and 36 tokens: all fit one step's budget
 
@@ -156,6 +170,21 @@ def test_preemption_and_recompute_give_the_uninterrupted_tokens(model):
     assert engine.generate(rows, SamplingParams(max_tokens=20, temperature=0.0)) == alone
     assert engine.scheduler.num_preemptions > 0
     assert engine.cache.allocator.num_in_use == 0
+
+
+def test_blocks_are_held_only_for_stored_tokens_and_freed_when_a_sequence_ends(model):
+    # After every step each running sequence has stored num_computed tokens and holds exactly the blocks they
+    # fill, ceil(num_computed / 16): none allocated ahead of need, none kept by a finished or preempted one.
+    # 7 blocks (112 tokens) for eight requests that store up to 46 tokens each: some are preempted on the way.
+    engine = LLMEngine(copy.deepcopy(model), num_blocks=7, max_num_seqs=8, enable_prefix_caching=False)
+    for i, row in enumerate(prompts(8)):
+        engine.add_request(f"r{i}", row, SamplingParams(max_tokens=4 + 2 * i, temperature=0.0))
+    while engine.has_unfinished_requests():
+        engine.step()
+        running = engine.scheduler.running
+        assert engine.cache.allocator.num_in_use == sum(engine.cache.blocks_for(s.num_computed) for s in running)
+        assert set(engine.cache.block_tables) == {s.request_id for s in running}
+    assert engine.scheduler.num_preemptions > 0 and engine.cache.allocator.num_in_use == 0
 
 
 def test_a_seeded_request_samples_the_same_tokens_whoever_shares_its_steps(model):

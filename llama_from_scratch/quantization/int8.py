@@ -10,8 +10,10 @@ gets its own scale, chosen so that the row's largest magnitude lands on 127::
 -128 is left unused, so that ``q`` and ``-q`` are both representable and 0 is exact. A row of zeros
 has scale 0 and ``q`` = 0. One scale per *output* channel (not per tensor) because rows differ in
 size, and a scale per row commutes with the matmul: ``y[o] = scale[o] * (q[o, :] . x)``, which an
-integer kernel can exploit. Storage: 1 byte per weight plus 4 per row (float32 scales), ~4x less
-than float32. This is gpt-fast's ``WeightOnlyInt8Linear``.
+integer kernel can exploit, and which :meth:`Int8Linear.matmul_tile` does: it multiplies by the codes (made
+float, exact) and scales the outputs, so the float weight is never formed, not even a tile of it (twice as
+fast as dequantizing tiles for a serving step of SmolLM2, measured). Storage: 1 byte per weight plus 4 per
+row (float32 scales), ~4x less than float32. This is gpt-fast's ``WeightOnlyInt8Linear``.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ class Int8Linear(QuantizedLinear):
     def quantize_(self, weight: torch.Tensor) -> None:
         self.qweight, self.scales = quantize_int8(weight)
 
-    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def dequantize(self, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
         if rows is None:
             return dequantize_int8(self.qweight, self.scales)
         return dequantize_int8(self.qweight[rows], self.scales[rows])
+
+    def matmul_tile(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        # the scale leaves the sum here too: it multiplies the (..., rows) outputs, not the (rows, in) weights
+        return torch.nn.functional.linear(x, self.qweight[rows].to(x.dtype)) * self.scales[rows].to(x.dtype)
 
     def matmul_one_row(self, x: torch.Tensor) -> torch.Tensor:
         # y[o] = scale[o] * sum_i q[o, i] x[i]: the scale leaves the sum, one multiply per output

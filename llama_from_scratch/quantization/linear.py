@@ -13,6 +13,12 @@ The matmul itself still runs in floating point; what shrinks is the memory that 
 (and, with a fused kernel that dequantizes tiles in registers, the memory *traffic* that limits
 decoding speed). :meth:`~QuantizedLinear.matmul` is that seam: a faster kernel replaces it alone.
 
+Eagerly the weight is dequantized a **tile** of output rows at a time (:attr:`~QuantizedLinear.tile_weights`
+weights, 2 MiB in float32), each tile used at once by the BLAS matmul while it is still in the CPU's cache,
+never the whole float weight: SmolLM2's 49152 x 576 output head would be 113 MB of float32 written to memory
+and read back at every step (10 to 25x slower than its tiles at 1 to 16 rows, measured), and the float
+weight never exists whole, so int8's memory saving holds during the forward pass too.
+
 A quantized embedding (:class:`QuantizedEmbedding`) is the same matrix read by rows: row ``t`` of a
 ``(vocab_size, dim)`` table, the same as output channel ``t`` of a linear layer, so one scheme serves both.
 """
@@ -32,6 +38,7 @@ class QuantizedLinear(nn.Module):
     """
 
     scheme: str = ""  # the name quantize() and the saved header use, set by each subclass
+    tile_weights: int = 2**19  # weights dequantized at once by the eager matmul: 2 MiB of float32, cache-sized
     setting_names: tuple[str, ...] = ()  # the keyword arguments of __init__ after the shape, set by each subclass
 
     def __init__(self, in_features: int, out_features: int):
@@ -44,7 +51,7 @@ class QuantizedLinear(nn.Module):
         :meth:`~llama_from_scratch.model.Llama.num_parameters` counts (the codes are buffers, not parameters)."""
         return self.out_features * self.in_features
 
-    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def dequantize(self, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
         """The float32 weight ``(out_features, in_features)``, or only ``rows`` of it ``(len(rows), in_features)``."""
         raise NotImplementedError
 
@@ -94,15 +101,25 @@ class QuantizedLinear(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T``: ``(..., in_features) -> (..., out_features)``. The seam where the fast path plugs in.
 
-        Eagerly (and for many rows, as in a prompt's prefill) the weight is dequantized and handed to the
-        BLAS matmul: simple, and at many rows the dequantization is paid once for all of them. Under
+        Eagerly the weight is dequantized tile by tile, ``tile_weights // in_features`` output rows at a time,
+        and each tile handed to the BLAS matmul while it is in cache: at any number of rows (one decoding
+        step of many sequences, a prompt's prefill) every weight is dequantized once per call. Under
         ``torch.compile`` a single row (one decoding step) goes through :meth:`matmul_one_row` instead:
         Inductor fuses unpacking, scaling and the dot products into one vectorised loop that reads each
-        weight byte once, so the memory traffic that limits decoding shrinks with the bits.
+        weight byte once, so the memory traffic that limits decoding shrinks with the bits; more rows there
+        dequantize the whole weight at once (a loop of tiles would be unrolled into the compiled graph).
         """
-        if torch.compiler.is_compiling() and x.numel() == self.in_features:
-            return self.matmul_one_row(x.reshape(self.in_features)).view(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.dequantize().to(x.dtype))
+        if torch.compiler.is_compiling():
+            if x.numel() == self.in_features:
+                return self.matmul_one_row(x.reshape(self.in_features)).view(*x.shape[:-1], self.out_features)
+            return F.linear(x, self.dequantize().to(x.dtype))
+        step = max(1, self.tile_weights // self.in_features)
+        tiles = [self.matmul_tile(x, slice(start, start + step)) for start in range(0, self.out_features, step)]
+        return torch.cat(tiles, dim=-1) if len(tiles) > 1 else tiles[0]
+
+    def matmul_tile(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """``x @ W[rows].T``: ``(..., in_features) -> (..., len(rows))``, through the dequantized tile ``W[rows]``."""
+        return F.linear(x, self.dequantize(rows=rows).to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""

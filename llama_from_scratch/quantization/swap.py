@@ -137,8 +137,9 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
 @torch.no_grad()
 def dequantize(model: nn.Module) -> nn.Module:
     """Replace every quantized layer in place by a plain ``nn.Linear`` / ``nn.Embedding`` holding its
-    dequantized float32 weight; returns ``model``. With float32 activations its logits are those of the
-    quantized model, bit for bit: both multiply the same inputs by the same float32 matrix with the same kernel."""
+    dequantized float32 weight; returns ``model``. Its logits are the quantized model's: bit for bit for int4
+    with float32 activations (both multiply the same inputs by the same float32 matrix with the same kernel);
+    for int8, which scales its outputs rather than its weights, up to float32 rounding."""
 
     def plain(name: str, module: nn.Module) -> nn.Module | None:
         if not isinstance(module, QuantizedLinear):
