@@ -99,12 +99,13 @@ def heldout_rewards(
     max_new_tokens: int,
     stop_tokens: Sequence[int] = (),
     pad_id: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> dict[str, float]:
     """The mean of each of ``rewards`` (name -> :data:`~.policy.Reward`) over the policy's greedy answers to the
     held-out ``prompts`` (with a verifiable reward: the held-out accuracy; with the learned reward beside the true
     one: over-optimisation, the first rising while the second falls), and their mean KL to the reference
-    (``kl``, :func:`~.losses.sequence_kl`, nats per answer)."""
+    (``kl``, :func:`~.losses.sequence_kl`, nats per answer). ``batch_size`` prompts are answered at once: each
+    decoding step reads the weights once for all of them."""
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {name: [] for name in rewards}
@@ -197,7 +198,8 @@ def rl(
     base: str | None = None,
 ) -> list[dict[str, float]]:
     """Train LoRA adapters on ``model`` (the SFT model, adapters merged: it becomes the reference) by RL; returns
-    the history, as :func:`~llama_from_scratch.training.train.train`.
+    the history, as :func:`~llama_from_scratch.training.train.train`. A new run first reports the starting
+    point's validation as step 0 through ``on_eval`` (a resumed run has reported it already).
 
     The run's folder works as fine-tuning's (:func:`~llama_from_scratch.finetuning.finetune.finetune`): its
     checkpoints hold the adapters, and a resume is refused unless the base weights and the training prompts are
@@ -221,4 +223,6 @@ def rl(
         torch.manual_seed(config.seed)
         add_lora(model, config.rank, config.alpha)
     data = RLData(model, prompts, reward, validation, validation_rewards, config, stop_tokens, pad_id, measure)
+    if on_eval is not None and not resume:  # the starting point, measured as every later step is: what RL adds
+        on_eval(0, data.validate(model, config))  # the new adapters' B is zero: the model is still the SFT model
     return train(model, data, config, folder, on_eval)

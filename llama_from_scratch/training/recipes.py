@@ -20,6 +20,8 @@ about half a minute and is cached in ``data_dir``: ``tokenizer.model``,
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +52,19 @@ def prepare_shakespeare(data_dir: Path, vocab_size: int = 4096) -> PreparedData:
     data_dir = Path(data_dir)
     files = [data_dir / name for name in ("tokenizer.model", "train.bin", "val.bin")]
     if not all(f.exists() for f in files):
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Prepared in a folder of this process's own, then moved in file by file (each move atomic), the tokenizer
+        # last: two processes preparing at once (notebooks run in parallel) never read a half-written file.
+        scratch = data_dir.with_name(f"{data_dir.name}.preparing-{os.getpid()}")
+        scratch.mkdir(parents=True, exist_ok=True)
         split = shakespeare()
         tokenizer = train_bpe(split.train, vocab_size)
         for text, path in ((split.train, files[1]), (split.validation, files[2])):
-            write_tokens(path, tokenizer.encode(text), n_bytes=len(text.encode("utf-8")))
-        tokenizer.save(files[0])  # last: its presence marks a complete preparation
+            write_tokens(scratch / path.name, tokenizer.encode(text), n_bytes=len(text.encode("utf-8")))
+        tokenizer.save(scratch / files[0].name)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for path in (*files[1:], *(f.with_suffix(".json") for f in files[1:]), files[0]):  # the tokenizer last: its
+            os.replace(scratch / path.name, path)  # presence marks a complete preparation
+        scratch.rmdir()
     return PreparedData(
         SentencePieceTokenizer.load(files[0]), read_tokens(files[1]), read_tokens(files[2]), {"tokenizer.model": files[0]}
     )
