@@ -19,7 +19,8 @@ first token (request sent to first piece of text) and inter-token latency (gaps 
 Then, in this process, on the engine itself (no HTTP):
 
 * the paged cache's **memory held against tokens in flight** while 16 chat requests run (prefix caching off,
-  so that only the blocks' rounding up is measured), and what a preallocated cache of 16 full contexts holds;
+  so that only the blocks' rounding up is measured), short chats and chats that each start with their own
+  500-token system prompt, and what a preallocated cache of 16 full contexts holds;
 * a shared **500-token system prompt**: time to first token of a request on a prefix-cache miss (the system
   prompt computed) and on a hit (a second question after the same system prompt), medians of ``--repeats``,
   with the prompt tokens each computed (the engine's ``num_computed_tokens``: the work the time follows).
@@ -212,7 +213,7 @@ def chat_prompt(pretrained, system: str | None, question: str) -> list[int]:
     return encode_chat(pretrained.tokenizer, text)
 
 
-def memory_in_flight(pretrained, requests: int, max_tokens: int, max_num_seqs: int) -> dict:
+def memory_in_flight(pretrained, requests: int, max_tokens: int, max_num_seqs: int, system_tokens: int = 0) -> dict:
     """Tokens the paged cache holds (whole blocks) against tokens whose keys and values it stores, step by step.
 
     Measured after each step, when every running sequence has stored ``num_computed`` tokens (its last sampled
@@ -221,12 +222,15 @@ def memory_in_flight(pretrained, requests: int, max_tokens: int, max_num_seqs: i
     one block more per sequence: held / in flight < 1 + 16 * sequences / in flight, the **bound** reported beside
     the ratio. ``held_beyond_rounding_tokens`` is what the cache holds beyond that rounding (0: no waste); the
     rest of the ratio is inherent, and large when sequences are short (7.5 tokens per sequence on average against
-    a chat prompt of ~40 tokens and a short answer).
+    a chat prompt of ~40 tokens and a short answer). With ``system_tokens``, every request starts with a system
+    prompt of about that many tokens, its own (:func:`system_prompt`, one version per request: nothing shared),
+    as a deployed assistant's do: the same rounding, spread over longer sequences.
     """
     engine = LLMEngine(pretrained.model, pretrained.tokenizer, max_num_seqs=max_num_seqs, enable_prefix_caching=False)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=tuple(chat_stop_tokens(pretrained.tokenizer)))
     for i in range(requests):
-        engine.add_request(f"m{i}", chat_prompt(pretrained, None, QUESTIONS[i % len(QUESTIONS)]), params)
+        system = system_prompt(i, pretrained.tokenizer, system_tokens) if system_tokens else None
+        engine.add_request(f"m{i}", chat_prompt(pretrained, system, QUESTIONS[i % len(QUESTIONS)]), params)
     held, in_flight, rounded, sequences = [], [], [], []
     while engine.has_unfinished_requests():
         engine.step()
@@ -243,6 +247,7 @@ def memory_in_flight(pretrained, requests: int, max_tokens: int, max_num_seqs: i
     peak = max(range(len(in_flight)), key=in_flight.__getitem__)
     return {
         "requests": requests,
+        "system_prompt_tokens": system_tokens,
         "steps": len(held),
         "held_over_in_flight": round(sum(held) / sum(in_flight), 4),  # averaged over the steps
         # rounding up costs < 1 block per sequence: the ratio stays below this, whatever the cache does right
@@ -261,7 +266,10 @@ def memory_in_flight(pretrained, requests: int, max_tokens: int, max_num_seqs: i
     }
 
 
-def system_prompt(version: int, tokenizer, tokens: int = 500) -> str:
+SYSTEM_TOKENS = 500  # a deployed assistant's system prompt, as long as the prefix-cache section's
+
+
+def system_prompt(version: int, tokenizer, tokens: int = SYSTEM_TOKENS) -> str:
     """A customer-service system prompt of about ``tokens`` tokens; ``version`` makes its first block unique."""
     rules = [f"You are the assistant of shop number {version}. Follow these rules."]
     while len(tokenizer.encode(" ".join(rules))) < tokens:
@@ -321,7 +329,7 @@ def prefix_cache_ttft(pretrained, repeats: int) -> dict:
     }
 
 
-def target_notes(servers: dict, memory: dict, prefix: dict, concurrency: list[int]) -> list[str]:
+def target_notes(servers: dict, memories: dict[str, dict], prefix: dict, concurrency: list[int]) -> list[str]:
     """Chapter 15's targets beside this run's figures, one line each: the figures, the ratio, met or not."""
 
     def at(name: str, streams: int) -> dict | None:
@@ -351,11 +359,12 @@ def target_notes(servers: dict, memory: dict, prefix: dict, concurrency: list[in
             notes.append(f"  {name} against llama.cpp's server: {why}")
         notes.append(f"  {name}: p95 time to first token {ours['ttft_p95_s']:.2f} s (target <= 2 s): "
                      f"{verdict(ours['ttft_p95_s'] <= 2)}")
-    ratio, bound = memory["held_over_in_flight"], memory["rounding_bound"]
-    notes.append(f"  paged cache: holds {ratio:.3f}x the tokens in flight (target <= 1.1x): {verdict(ratio <= 1.1)}; "
-                 f"rounding up to {BLOCK_SIZE}-token blocks alone allows < {bound:.3f}x at "
-                 f"{memory['mean_tokens_per_sequence']:.0f} tokens per sequence, "
-                 f"{memory['held_beyond_rounding_tokens']} tokens held beyond it")
+    for what, memory in memories.items():
+        ratio, bound = memory["held_over_in_flight"], memory["rounding_bound"]
+        notes.append(f"  paged cache, {what}: holds {ratio:.3f}x the tokens in flight (target <= 1.1x): "
+                     f"{verdict(ratio <= 1.1)}; rounding up to {BLOCK_SIZE}-token blocks alone allows < {bound:.3f}x "
+                     f"at {memory['mean_tokens_per_sequence']:.0f} tokens per sequence, "
+                     f"{memory['held_beyond_rounding_tokens']} tokens held beyond it")
     ratio, miss, hit = prefix["miss_over_hit"], prefix["computed_tokens_miss"], prefix["computed_tokens_hit"]
     notes.append(f"  prefix cache: time to first token {ratio:.2f}x lower on a hit ({miss:.0f} against {hit:.0f} "
                  f"prompt tokens computed) (target >= 5x): {verdict(ratio >= 5)}")
@@ -411,16 +420,19 @@ def main() -> None:
 
     pretrained = load_pretrained(smollm2_file(), device="cpu", dtype=torch.float32)
     memory = memory_in_flight(pretrained, max(args.concurrency), args.max_tokens, args.max_num_seqs)
-    print(f"paged cache: holds {memory['held_over_in_flight']:.3f}x the tokens in flight (bound of rounding up "
-          f"{memory['rounding_bound']:.3f}x, {memory['held_beyond_rounding_tokens']} tokens beyond it; worst step "
-          f"{memory['held_over_in_flight_worst_step']:.3f}x); a preallocated cache would hold "
-          f"{memory['preallocated_over_peak_in_flight']:.0f}x the peak", flush=True)
+    memory_system = memory_in_flight(pretrained, max(args.concurrency), args.max_tokens, args.max_num_seqs, SYSTEM_TOKENS)
+    memories = {"short chats": memory, f"a {SYSTEM_TOKENS}-token system prompt each": memory_system}
+    for what, m in memories.items():
+        print(f"paged cache, {what}: holds {m['held_over_in_flight']:.3f}x the tokens in flight (bound of rounding "
+              f"up {m['rounding_bound']:.3f}x, {m['held_beyond_rounding_tokens']} tokens beyond it; worst step "
+              f"{m['held_over_in_flight_worst_step']:.3f}x); a preallocated cache would hold "
+              f"{m['preallocated_over_peak_in_flight']:.0f}x the peak", flush=True)
     prefix = prefix_cache_ttft(pretrained, args.repeats)
     print(f"{prefix['system_prompt_tokens']}-token system prompt: TTFT {prefix['ttft_miss_s']:.3f} s on a miss, "
           f"{prefix['ttft_hit_s']:.3f} s on a hit ({prefix['miss_over_hit']:.1f}x; {prefix['hit_rate']:.0%} of the "
           f"prompt from the cache, {prefix['computed_tokens_miss']:.0f} tokens computed on a miss, "
           f"{prefix['computed_tokens_hit']:.0f} on a hit)", flush=True)
-    print("\n".join(target_notes(servers, memory, prefix, args.concurrency)), flush=True)
+    print("\n".join(target_notes(servers, memories, prefix, args.concurrency)), flush=True)
 
     summary = {
         "threads": args.threads,
@@ -429,6 +441,7 @@ def main() -> None:
         "max_num_seqs": args.max_num_seqs,
         "servers": servers,
         "paged_memory": memory,
+        "paged_memory_system_prompt": memory_system,
         "prefix_cache": prefix,
     }
     print(json.dumps(summary))
