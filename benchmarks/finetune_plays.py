@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--dpo-eval-every", type=int, default=20)
     parser.add_argument("--dpo-batch-size", type=int, default=4, help="pairs per DPO step")
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
-    parser.add_argument("--dpo-train-per-play", type=int, default=48,
+    parser.add_argument("--dpo-train-per-play", type=int, default=32,
                         help="DPO training questions per play (own-mistakes: only the wrong answers give pairs)")
     parser.add_argument("--dpo-pairs", choices=tasks.PAIRS, default=tasks.OWN_MISTAKES, help="how DPO's pairs are built")
     parser.add_argument("--beta", type=float, default=FinetuneConfig.beta)
