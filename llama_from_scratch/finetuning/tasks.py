@@ -176,7 +176,10 @@ def own_mistakes(
     it leaves every greedy answer as it was. DPO changes what the model *says* where the rejected side is what
     it says: the answer greedy decoding picks. So the DPO paper samples its pairs' answers from the SFT model
     itself (Rafailov et al. 2023, section 4), and Llama 2 collects each round's comparisons from the latest
-    model's own answers (Touvron et al. 2023, section 3.2.1): pairs the model gets wrong teach it most.
+    model's own answers (Touvron et al. 2023, section 3.2.1): pairs the model gets wrong are the ones that can
+    change its answers. A few dozen of them are also a skewed sample of titles (its favourite wrong answers
+    rejected, the plays it misses chosen), so a short run can move the prior over titles more than the reading
+    of the passage: measure the answers, question by question, before and after.
 
     Deterministic: greedy replies of :func:`answers`, ``batch_size`` questions at a time in order (a batch
     holds one KV cache per question). The replies are compared after :func:`normalize`, as :func:`accuracy`
