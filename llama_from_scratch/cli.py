@@ -30,8 +30,8 @@ from .config import PRESETS
 from .finetuning.finetune import DEFAULT_TEMPLATE, LEARNING_RATES, METHODS, OBJECTIVES, FinetuneConfig
 from .alignment.builtin import TASKS as RL_TASKS
 from .alignment.rl import ALGORITHMS as RL_ALGORITHMS, RLConfig
-from .finetuning.data import CACHE_FOLDER
-from .finetuning.tasks import MAX_CHARS
+from .finetuning.data import CACHE_FOLDER, TASK_NAME
+from .finetuning.tasks import MAX_CHARS, OWN_MISTAKES, PAIRS
 from .generate import GenerationConfig
 from .long_context.flash_backward import ATTENTION
 from .model import count_parameters
@@ -222,7 +222,7 @@ def describe_base(base: Path, adapters: list[Path] | None) -> str:
 def command_finetune(args: argparse.Namespace) -> None:
     from .checkpoints.load import load_pretrained
     from .finetuning import tasks
-    from .finetuning.data import load_records
+    from .finetuning.data import RecordSplit, load_records
     from .finetuning.dpo import tokenize_pairs
     from .finetuning.finetune import FinetuneConfig, apply_adapters, finetune, run_files
     from .finetuning.sft import padding_id, tokenize_dataset
@@ -232,6 +232,11 @@ def command_finetune(args: argparse.Namespace) -> None:
     names += ("beta", "nll_weight", "template")
     changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     config = FinetuneConfig(method=args.method, objective=args.objective, **changes)
+    if args.pairs == OWN_MISTAKES and (args.objective != "dpo" or args.data != TASK_NAME):
+        raise ValueError(
+            f"--pairs {OWN_MISTAKES} needs --objective dpo and --data {TASK_NAME}, got "
+            f"--objective {args.objective} --data {args.data}"
+        )
     prepare_run_dir(args.out, args.resume, args.overwrite)  # an unusable --out is reported before the model loads
     pretrained = load_pretrained(args.base)
     apply_adapters(pretrained, args.adapter)  # e.g. DPO on top of an SFT fine-tune: the SFT model is the base
@@ -240,6 +245,20 @@ def command_finetune(args: argparse.Namespace) -> None:
     records = load_records(
         args.data, args.objective, args.val_data, args.train_per_play, args.test_per_play, args.passage_chars
     )
+    if args.pairs == OWN_MISTAKES:  # built by the model being tuned (base + --adapter), before any step
+        task = records.task
+        split = [tasks.own_mistakes(model, tokenizer, template, task, items) for items in (task.train, task.test)]
+        print(
+            f"pairs on the model's own wrong answers: {len(split[0])} of {len(task.train)} training and "
+            f"{len(split[1])} of {len(task.test)} held-out questions answered wrong",
+            flush=True,
+        )
+        if not split[0] or not split[1]:
+            raise ValueError(
+                f"--pairs {OWN_MISTAKES}: the model answers every training or every held-out question "
+                "right, so there is no pair to learn from or validate on; use more questions"
+            )
+        records = RecordSplit(split[0], split[1], task)
     tokenize = tokenize_pairs if args.objective == "dpo" else tokenize_dataset
     cache = args.data_cache or args.out / CACHE_FOLDER  # the run's own folder: nothing is written elsewhere
     train_examples = tokenize(records.train, tokenizer, template, cache)
@@ -602,6 +621,11 @@ def parser() -> argparse.ArgumentParser:
         finetune.add_argument(f"--{option}", type=float)
     finetune.add_argument(
         "--nll-weight", type=float, help="dpo: add the chosen answers' log-likelihood, weighted (default 0: plain DPO)"
+    )
+    finetune.add_argument(
+        "--pairs", choices=PAIRS, default=PAIRS[0],
+        help=f"plays task, dpo: the rejected answer is another play of the genre, or ({OWN_MISTAKES}) the model's own "
+        "wrong greedy answer (questions it answers right give no pair)",
     )
     finetune.add_argument("--train-per-play", type=int, help="plays task: training questions per play (default all)")
     finetune.add_argument("--test-per-play", type=int, help="plays task: held-out questions per play (default all)")

@@ -1,6 +1,7 @@
 """Fine-tuning: LoRA (exact at step 0, merging, what trains), PEFT-layout adapters, SFT loss masks, DPO, the CLI."""
 
 import copy
+import dataclasses
 import gc
 import importlib.util
 import io
@@ -580,6 +581,35 @@ def test_batched_answers_are_the_single_answers(tokenizer):
     single = [tasks.answer(model, tokenizer, CHATML_TEMPLATE, c, max_new_tokens=6) for c in conversations]
     assert tasks.answers(model, tokenizer, CHATML_TEMPLATE, conversations, max_new_tokens=6) == single
     assert len({len(chat_prompt(tokenizer, CHATML_TEMPLATE, c)) for c in conversations}) == 3  # padding is used
+
+
+def test_own_mistakes_rejects_the_models_own_greedy_answer(tokenizer):
+    """On-policy pairs: each wrong question's rejected side is the model's greedy reply (tasks.answer, one at a
+    time), never the chosen title; a question the model answers right gives no pair; the same pairs every time.
+    float64, as the test above: a batch of 2 then 1, or of 3, gives the one-at-a-time replies exactly."""
+    from llama_from_scratch.finetuning import tasks
+
+    model = random_llama(dataclasses.replace(CONFIG, max_seq_len=256)).double().train()  # the question's ~160 tokens
+    task = tasks.PlayTask(("Hamlet", "Macbeth"), [], [], {"hamlet": "tragedies", "macbeth": "tragedies"})
+    items = [tasks.PlayQuestion(text, "hamlet", "Hamlet") for text in ("To be", "or not", "Whether 'tis")]
+    replies = [tasks.answer(model, tokenizer, CHATML_TEMPLATE, tasks.messages(task, q)) for q in items]
+    assert all(tasks.normalize(r) != "hamlet" for r in replies)  # a random model does not say the title
+    items[1] = tasks.PlayQuestion(items[1].passage, "macbeth", replies[1].upper() + ".")  # answered right
+    pairs = tasks.own_mistakes(model, tokenizer, CHATML_TEMPLATE, task, items, batch_size=2)
+    assert pairs == [{"messages": tasks.messages(task, items[i]), "chosen": "Hamlet", "rejected": replies[i]}
+                     for i in (0, 2)]
+    assert model.training  # put back as it was
+    assert tasks.own_mistakes(model, tokenizer, CHATML_TEMPLATE, task, items, batch_size=3) == pairs
+
+
+def test_cli_own_mistakes_only_for_dpo_on_the_plays_task(capsys):
+    from llama_from_scratch.cli import main
+
+    for objective, data in (("sft", "plays"), ("dpo", "pairs.jsonl")):
+        assert main(["finetune", "--base", "nowhere", "--out", "nowhere", "--objective", objective,
+                     "--data", data, "--pairs", "own-mistakes"]) == 1
+        assert f"--pairs own-mistakes needs --objective dpo and --data plays, got --objective {objective}" in (
+            capsys.readouterr().err)
 
 
 def test_preference_metrics_of_the_reference_itself():

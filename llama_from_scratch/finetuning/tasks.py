@@ -12,7 +12,7 @@ From the same questions come the three ways of teaching the task: *zero-shot* (t
 *few-shot* (a few solved questions from the training part placed before it in the conversation, the
 "in-context learning" of GPT-3), fine-tuning on the training questions (:mod:`.sft`), and preference
 pairs for DPO (:mod:`.dpo`): the right title preferred over a plausible wrong one, a play of the same
-genre when there is one.
+genre when there is one (:func:`preference_data`), or over the model's own wrong answer (:func:`own_mistakes`).
 """
 
 from __future__ import annotations
@@ -152,6 +152,51 @@ def preference_data(task: PlayTask, items: list[PlayQuestion], seed: int = 0) ->
     """``{"messages", "chosen", "rejected"}`` for each question: the right title over a plausible wrong one."""
     rng = np.random.default_rng(seed)
     return [{"messages": messages(task, q), "chosen": q.title, "rejected": wrong_title(task, q, rng)} for q in items]
+
+
+OWN_MISTAKES = "own-mistakes"
+PAIRS = ("other-play", OWN_MISTAKES)  # how DPO's pairs are built: preference_data's rule, or own_mistakes
+
+
+def own_mistakes(
+    model: Llama,
+    tokenizer: Tokenizer,
+    template: str,
+    task: PlayTask,
+    items: list[PlayQuestion],
+    batch_size: int = 16,
+) -> list[dict]:
+    """On-policy pairs: for each question ``model`` answers wrong, the right title (chosen) over the model's own
+    greedy answer (rejected), ``{"messages", "chosen", "rejected"}`` as :func:`preference_data`. A question it
+    answers right gives no pair: its greedy answer *is* the chosen one, and another play put in its place would
+    be the easy pair again.
+
+    Why: :func:`preference_data`'s rejected side is a title the fine-tuned model hardly ever says (in chapter
+    10's stored run it already prefers the right title in 94% of those pairs before any DPO step), so lowering
+    it leaves every greedy answer as it was. DPO changes what the model *says* where the rejected side is what
+    it says: the answer greedy decoding picks. So the DPO paper samples its pairs' answers from the SFT model
+    itself (Rafailov et al. 2023, section 4), and Llama 2 collects each round's comparisons from the latest
+    model's own answers (Touvron et al. 2023, section 3.2.1): pairs the model gets wrong are the ones that can
+    change its answers. A few dozen of them are also a skewed sample of titles (its favourite wrong answers
+    rejected, the plays it misses chosen), so a short run can move the prior over titles more than the reading
+    of the passage: measure the answers, question by question, before and after.
+
+    Deterministic: greedy replies of :func:`answers`, ``batch_size`` questions at a time in order (a batch
+    holds one KV cache per question). The replies are compared after :func:`normalize`, as :func:`accuracy`
+    scores them, so "Hamlet." is right and gives no pair; the rejected text is the reply as generated.
+    """
+    was_training = model.training
+    model.eval()
+    replies = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        replies += answers(model, tokenizer, template, [messages(task, q) for q in chunk])
+    model.train(was_training)
+    return [
+        {"messages": messages(task, q), "chosen": q.title, "rejected": reply}
+        for q, reply in zip(items, replies)
+        if normalize(reply) != normalize(q.title)
+    ]
 
 
 def normalize(answer: str) -> str:
