@@ -86,15 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--runs", type=Path, default=Path("runs/rlhf13"), help="where the runs' folders go")
-    parser.add_argument("--sft-steps", type=int, default=40)
+    parser.add_argument("--sft-steps", type=int, default=12)
     parser.add_argument("--sft-questions", type=int, default=2000)
-    parser.add_argument("--rl-steps", type=int, default=40)
+    parser.add_argument("--rl-steps", type=int, default=12)
     parser.add_argument("--test-questions", type=int, default=200, help="held-out questions (chapter 12's test set)")
     parser.add_argument("--n", type=int, default=16, help="best-of-n: samples per held-out question")
-    parser.add_argument("--n-questions", type=int, default=64, help="best-of-n: held-out questions sampled")
-    parser.add_argument("--rejection-questions", type=int, default=128)
+    parser.add_argument("--n-questions", type=int, default=32, help="best-of-n: held-out questions sampled")
+    parser.add_argument("--rejection-questions", type=int, default=64)
     parser.add_argument("--rejection-n", type=int, default=8)
-    parser.add_argument("--rejection-steps", type=int, default=30)
+    parser.add_argument("--rejection-steps", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--save", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -128,7 +128,7 @@ def main() -> None:
             ["rl", "--algorithm", "grpo", "--task", "arithmetic", "--base", base, "--adapter", str(sft),
              "--out", str(args.runs / "grpo"), "--steps", str(args.rl_steps), "--batch-size", "4",
              "--group-size", "8", "--max-new-tokens", str(args.max_new_tokens), "--lr", "2e-4",
-             "--eval-every", "10", "--checkpoint-every", "10", "--seq-len", "256",
+             "--eval-every", str(args.rl_steps), "--checkpoint-every", str(args.rl_steps), "--seq-len", "256",
              "--test-questions", str(args.test_questions), "--overwrite"],
             args.runs / "grpo.log",
         )
@@ -180,7 +180,7 @@ def main() -> None:
         examples = [e for e, ok in zip(rejection_sampling_examples(samples), solved) if ok]  # a right answer only
         examples, validation = examples[:-8], examples[-8:]  # the loss on a few kept answers: only reported
         config = FinetuneConfig(
-            method="lora", objective="sft", steps=args.rejection_steps, batch_size=8, lr=1e-4, rank=8,
+            method="lora", objective="sft", steps=args.rejection_steps, batch_size=8, lr=1e-3, warmup_steps=2, rank=8,
             eval_every=args.rejection_steps, checkpoint_every=args.rejection_steps, seq_len=256,
         )
         finetune(model, examples, validation, config, pad_id=pad_id)

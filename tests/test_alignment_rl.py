@@ -9,7 +9,7 @@ from helpers import random_llama
 
 from llama_from_scratch import LlamaConfig
 from llama_from_scratch.alignment.policy import answer_batch, policy_loss, rollout_logprobs, sample_answers
-from llama_from_scratch.alignment.rl import RLConfig, RLData, rl
+from llama_from_scratch.alignment.rl import RLConfig, RLData, heldout_rewards, rl
 from llama_from_scratch.finetuning.dpo import token_logprobs
 from llama_from_scratch.finetuning.lora import add_lora, lora_layers
 from llama_from_scratch.training.train import configure_optimizer, train_step
@@ -95,15 +95,17 @@ def test_ppo_run_resumes_exactly(tmp_path):
         checkpoint_every=2, rank=2, alpha=4.0, algorithm="ppo", seq_len=64,
     )
 
-    def run(folder, resume=False, **changes):
+    def run(folder, resume=False, on_eval=None, **changes):
         return rl(
             random_llama(CONFIG), PROMPTS, reward, PROMPTS[:2], {"reward": reward}, RLConfig(**{**settings, **changes}),
-            tmp_path / folder, resume=resume, stop_tokens=[STOP],
+            tmp_path / folder, resume=resume, stop_tokens=[STOP], on_eval=on_eval,
         )
 
     once = run("once")
-    run("twice", steps=2)
-    twice = run("twice", resume=True)
+    reported = []
+    run("twice", steps=2, on_eval=lambda step, figures: reported.append(step))
+    twice = run("twice", resume=True, on_eval=lambda step, figures: reported.append(step))
+    assert reported == [0, 2, 4]  # the starting point once, by the new run; the resumed run goes on from step 2
     assert [r["loss"] for r in once] == [r["loss"] for r in twice]
     a = load_file(tmp_path / "once" / "step-0000004" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "twice" / "step-0000004" / "adapter" / "adapter_model.safetensors")
@@ -123,3 +125,14 @@ def test_rl_data_batches_have_group_advantages():
     assert torch.allclose(advantages.view(2, 4).sum(dim=1), torch.zeros(2), atol=1e-5)  # each group's baseline
     assert torch.equal(old, reference)  # zero adapters: the policy is still its reference
     assert torch.equal(data.batch(0, config)[0], tokens)  # a pure function of the step and the weights
+
+
+def test_heldout_kl_is_the_mean_over_the_first_kl_answers():
+    model = random_llama(CONFIG).double()
+    add_lora(model, rank=2, alpha=4)
+    randomize_adapters(model)  # a policy away from its reference: every answer has its own KL
+    every = heldout_rewards(model, PROMPTS, {"reward": reward}, 5, [STOP], batch_size=3, kl_answers=4)
+    first = heldout_rewards(model, PROMPTS[:2], {"reward": reward}, 5, [STOP], batch_size=3, kl_answers=2)
+    whole = heldout_rewards(model, PROMPTS[:2], {"reward": reward}, 5, [STOP], batch_size=1, kl_answers=99)
+    assert first["kl"] > 0 and first["kl"] == pytest.approx(whole["kl"], rel=1e-12)  # float64: the same sums
+    assert every["reward"] == pytest.approx(sum(reward(None, sample_answers(model, PROMPTS, 1, 5, 0.0, [STOP]))) / 4)
