@@ -127,12 +127,10 @@ def int8_error_bound(
         y_kernel - y = sum_i w_i (d a_i - x_i),     |d a_i - x_i| <= d / 2   (rounding to nearest)
 
     so ``|y_kernel - y| <= sum_i |w_i| d_i / 2``: the int8 term, at most 1/254 of ``sum_i |w_i| max|x|``. On top
-    come float32 roundings of the two parts it is computed in, ``s * sum d (sum c a)`` and ``sum m X`` (``X`` a
-    group's ``sum S``): ``s * d``, ``S = d * sum a``, ``X`` (at most 4 blocks: 3 u) and ``m * X``, at most 5 u per
-    term, and the accumulation: K / 32 block terms and G / 8 group terms into each of 8 float lanes, then the lanes'
-    sum (AVX2), or 2 terms per group (portable), at most ``K / 16 + 3`` additions deep. Each term is bounded by
-    ``(|s c_i| + |m|) |d a_i|`` summed over its inputs (with ``|d a_i| <= |x_i| + d_i``), so ``(K / 16 + 64) u``
-    times that sum covers both, three orders of magnitude below the int8 term.
+    come float32 roundings of the two parts it is computed in, ``s * sum d (sum c a)`` and ``m * sum S``: ``s * d``,
+    ``m * S`` and ``S = d * sum a`` (1 u each), and the accumulation of at most K / 32 block terms and as many group
+    terms, each bounded by ``(|s c_i| + |m|) |d a_i|`` summed over its inputs (with ``|d a_i| <= |x_i| + d_i``):
+    ``(K / 16 + 64) u`` times that sum, three orders of magnitude below the int8 term.
     """
     rows, in_features = x.shape
     out_features, groups = scales.shape
