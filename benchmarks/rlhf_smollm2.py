@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from llama_from_scratch.alignment.arithmetic_task import arithmetic_conversations, arithmetic_split, is_correct
+from llama_from_scratch.alignment.arithmetic_task import arithmetic_conversations, arithmetic_split
 from llama_from_scratch.alignment.best_of_n import best_of_n, rejection_sampling_examples
 from llama_from_scratch.alignment.builtin import rl_task
 from llama_from_scratch.alignment.policy import sample_answers, turn_stop_tokens
@@ -71,14 +71,14 @@ def run_cli(arguments: list[str], log: Path) -> tuple[list[dict], float]:
     return records, seconds
 
 
-def greedy_correct(model, tokenizer, prompts, problems, stop_tokens, pad_id, max_new_tokens, batch_size=16) -> list[bool]:
-    """Per held-out question: does the model's greedy answer state the right number (chapter 12's rule)?"""
+def greedy_correct(model, prompts, reward, stop_tokens, pad_id, max_new_tokens, batch_size=16) -> list[bool]:
+    """Per held-out question: does the model's greedy answer earn the task's true reward (the right number)?"""
     correct = []
     for start in range(0, len(prompts), batch_size):
         answers = sample_answers(
             model, prompts[start : start + batch_size], 1, max_new_tokens, 0.0, stop_tokens, pad_id=pad_id
         )
-        correct += [is_correct(tokenizer.decode(a), p) for a, p in zip(answers, problems[start:])]
+        correct += [r > 0 for r in reward(list(range(start, start + len(answers))), answers)]
     return correct
 
 
@@ -152,7 +152,6 @@ def main() -> None:
         template, pad_id = pretrained.chat_template, padding_id(tokenizer)
         stops = turn_stop_tokens(tokenizer, template)
         task = rl_task("arithmetic", tokenizer, template, args.rejection_questions, args.test_questions)
-        _, test = arithmetic_split(args.rejection_questions, args.test_questions)
 
     if "best-of-n" in args.sections:
         start = time.perf_counter()
@@ -172,7 +171,7 @@ def main() -> None:
 
     if "rejection" in args.sections:
         start = time.perf_counter()
-        before = greedy_correct(model, tokenizer, task.validation, test, stops, pad_id, args.max_new_tokens)
+        before = greedy_correct(model, task.validation, task.validation_reward, stops, pad_id, args.max_new_tokens)
         samples = best_of_n(
             model, task.prompts, args.rejection_n, task.reward, args.max_new_tokens, 1.0, stops, seed=1, pad_id=pad_id
         )
@@ -184,7 +183,7 @@ def main() -> None:
             eval_every=args.rejection_steps, checkpoint_every=args.rejection_steps, seq_len=256,
         )
         finetune(model, examples, validation, config, pad_id=pad_id)
-        after = greedy_correct(model, tokenizer, task.validation, test, stops, pad_id, args.max_new_tokens)
+        after = greedy_correct(model, task.validation, task.validation_reward, stops, pad_id, args.max_new_tokens)
         paired = compare(after, before)
         results["rejection"] = {
             "questions": args.rejection_questions, "n": args.rejection_n, "kept": len(examples),
