@@ -88,7 +88,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/rlhf13"), help="where the runs' folders go")
     parser.add_argument("--sft-steps", type=int, default=12)
     parser.add_argument("--sft-questions", type=int, default=2000)
-    parser.add_argument("--rl-steps", type=int, default=12)
+    parser.add_argument("--rl-steps", type=int, default=32)
+    parser.add_argument("--rl-lr", type=float, default=3e-4)
+    parser.add_argument("--rl-eval-every", type=int, default=16, help="rl: held-out validation every this many steps")
     parser.add_argument("--test-questions", type=int, default=200, help="held-out questions (chapter 12's test set)")
     parser.add_argument("--n", type=int, default=16, help="best-of-n: samples per held-out question")
     parser.add_argument("--n-questions", type=int, default=32, help="best-of-n: held-out questions sampled")
@@ -108,8 +110,10 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    if args.save is not None and args.save.exists():
-        results = {**json.loads(args.save.read_text()), **results}  # sections not run this time are kept
+    if args.save is not None and args.save.exists() and set(args.sections) != set(SECTIONS):
+        stored = json.loads(args.save.read_text())  # sections not run this time are kept, and the first command
+        reruns = [*stored.get("reruns", []), results["command"]]
+        results = {**stored, **results, "command": stored["command"], "reruns": reruns}
 
     if "sft" in args.sections:
         train, _ = arithmetic_split(args.sft_questions, args.test_questions)
@@ -127,8 +131,8 @@ def main() -> None:
         records, seconds = run_cli(
             ["rl", "--algorithm", "grpo", "--task", "arithmetic", "--base", base, "--adapter", str(sft),
              "--out", str(args.runs / "grpo"), "--steps", str(args.rl_steps), "--batch-size", "4",
-             "--group-size", "8", "--max-new-tokens", str(args.max_new_tokens), "--lr", "2e-4",
-             "--eval-every", str(args.rl_steps), "--checkpoint-every", str(args.rl_steps), "--seq-len", "256",
+             "--group-size", "8", "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.rl_lr),
+             "--eval-every", str(args.rl_eval_every), "--checkpoint-every", str(args.rl_steps), "--seq-len", "256",
              "--test-questions", str(args.test_questions), "--overwrite"],
             args.runs / "grpo.log",
         )

@@ -279,7 +279,8 @@ def generate_batch(
 ) -> list[list[int]]:
     """Generate after several prompts at once: the new token ids of each, as :func:`generate` would give them.
 
-    The prompts are left-padded to one length (:func:`left_pad`) and run as one batch: one prefill, then
+    The prompts are left-padded to one length (:func:`left_pad`) and run as one batch: one prefill (of each
+    distinct prompt once: ``n`` samples of one prompt copy its keys and values), then
     one ``(batch, 1)`` forward pass per step, so the weights are read once per step for all rows. The
     attention mask grows by one True column per step and keeps hiding the padding. A row that meets a
     stop token is finished (the stop token is not returned) but keeps being fed until every row is done:
@@ -291,9 +292,11 @@ def generate_batch(
     :func:`generate` would for each prompt alone.
     """
     rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
-    tokens, attention_mask = left_pad(rows, pad_id)  # (batch, longest) each
+    distinct = {tuple(row): None for row in rows}  # each prompt once, in order of first appearance
+    index = {prompt: i for i, prompt in enumerate(distinct)}
+    tokens, attention_mask = left_pad(list(distinct), pad_id)  # (distinct prompts, longest) each
     max_new_tokens = config.max_new_tokens
-    for row in rows:
+    for row in distinct:
         check_prompt(model, row, max_new_tokens)
     if tokens.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise ValueError(
@@ -301,11 +304,16 @@ def generate_batch(
             f"model's context of max_seq_len={model.config.max_seq_len} tokens"
         )
     device, generator = model.device, config.generator(model.device)
-    batch, start_pos = tokens.shape
+    batch, start_pos = len(rows), tokens.shape[1]
     tokens, attention_mask = tokens.to(device), attention_mask.to(device)
-    cache = model.new_kv_caches(batch, start_pos + max_new_tokens)
-    # Prefill: only the last column's logits are needed, so the output head runs on that column alone.
-    logits = model.output_logits(model.hidden_states(tokens, 0, cache, attention_mask)[:, -1])  # (batch, vocab)
+    cache = model.new_kv_caches(tokens.shape[0], start_pos + max_new_tokens)
+    # Prefill, once per distinct prompt (several samples of one prompt share it); only the last column's
+    # logits are needed, so the output head runs on that column alone.
+    logits = model.output_logits(model.hidden_states(tokens, 0, cache, attention_mask)[:, -1])  # (distinct, vocab)
+    if len(distinct) < batch:  # each row starts from a copy of its prompt's keys, values, mask and logits
+        of_row = torch.tensor([index[tuple(row)] for row in rows], device=device)  # (batch,)
+        cache = [layer.select_rows(of_row) for layer in cache]
+        logits, attention_mask = logits[of_row], attention_mask[of_row]  # (batch, vocab), (batch, longest)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     for step in range(max_new_tokens):

@@ -71,6 +71,17 @@ class KVCache:
         self.v[:batch, :, start_pos:end] = v
         return self.k[:batch, :, :end], self.v[:batch, :, :end]
 
+    def select_rows(self, rows: torch.Tensor) -> KVCache:
+        """A new cache whose row ``i`` is a copy of this one's row ``rows[i]``: ``rows`` ``(batch,)`` indices.
+
+        Several sequences that continue one prompt (a group of sampled answers) start from the keys and values
+        of that prompt computed once. Indexing is differentiable, so a prompt run with gradients gets the
+        gradients of every row that read its copy, summed.
+        """
+        selected = KVCache.__new__(KVCache)
+        selected.k, selected.v = self.k[rows], self.v[rows]  # (batch, n_kv_heads, max_seq_len, head_dim) each
+        return selected
+
 
 def kv_cache_bytes(config: LlamaConfig, seq_len: int, bytes_per_value: float = 2, batch_size: int = 1) -> float:
     """Memory of the keys and values of ``batch_size`` sequences of ``seq_len`` tokens, in every layer.

@@ -8,9 +8,18 @@ import torch
 from helpers import random_llama
 
 from llama_from_scratch import LlamaConfig
-from llama_from_scratch.alignment.policy import answer_batch, policy_loss, rollout_logprobs, sample_answers
+from llama_from_scratch.alignment.policy import (
+    answer_example,
+    answer_logprobs,
+    grouped_batch,
+    policy_loss,
+    reference_logprobs,
+    sample_answers,
+    sampling_logprobs,
+)
 from llama_from_scratch.alignment.rl import RLConfig, RLData, heldout_rewards, rl
 from llama_from_scratch.finetuning.dpo import token_logprobs
+from llama_from_scratch.finetuning.sft import pad_batch
 from llama_from_scratch.finetuning.lora import add_lora, lora_layers
 from llama_from_scratch.training.train import configure_optimizer, train_step
 
@@ -33,7 +42,14 @@ def randomize_adapters(model, seed=1):
 
 def rollout(model, group_size=3, seed=0):
     answers = sample_answers(model, PROMPTS[:2], group_size, 6, stop_tokens=[STOP], seed=seed)
-    return answer_batch([p for p in PROMPTS[:2] for _ in range(group_size)], answers)
+    return grouped_batch(PROMPTS[:2], answers)
+
+
+def full_rows(group_size, batch):
+    """The same answers as chapter 10's rows, prompt + answer each (right-padded), scored by token_logprobs."""
+    _, _, answers, labels = batch
+    rows = [answer_example(p, a[l != -100].tolist()) for p, a, l in zip([p for p in PROMPTS[:2] for _ in range(group_size)], answers, labels)]
+    return pad_batch(rows)
 
 
 def test_sampled_answers_are_grouped_and_reproducible():
@@ -42,22 +58,52 @@ def test_sampled_answers_are_grouped_and_reproducible():
     assert len(answers) == 6 and answers == sample_answers(model, PROMPTS[:2], 3, 6, stop_tokens=[STOP], seed=4)
     assert all(len(a) <= 6 and (STOP not in a[:-1]) for a in answers)
     assert all(a[-1] == STOP for a in answers if len(a) < 6)  # a stopped answer keeps its stop: it is an action too
-    tokens, labels = answer_batch([p for p in PROMPTS[:2] for _ in range(3)], answers)
-    for row, (prompt, answer) in enumerate(zip([p for p in PROMPTS[:2] for _ in range(3)], answers)):
-        scored = labels[row][labels[row] != -100].tolist()
-        assert scored == answer and tokens[row, len(prompt) - 1] == prompt[-1]
+    prompts, prompt_mask, tokens, labels = grouped_batch(PROMPTS[:2], answers)
+    assert prompts.shape == prompt_mask.shape == (2, 3) and prompt_mask.sum(dim=1).tolist() == [3, 2]  # each once
+    for row, answer in enumerate(answers):
+        assert labels[row][labels[row] != -100].tolist() == answer == tokens[row, : len(answer)].tolist()
+    with pytest.raises(ValueError, match="G answers to each prompt: got 5 answers to 2 prompts"):
+        grouped_batch(PROMPTS[:2], answers[:5])
+
+
+def test_each_prompt_runs_once_for_its_group_with_the_same_logprobs_and_gradients():
+    """answer_logprobs (each prompt once, its keys and values copied to its answers) against every prompt +
+    answer as its own row, in float64. The first prompt is the longest (no padding): the same positions, so
+    the same numbers up to float64 rounding (a few hundred roundings of 1.1e-16 relative on values of order
+    10: about 1e-13; 1e-12). The second is left-padded by one: its tokens sit one position later, and RoPE's
+    angle tables are float32 (rope.py), whose cos and sin round differently there, by up to 6e-8 relative;
+    through two layers that moves log-probabilities of order 5 by a few times 6e-8 times their size: 1e-6."""
+    model = random_llama(CONFIG).double()
+    add_lora(model, rank=2, alpha=4)
+    randomize_adapters(model)
+    batch = rollout(model, group_size=3, seed=2)
+    tokens, labels = full_rows(3, batch)
+    grouped = answer_logprobs(model, batch[0], batch[1], batch[2], batch[3])  # (6, longest answer)
+    whole = token_logprobs(model, tokens, labels)  # (6, prompt + answer)
+    for rows, tolerance in ((slice(0, 3), 1e-12), (slice(3, 6), 1e-6)):  # the unpadded prompt's group, the padded one's
+        a, b = grouped[rows][batch[3][rows] != -100], whole[rows][labels[rows] != -100]
+        assert torch.allclose(a, b, rtol=0, atol=tolerance)
+    assert torch.equal(grouped[batch[3] == -100], torch.zeros_like(grouped[batch[3] == -100]))
+    weights = torch.linspace(-1, 1, int((labels != -100).sum()), dtype=torch.float64)  # any loss of the log-probabilities
+    gradients = []
+    for logprobs in (lambda: answer_logprobs(model, *batch)[batch[3] != -100], lambda: token_logprobs(model, tokens, labels)[labels != -100]):
+        model.zero_grad()
+        (weights * logprobs()).sum().backward()
+        gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    # summed over 36 log-probabilities with weights up to 1, each off by up to 1e-6 (above): 4e-5
+    assert all(torch.allclose(a, b, rtol=0, atol=4e-5) for a, b in zip(*gradients))
 
 
 def test_reference_logprobs_are_the_untouched_base_model():
     model = random_llama(CONFIG).double()
-    tokens, labels = rollout(model)
-    base = token_logprobs(copy.deepcopy(model), tokens, labels)
+    batch = rollout(model)
+    base = answer_logprobs(copy.deepcopy(model), *batch)
     with pytest.raises(ValueError, match="add_lora"):
-        rollout_logprobs(model, tokens, labels)
+        reference_logprobs(model, *batch)
     add_lora(model, rank=2, alpha=4)
     randomize_adapters(model)  # a policy that has moved away from its base
-    old, reference = rollout_logprobs(model, tokens, labels)
-    assert not torch.equal(old, base.float())
+    policy, reference = sampling_logprobs(model, *batch), reference_logprobs(model, *batch)
+    assert not torch.equal(policy, base.float())
     # adapters off, every LoRALinear computes base(x): the same operations on the same numbers, the same bits
     assert torch.equal(reference, base.float())
     assert all(layer.enabled for layer in lora_layers(model).values())
@@ -67,11 +113,11 @@ def one_step(advantages, beta):
     model = random_llama(CONFIG).double()
     add_lora(model, rank=2, alpha=4)
     randomize_adapters(model)
-    tokens, labels = rollout(model)
-    old, reference = rollout_logprobs(model, tokens, labels)
+    prompts, prompt_mask, tokens, labels = rollout(model)
+    reference = reference_logprobs(model, prompts, prompt_mask, tokens, labels)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = configure_optimizer(model, RLConfig(weight_decay=0.0))
-    batch = (tokens, labels, old.double(), reference.double(), advantages)
+    batch = (tokens, labels, prompts, prompt_mask, reference.double(), advantages)
     train_step(model, optimizer, [batch], 1e-2, 1.0, lambda m, *b: policy_loss(m, *b, clip=0.2, beta=beta))
     return before, model.state_dict()
 
@@ -120,10 +166,11 @@ def test_rl_data_batches_have_group_advantages():
     add_lora(model, rank=2, alpha=4)
     config = RLConfig(batch_size=2, group_size=4, max_new_tokens=5)
     data = RLData(model, PROMPTS, reward, PROMPTS[:1], {"reward": reward}, config, [STOP])
-    tokens, _, old, reference, advantages = data.batch(0, config)
-    assert tokens.shape[0] == 8 and advantages.shape == (8,)
+    tokens, labels, prompts, prompt_mask, reference, advantages = data.batch(0, config)
+    assert tokens.shape[0] == 8 and prompts.shape[0] == 2 and advantages.shape == (8,)
     assert torch.allclose(advantages.view(2, 4).sum(dim=1), torch.zeros(2), atol=1e-5)  # each group's baseline
-    assert torch.equal(old, reference)  # zero adapters: the policy is still its reference
+    # zero adapters: the policy is still its reference
+    assert torch.equal(sampling_logprobs(model, prompts, prompt_mask, tokens, labels), reference)
     assert torch.equal(data.batch(0, config)[0], tokens)  # a pure function of the step and the weights
 
 
@@ -134,5 +181,8 @@ def test_heldout_kl_is_the_mean_over_the_first_kl_answers():
     every = heldout_rewards(model, PROMPTS, {"reward": reward}, 5, [STOP], batch_size=3, kl_answers=4)
     first = heldout_rewards(model, PROMPTS[:2], {"reward": reward}, 5, [STOP], batch_size=3, kl_answers=2)
     whole = heldout_rewards(model, PROMPTS[:2], {"reward": reward}, 5, [STOP], batch_size=1, kl_answers=99)
-    assert first["kl"] > 0 and first["kl"] == pytest.approx(whole["kl"], rel=1e-12)  # float64: the same sums
+    # one prompt at a time against two in a batch, the shorter left-padded: the log-probabilities come back in
+    # float32 (each of about 5 rounds by up to 3e-7) and the padded prompt's float32 RoPE tables move them by
+    # about 1e-7 more (test above); a KL sums 5 tokens' log-ratios (two each): 5 * 2 * 4e-7 = 4e-6 at most
+    assert first["kl"] > 0 and first["kl"] == pytest.approx(whole["kl"], rel=0, abs=1e-5)
     assert every["reward"] == pytest.approx(sum(reward(None, sample_answers(model, PROMPTS, 1, 5, 0.0, [STOP]))) / 4)

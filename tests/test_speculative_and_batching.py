@@ -98,6 +98,21 @@ def test_generate_batch_gives_generates_tokens(dtype):
     assert len(batched[0]) < 12 and any(len(b) == 12 for b in batched[1:])
 
 
+def test_a_repeated_prompt_is_prefilled_once_and_continues_as_alone():
+    """Samples of one prompt share its prefill (copied keys and values): greedy, each row is generate's tokens
+    (float64: no argmax can flip on rounding); sampled, the copies draw their own tokens."""
+    model = random_llama(CONFIG).double()
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    calls = []
+    hook = model.layers[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    batched = generate_batch(model, prompts, GenerationConfig(6))
+    hook.remove()
+    assert calls[0][:2] == (2, 5)  # the prefill: the two distinct prompts, left-padded to 5 tokens
+    assert batched == [generate(model, prompt, GenerationConfig(6)) for prompt in prompts]
+    sampled = generate_batch(model, prompts, GenerationConfig(6, temperature=1.0, seed=0))
+    assert len({tuple(sampled[i]) for i in (0, 2, 3)}) > 1
+
+
 def test_generate_batch_sampling_is_reproducible(model):
     a = generate_batch(model, PROMPTS, GenerationConfig(8, temperature=1.0, top_k=20, seed=3))
     assert a == generate_batch(model, PROMPTS, GenerationConfig(8, temperature=1.0, top_k=20, seed=3))

@@ -1,8 +1,10 @@
 """On-policy RL through pretraining's loop: GRPO with a group baseline, or PPO with Llama 2's KL-penalised reward.
 
 Each step samples answers from the policy as it is *now* and learns from them once (GRPO's μ = 1, as TRL's
-default): the ratio ``π/π_old`` is therefore 1 at the update and the clip never binds; it starts to matter
-when the same samples are reused. What the two algorithms do with the rewards:
+default): the ratio ``π/π_old`` is therefore 1 at the update and the clip never binds (it starts to matter
+when the same samples are reused), and ``π_old`` needs no forward pass of its own (:func:`~.policy.policy_loss`).
+A step's work: sampling (each prompt prefilled once for its group), the reference's forward pass, and the
+loss's forward and backward, each prompt run once for its group (:func:`~.policy.answer_logprobs`). What the two algorithms do with the rewards:
 
 * ``grpo`` (Shao et al. 2024): ``G`` answers per question, advantages from the group's rewards
   (:func:`~.losses.group_advantages`), and ``β`` times the k3 KL estimate in the loss (:func:`~.policy.policy_loss`);
@@ -32,7 +34,7 @@ from ..finetuning.sft import IGNORE_INDEX, Example, sample_indices
 from ..model import Llama
 from ..training.train import TrainConfig, train
 from .losses import LLAMA2_KL_BETA, PPO_CLIP, group_advantages, ppo_reward, sequence_kl
-from .policy import Reward, answer_batch, policy_loss, rollout_logprobs, sample_answers
+from .policy import Reward, grouped_batch, policy_loss, reference_logprobs, sample_answers, sampling_logprobs
 
 ALGORITHMS = ("grpo", "ppo")
 DEFAULT_BETA = {"grpo": 0.04, "ppo": LLAMA2_KL_BETA}  # GRPO paper's β; Llama 2's for 7B and 13B
@@ -124,10 +126,9 @@ def heldout_rewards(
         if start >= kl_answers:
             continue
         chunk, answers = chunk[: kl_answers - start], answers[: kl_answers - start]
-        tokens, labels = answer_batch(chunk, answers, pad_id)
-        tokens, labels = tokens.to(model.device), labels.to(model.device)
-        old, reference = rollout_logprobs(model, tokens, labels)
-        kls += sequence_kl(old, reference, labels != IGNORE_INDEX).tolist()
+        batch = [t.to(model.device) for t in grouped_batch(chunk, answers, pad_id)]
+        policy, reference = sampling_logprobs(model, *batch), reference_logprobs(model, *batch)
+        kls += sequence_kl(policy, reference, batch[-1] != IGNORE_INDEX).tolist()
     model.train(was_training)
     return {**{name: sum(values) / len(values) for name, values in scores.items()}, "kl": sum(kls) / len(kls)}
 
@@ -141,8 +142,9 @@ class RLData:
     (:data:`~.policy.Reward`; in [0, 1] for ``ppo``); ``validation`` / ``validation_rewards`` the
     held-out questions and the rewards reported on them (:func:`heldout_rewards`; the true rule as ``reward``); ``measure(model)`` adds figures to every validation.
 
-    A batch is ``(tokens, labels, old_logprobs, ref_logprobs, advantages)`` for ``batch_size`` questions times
-    ``group_size`` answers (:mod:`.policy`'s layout); its loss is :func:`~.policy.policy_loss`.
+    A batch is ``(answer_tokens, labels, prompt_tokens, prompt_mask, ref_logprobs, advantages)`` for
+    ``batch_size`` questions times ``group_size`` answers (:func:`~.policy.grouped_batch`'s tensors, the
+    reference's log-probabilities and each answer's advantage); its loss is :func:`~.policy.policy_loss`.
     """
 
     model: Llama
@@ -166,21 +168,23 @@ class RLData:
         )
         grouped = [i for i in rows for _ in range(c.group_size)]  # the question of each answer
         rewards = torch.tensor([float(r) for r in self.reward(grouped, answers)], dtype=torch.float64)
-        tokens, labels = answer_batch([self.prompts[i] for i in grouped], answers, self.pad_id)
+        prompts, prompt_mask, tokens, labels = grouped_batch([self.prompts[i] for i in rows], answers, self.pad_id)
+        on_device = [t.to(model.device) for t in (prompts, prompt_mask, tokens, labels)]
         model.train()  # the log-probabilities as the loss will compute them
-        old, reference = (t.cpu() for t in rollout_logprobs(model, tokens.to(model.device), labels.to(model.device)))
-        model.train(was_training)
+        reference = reference_logprobs(model, *on_device)
         if c.algorithm == "grpo":
             advantages = group_advantages(rewards.view(-1, c.group_size), c.scale_advantages).flatten()
         else:
             if not ((rewards >= 0) & (rewards <= 1)).all():
                 raise ValueError("ppo's reward is a score in [0, 1] (its logit is whitened); got rewards outside")
-            advantages = ppo_reward(rewards, sequence_kl(old, reference, labels != IGNORE_INDEX).double(), c.beta)
-        return tokens, labels, old, reference, advantages.float()
+            kl = sequence_kl(sampling_logprobs(model, *on_device), reference, on_device[-1] != IGNORE_INDEX)
+            advantages = ppo_reward(rewards, kl.double().cpu(), c.beta)
+        model.train(was_training)
+        return tokens, labels, prompts, prompt_mask, reference.cpu(), advantages.float()
 
-    def loss(self, model: Llama, tokens, labels, old_logprobs, ref_logprobs, advantages) -> torch.Tensor:
+    def loss(self, model: Llama, tokens, labels, prompts, prompt_mask, ref_logprobs, advantages) -> torch.Tensor:
         beta = self.config.beta if self.config.algorithm == "grpo" else 0.0  # ppo's KL is in the reward
-        return policy_loss(model, tokens, labels, old_logprobs, ref_logprobs, advantages, self.config.clip, beta)
+        return policy_loss(model, tokens, labels, prompts, prompt_mask, ref_logprobs, advantages, self.config.clip, beta)
 
     def validate(self, model: Llama, config: TrainConfig) -> dict[str, float]:
         figures = heldout_rewards(

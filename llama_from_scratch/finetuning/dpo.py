@@ -44,12 +44,17 @@ def token_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> 
     """
     if tokens.shape != labels.shape:
         raise ValueError(f"tokens and labels must have one shape, got {tuple(tokens.shape)} and {tuple(labels.shape)}")
-    hidden = model.hidden_states(tokens)  # (batch, seq, dim)
+    return labelled_logprobs(model, model.hidden_states(tokens), labels)
+
+
+def labelled_logprobs(model: Llama, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`token_logprobs` from the hidden states ``(batch, seq, dim)`` that predict ``labels`` ``(batch, seq)``:
+    the output head and the log-softmax on the labelled positions alone, ``(batch, seq)``, 0 elsewhere."""
     scored = labels != IGNORE_INDEX  # (batch, seq)
     logits = hidden[scored] @ model.output.weight.t()  # (n, vocab_size)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     per_token = torch.log_softmax(logits, dim=-1).gather(1, labels[scored][:, None]).squeeze(1)  # (n,)
-    return torch.zeros(labels.shape, dtype=per_token.dtype, device=tokens.device).masked_scatter(scored, per_token)
+    return torch.zeros(labels.shape, dtype=per_token.dtype, device=labels.device).masked_scatter(scored, per_token)
 
 
 def sequence_logprobs(model: Llama, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
