@@ -25,6 +25,15 @@ def save_ours(model, directory):
     save_checkpoint(model, None, directory, overwrite=True)
 
 
+def save_ours_edited(directory, edit):
+    """Our checkpoint of a random model in ``directory``, its weights then changed by ``edit(weights)`` (a dict of
+    Hugging Face names to tensors, changed in place): a file broken on purpose."""
+    save_ours(random_llama(CONFIG), directory)
+    weights = load_file(directory / "model.safetensors")
+    edit(weights)
+    save_file(weights, directory / "model.safetensors")
+
+
 @needs_transformers
 @pytest.mark.parametrize("tie", [False, True])
 def test_loaded_checkpoint_gives_transformers_logits(tmp_path, tie):
@@ -57,10 +66,7 @@ def test_bf16_checkpoint_loads_as_fp32_on_cpu(tmp_path):
 
 
 def test_missing_tensor_names_it_and_returns_nothing(tmp_path):
-    save_ours(random_llama(CONFIG), tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    del weights["model.layers.1.mlp.up_proj.weight"]
-    save_file(weights, tmp_path / "model.safetensors")
+    save_ours_edited(tmp_path, lambda weights: weights.pop("model.layers.1.mlp.up_proj.weight"))
     # one line naming the checkpoint and the tensor, in our names (not a table of every tensor's file)
     missing = r": the checkpoint is missing 1 tensor\(s\): layers\.1\.feed_forward\.w3\.weight$"
     pattern = "^" + re.escape(str(tmp_path)) + missing
@@ -69,10 +75,7 @@ def test_missing_tensor_names_it_and_returns_nothing(tmp_path):
 
 
 def test_wrong_shape_names_file_tensor_and_shapes(tmp_path):
-    save_ours(random_llama(CONFIG), tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    weights["model.norm.weight"] = torch.ones(63)
-    save_file(weights, tmp_path / "model.safetensors")
+    save_ours_edited(tmp_path, lambda weights: weights.update({"model.norm.weight": torch.ones(63)}))
     with pytest.raises(
         ValueError, match=r"model\.safetensors: tensor 'norm\.weight' has shape \(63,\), expected \(64,\)"
     ):
@@ -80,10 +83,8 @@ def test_wrong_shape_names_file_tensor_and_shapes(tmp_path):
 
 
 def test_unknown_tensor_is_an_error(tmp_path):
-    save_ours(random_llama(CONFIG), tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
-    save_file(weights, tmp_path / "model.safetensors")
+    bias = {"model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}  # LLaMA's projections have none
+    save_ours_edited(tmp_path, lambda weights: weights.update(bias))
     with pytest.raises(ValueError, match="q_proj.bias"):
         load_checkpoint(tmp_path, device="cpu")
 
