@@ -172,15 +172,21 @@ class PagedKVCache:
             names.append(parent)
         return names
 
-    def can_allocate(self, tokens: Sequence[int]) -> bool:
-        """Whether :meth:`allocate` would find enough blocks for ``tokens`` now."""
+    def _cached_prefix(self, tokens: Sequence[int]) -> list[tuple[bytes, int]]:
+        """The leading blocks of ``tokens`` the prefix cache holds now, as ``(name, block)``, up to the first miss
+        (none without prefix caching). Only looked at (:meth:`BlockAllocator.peek`): nothing is taken."""
         hits = []
         if self.allocator.enable_prefix_caching:
             for name in self._prefix_names(tokens):
                 block = self.allocator.peek(name)
                 if block is None:
                     break
-                hits.append(block)
+                hits.append((name, block))
+        return hits
+
+    def can_allocate(self, tokens: Sequence[int]) -> bool:
+        """Whether :meth:`allocate` would find enough blocks for ``tokens`` now."""
+        hits = [block for _, block in self._cached_prefix(tokens)]
         reused_idle = sum(1 for b in hits if b in self.allocator.evictable)  # taking these removes them from reach
         return self.blocks_for(len(tokens)) - len(hits) <= self.allocator.num_available - reused_idle
 
@@ -194,14 +200,8 @@ class PagedKVCache:
         if not self.can_allocate(tokens):
             needed, available = self.blocks_for(len(tokens)), self.allocator.num_available
             raise NoFreeBlocks(f"{needed} blocks needed, {available} available")
-        table, names = [], []
-        if self.allocator.enable_prefix_caching:
-            for name in self._prefix_names(tokens):
-                block = self.allocator.lookup(name)
-                if block is None:
-                    break
-                table.append(block)
-                names.append(name)
+        names = [name for name, _ in self._cached_prefix(tokens)]
+        table = [self.allocator.lookup(name) for name in names]  # the same blocks, now shared
         cached_tokens = len(table) * self.block_size
         table += [self.allocator.allocate() for _ in range(self.blocks_for(len(tokens)) - len(table))]
         self.block_tables[seq_id], self.names[seq_id] = table, names
