@@ -147,23 +147,14 @@ def save_training_checkpoint(
     run_dir = Path(run_dir)
     name = f"step-{step:07d}"
     final = run_dir / name
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "history": history,
-        "model_config": dataclasses.asdict(model.config),  # all of it: config.json keeps only the shapes
-    }
-    if loss_scaler is not None:
-        state["loss_scaler"] = loss_scaler.state_dict()
+    state = {**trainer_state(model, step, history, loss_scaler), "optimizer": optimizer.state_dict()}
     try:
         with atomic_write(final, directory=True) as staging:
             model_files.write(model, staging)
             buffer = io.BytesIO()  # torch.save reports a failed write without its cause; Python's write names it
             torch.save(state, buffer)
             (staging / "trainer_state.pt").write_bytes(buffer.getbuffer())
-            (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-            for target, source in (extra_files or {}).items():
-                shutil.copyfile(source, staging / target)
+            write_run_files(staging, config, extra_files)
         with atomic_write(run_dir / LATEST) as pointer:
             pointer.write_text(name + "\n")
     except Exception as error:
@@ -196,11 +187,44 @@ def load_training_state(
     original one), naming each difference.
     """
     state = read_trainer_state(checkpoint / "trainer_state.pt", model)
+    check_resume(checkpoint, state, model, config)
+    model_files.read(model, checkpoint)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise FormatError(f"{checkpoint / 'trainer_state.pt'}: optimizer: not this run's optimizer state ({error})") from None
+    if loss_scaler is not None:
+        load_loss_scaler(loss_scaler, state, checkpoint / "trainer_state.pt")
+    return state["step"], state["history"]
+
+
+def trainer_state(model: Llama, step: int, history: list[dict], loss_scaler: DynamicLossScaler | None) -> dict:
+    """Where a run stands, beside its weights and optimizer state, single-file or sharded: ``step``, ``history``,
+    ``model_config`` (all of it: ``config.json`` keeps only the shapes) and a float16 run's ``loss_scaler``
+    (its scale is part of where the run stands)."""
+    state = {"step": step, "history": history, "model_config": dataclasses.asdict(model.config)}
+    if loss_scaler is not None:
+        state["loss_scaler"] = loss_scaler.state_dict()
+    return state
+
+
+def write_run_files(folder: Path, config, extra_files: dict[str, Path] | None) -> None:
+    """Into a checkpoint's ``folder``: the run's settings, ``train_config.json`` (compared on resume), and
+    ``extra_files`` (name -> file: the tokenizer, say)."""
+    (folder / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    for target, source in (extra_files or {}).items():
+        shutil.copyfile(source, folder / target)
+
+
+def check_resume(checkpoint: Path, state: dict, model: Llama, config) -> None:
+    """Whether the run saved in ``checkpoint`` (its trainer ``state``, see :func:`trainer_state`) may go on as
+    ``model`` trained with ``config``: ``ValueError`` for another model, a setting changed other than
+    :data:`MAY_CHANGE_ON_RESUME` (the resumed run would not continue the original one), each difference named,
+    or no steps left."""
     saved_model = state["model_config"]
     if saved_model != dataclasses.asdict(model.config):
         raise ValueError(f"{checkpoint}: checkpoint of a different model: {_differences(saved_model, model.config)}")
-    saved_config = read_json(checkpoint / "train_config.json")
-    changed = _differences(saved_config, config, skip=MAY_CHANGE_ON_RESUME)
+    changed = _differences(read_json(checkpoint / "train_config.json"), config, skip=MAY_CHANGE_ON_RESUME)
     if changed:
         raise ValueError(
             f"{checkpoint}: cannot resume with other settings ({changed}); only "
@@ -208,18 +232,16 @@ def load_training_state(
         )
     if state["step"] >= config.steps:
         raise ValueError(f"{checkpoint}: the run already reached step {state['step']}; ask for more --steps")
-    model_files.read(model, checkpoint)
+
+
+def load_loss_scaler(loss_scaler: DynamicLossScaler, state: dict, path: Path) -> None:
+    """A float16 run's scale from its trainer ``state`` (read from ``path``) into ``loss_scaler``; a
+    :class:`FormatError` naming ``path`` when it is missing or not a loss scaler's."""
+    scaler_state = json_field(state, "loss_scaler", "dict", path, REQUIRED)
     try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-        raise FormatError(f"{checkpoint / 'trainer_state.pt'}: optimizer: not this run's optimizer state ({error})") from None
-    if loss_scaler is not None:
-        scaler_state = json_field(state, "loss_scaler", "dict", checkpoint / "trainer_state.pt", REQUIRED)
-        try:
-            loss_scaler.load_state_dict(scaler_state)
-        except (KeyError, TypeError, ValueError) as error:
-            raise FormatError(f"{checkpoint / 'trainer_state.pt'}: loss_scaler: {error!r}") from None
-    return state["step"], state["history"]
+        loss_scaler.load_state_dict(scaler_state)
+    except (KeyError, TypeError, ValueError) as error:
+        raise FormatError(f"{path}: loss_scaler: {error!r}") from None
 
 
 def read_trainer_state(path: Path, model: Llama) -> dict:

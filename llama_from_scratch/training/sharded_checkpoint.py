@@ -15,7 +15,6 @@ Hugging Face folder that ``load_checkpoint`` reads.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -38,7 +37,15 @@ from ..errors import FormatError
 from ..files import read_json
 from ..model import Llama
 from ..systems.loss_scaling import DynamicLossScaler
-from .checkpoint import MAY_CHANGE_ON_RESUME, _differences, check_trainer_fields, checkpoints_of, write_full_model
+from .checkpoint import (
+    check_resume,
+    check_trainer_fields,
+    checkpoints_of,
+    load_loss_scaler,
+    trainer_state,
+    write_full_model,
+    write_run_files,
+)
 
 SHARDS = "sharded"
 STATE = "trainer_state.json"
@@ -68,13 +75,8 @@ def save_sharded_checkpoint(
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.save(state, checkpoint_id=staging / SHARDS)  # collective: returns once every process has written
     if dist.get_rank() == 0:
-        trainer = {"step": step, "history": history, "model_config": dataclasses.asdict(model.config)}
-        if loss_scaler is not None:
-            trainer["loss_scaler"] = loss_scaler.state_dict()
-        (staging / STATE).write_text(json.dumps(trainer) + "\n")
-        (staging / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        for target, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / target)
+        (staging / STATE).write_text(json.dumps(trainer_state(model, step, history, loss_scaler)) + "\n")
+        write_run_files(staging, config, extra_files)
         if final.exists():
             shutil.rmtree(final)
         staging.replace(final)
@@ -97,23 +99,13 @@ def load_sharded_checkpoint(
     ``loss_scaler``) on every process; return ``(step, history)``. ``ValueError`` for another model or
     settings that may not change on resume."""
     trainer = read_trainer_json(checkpoint / STATE)
-    saved_model = trainer["model_config"]
-    if saved_model != dataclasses.asdict(model.config):
-        raise ValueError(f"{checkpoint}: checkpoint of a different model: {_differences(saved_model, model.config)}")
-    changed = _differences(read_json(checkpoint / "train_config.json"), config, skip=MAY_CHANGE_ON_RESUME)
-    if changed:
-        raise ValueError(f"{checkpoint}: cannot resume with other settings ({changed}); start a new run instead")
-    if trainer["step"] >= config.steps:
-        raise ValueError(f"{checkpoint}: the run already reached step {trainer['step']}; ask for more --steps")
+    check_resume(checkpoint, trainer, model, config)
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=checkpoint / SHARDS)  # into these tensors: each process reads its shards
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     if loss_scaler is not None:
-        try:
-            loss_scaler.load_state_dict(trainer["loss_scaler"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise FormatError(f"{checkpoint / STATE}: loss_scaler: {error!r}") from None
+        load_loss_scaler(loss_scaler, trainer, checkpoint / STATE)
     return trainer["step"], trainer["history"]
 
 
