@@ -292,9 +292,11 @@ def generate_batch(
     :func:`generate` would for each prompt alone.
     """
     rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
-    distinct = {tuple(row): None for row in rows}  # each prompt once, in order of first appearance
-    index = {prompt: i for i, prompt in enumerate(distinct)}
-    tokens, attention_mask = left_pad(list(distinct), pad_id)  # (distinct prompts, longest) each
+    index: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its row in the prefill, in order of appearance
+    for row in rows:
+        index.setdefault(tuple(row), len(index))
+    distinct = list(index)
+    tokens, attention_mask = left_pad(distinct, pad_id)  # (distinct prompts, longest) each
     max_new_tokens = config.max_new_tokens
     for row in distinct:
         check_prompt(model, row, max_new_tokens)

@@ -139,7 +139,6 @@ def answer_logprobs(
     return labelled_logprobs(model, hidden, labels)
 
 
-@torch.no_grad()
 def reference_logprobs(model: Llama, *batch: torch.Tensor) -> torch.Tensor:
     """:func:`answer_logprobs` of :func:`grouped_batch`'s ``batch`` under the reference: the base, LoRA adapters off.
 
@@ -149,8 +148,8 @@ def reference_logprobs(model: Llama, *batch: torch.Tensor) -> torch.Tensor:
     """
     if not lora_layers(model):
         raise ValueError("RL's reference is the base model with its LoRA adapters off: add_lora(model) first")
-    with autocast(model.device, None), adapters_disabled(model):
-        return answer_logprobs(model, *batch).float()
+    with adapters_disabled(model):
+        return sampling_logprobs(model, *batch)
 
 
 @torch.no_grad()
